@@ -1,0 +1,165 @@
+"""``distill``: the command-line entry point.
+
+Every subcommand imports its library lazily, so ``distill --help`` and data-only commands start
+fast (importing ms-swift's trainers costs ~10 s and ~1 GB). A ``DistillError`` is printed as one
+line and exits 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import DistillError
+
+
+def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--set rlhf.beta=0.1`` -> ``{"rlhf.beta": 0.1}`` (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise DistillError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path, help="YAML config (may inherit: a parent)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. rlhf.beta=0.1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-assets", help="build the tiny local teacher/student models and the demo dataset")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-val", type=int, default=None)
+    p.add_argument("--n-test", type=int, default=None)
+
+    p = sub.add_parser("prepare", help="validate a JSONL dataset and assign stable sample ids")
+    p.add_argument("inputs", nargs="+", type=Path, help="JSONL files (one per split)")
+    p.add_argument("--out", type=Path, required=True, help="output directory for the prepared splits")
+
+    p = sub.add_parser("train", help="train (SFT or GKD) from a config through ms-swift")
+    _add_config(p)
+
+    p = sub.add_parser("check", help="check teacher/student compatibility (tokenizer, template, processor)")
+    _add_config(p)
+
+    p = sub.add_parser("cache", help="run the teacher once and cache its top-k distributions")
+    _add_config(p)
+    p.add_argument("--split", choices=["train", "val", "all"], default="all")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
+    p.add_argument("--limit", type=int, default=None, help="cache only the first N rows of each split")
+
+    p = sub.add_parser("inspect", help="summarise, audit or export a teacher cache")
+    p.add_argument("cache", type=Path)
+    p.add_argument("--sample", help="print a per-token table for this sample_id")
+    p.add_argument("--audit", action="store_true", help="check alignment; exit non-zero on a problem")
+    p.add_argument("--config", type=Path, help="with --audit: re-encode rows with this config and compare")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer dir for token text (default: from the manifest)")
+    p.add_argument("--html", type=Path, help="write a self-contained HTML page of tokens coloured by agreement")
+    p.add_argument("--export", type=Path, help="write a plain Parquet/Arrow copy with list columns")
+
+    p = sub.add_parser("evaluate", help="evaluate a trained student (CE, KL to cache, caption F1)")
+    _add_config(p)
+    p.add_argument("--checkpoint", type=Path, help="model dir to evaluate (default: the run's final model)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", type=Path, required=True, help="metrics JSON path")
+
+    p = sub.add_parser("bench", help="benchmarks that print measured ratios")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    b = bsub.add_parser("cache-format", help="bytes/token, fidelity and decode speed of the cache format")
+    b.add_argument("--n", type=int, default=50_000)
+    b.add_argument("--k", type=int, nargs="+", default=[16, 32, 64, 128])
+    b.add_argument("--cache", type=Path, help="also report a real cache directory")
+    b = bsub.add_parser("cache-write", help="cache stage vs bare teacher forward on the demo")
+    _add_config(b)
+    b = bsub.add_parser("train-step", help="SFT vs cached GKD vs live GKD step time and memory")
+    _add_config(b)
+    b.add_argument("--steps", type=int, default=20)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "demo-assets":
+        from pipeline.demo import build_demo_assets
+
+        kwargs = {k: getattr(args, k) for k in ("n_train", "n_val", "n_test") if getattr(args, k) is not None}
+        paths = build_demo_assets(args.out, seed=args.seed, **kwargs)
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        return 0
+    if cmd == "prepare":
+        from pipeline.prepare import prepare_splits
+
+        prepare_splits(args.inputs, args.out)
+        return 0
+    if cmd in ("train", "check", "cache", "evaluate") or (cmd == "bench" and args.bench != "cache-format"):
+        from pipeline.config import load_config
+
+        cfg = load_config(args.config, overrides=_parse_sets(args.set))
+    if cmd == "train":
+        from pipeline.launcher import run_training
+
+        run_training(cfg)
+        return 0
+    if cmd == "check":
+        from pipeline.compat import check_config
+
+        print(check_config(cfg))
+        return 0
+    if cmd == "cache":
+        from pipeline.caching import run_caching
+
+        run_caching(cfg, split=args.split, strict=args.strict, limit=args.limit)
+        return 0
+    if cmd == "inspect":
+        from pipeline.inspection import run_inspect
+
+        return run_inspect(args)
+    if cmd == "evaluate":
+        from pipeline.evaluation import run_evaluation
+
+        run_evaluation(cfg, checkpoint=args.checkpoint, split=args.split, out=args.out)
+        return 0
+    if cmd == "bench":
+        if args.bench == "cache-format":
+            from pipeline.cache.bench import bench_cache_format
+
+            bench_cache_format(top_ks=tuple(args.k), n=args.n, real_cache=args.cache)
+            return 0
+        if args.bench == "cache-write":
+            from pipeline.caching import bench_cache_write
+
+            bench_cache_write(cfg)
+            return 0
+        if args.bench == "train-step":
+            from pipeline.bench_train import bench_train_step
+
+            bench_train_step(cfg, steps=args.steps)
+            return 0
+    raise AssertionError(f"unhandled command {cmd}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except DistillError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
