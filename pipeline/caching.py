@@ -1,0 +1,207 @@
+"""The cache stage: run the teacher once over a dataset split and store its top-k distributions.
+
+Rows are encoded by the shared ``RowEncoder`` (the student's template, exactly as training will) in
+dataloader workers; the teacher runs forward once per batch; every supervised target's top-k goes to
+the cache writer. Bad rows are skipped with a recorded reason (``--strict`` makes any skip an error),
+and rows in = cached + skipped always. The stage resumes after a kill: complete shards are kept and
+only the samples not yet cached are processed. Under ``torchrun`` each rank caches ``rows[rank::world]``
+into its own shards and rank 0 merges one manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pipeline.data import BadRow, Row, read_rows
+from pipeline.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from pipeline.config import DistillConfig
+    from pipeline.encoding import RowEncoder
+
+SPLIT_KEYS = {"train": "dataset", "val": "val_dataset"}
+
+
+def split_file(cfg: DistillConfig, split: str) -> str:
+    files = getattr(cfg.data, SPLIT_KEYS[split])
+    if len(files) != 1:
+        raise ConfigError(f"data.{SPLIT_KEYS[split]}: caching takes exactly one JSONL file per split, got {files}")
+    return files[0]
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size); initialises a gloo/nccl process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def load_teacher_for_cache(cfg: DistillConfig) -> Any:
+    """Teacher in eval mode; spread over the node's GPUs (``device_map='auto'``) when there are several."""
+    from swift.model import get_model_processor
+
+    from pipeline.fingerprint import teacher_path
+
+    dtype = getattr(torch, cfg.model.torch_dtype)
+    device_map: Any = None
+    if torch.cuda.is_available():
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        device_map = "auto" if world == 1 and torch.cuda.device_count() > 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    model, _ = get_model_processor(teacher_path(cfg), model_type=(cfg.rlhf.teacher_model_type if cfg.rlhf else None)
+                                   or cfg.model.model_type, torch_dtype=dtype, device_map=device_map)
+    model.eval()
+    return model
+
+
+class _EncodeBatch:
+    """Dataloader collate: encode rows, collate the good ones, report the bad ones (never replaced)."""
+
+    def __init__(self, encoder: RowEncoder):
+        self.encoder = encoder
+
+    def __call__(self, rows: list[Row]) -> dict[str, Any]:
+        good, ids, skipped = [], [], []
+        for row in rows:
+            try:
+                enc = self.encoder.encode(row)
+            except DataError as exc:
+                skipped.append((row.sample_id, getattr(exc, "reason", "encode_failed"), str(exc)))
+                continue
+            good.append(enc.inputs)
+            ids.append((row.sample_id, enc.encoding_hash, len(enc.inputs["input_ids"])))
+        batch = self.encoder.template.data_collator(good) if good else None
+        return {"batch": batch, "ids": ids, "skipped": skipped}
+
+
+def iterate_batches(encoder: RowEncoder, rows: list[Row], batch_size: int, num_workers: int) -> Iterator[dict[str, Any]]:
+    loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_EncodeBatch(encoder))
+    yield from loader
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def split_samples(topk: Any, ids: list[tuple[str, str, int]]) -> list[Any]:
+    """Per-sample ``CachedSample`` rows from a batch's ``TopK`` (row-major, batch_index ascending)."""
+    from pipeline.cache.format import CachedSample
+
+    counts = torch.bincount(topk.batch_index, minlength=len(ids)).tolist()
+    out, start = [], 0
+    for (sid, digest, n_tokens), n in zip(ids, counts, strict=True):
+        sl = slice(start, start + n)
+        out.append(CachedSample(
+            sample_id=sid, encoding_hash=digest, num_tokens=n_tokens,
+            positions=topk.positions[sl].numpy().astype(np.int64),
+            target_ids=topk.target_ids[sl].numpy().astype(np.int64),
+            topk_ids=topk.topk_ids[sl].numpy().astype(np.int64),
+            topk_logprobs=topk.topk_logprobs[sl].numpy().astype(np.float32),
+            tail_logprobs=topk.tail_logprobs[sl].numpy().astype(np.float32),
+            target_logprobs=topk.target_logprobs[sl].numpy().astype(np.float32),
+        ))
+        start += n
+    return out
+
+
+def cache_split(cfg: DistillConfig, split: str, teacher: Any, encoder: RowEncoder, *, strict: bool = False,
+                limit: int | None = None, progress: bool = True, shard_bytes: int | None = None) -> dict[str, Any]:
+    """Cache one split into ``<teacher_cache>/<split>``; returns the writer's counts."""
+    from tqdm import tqdm
+
+    from pipeline.cache.writer import CacheWriter, merge_rank_manifests
+    from pipeline.fingerprint import build_fingerprint
+    from pipeline.teacher import teacher_topk
+
+    path = split_file(cfg, split)
+    root = Path(cfg.custom.teacher_cache or "") / split
+    rank, world = dist_info()
+    all_rows = read_rows(path)[: limit or None]
+    mine = all_rows[rank::world]
+    fingerprint = build_fingerprint(cfg, encoder, path)
+    device = next(teacher.parameters()).device
+    real_vocab = len(encoder.tokenizer)
+    kwargs: dict[str, Any] = {}
+    if shard_bytes or cfg.custom.cache_shard_mb:
+        kwargs["shard_bytes"] = shard_bytes or int(cfg.custom.cache_shard_mb * 2**20)
+    with CacheWriter(root, fingerprint=fingerprint, top_k=cfg.custom.top_k, vocab_size=real_vocab,
+                     logprob_encoding=cfg.custom.logprob_encoding, rank=rank, world_size=world, **kwargs) as writer:
+        done = writer.done_ids()
+        todo: list[Row] = []
+        for r in mine:
+            if r.sample_id in done:
+                continue
+            if isinstance(r, BadRow):
+                if strict:
+                    raise DataError(f"{r.source}: sample {r.sample_id!r}: {r.reason}: {r.detail}")
+                writer.skip(r.sample_id, r.reason, f"{r.source}: {r.detail}")
+            else:
+                todo.append(r)
+        bar = tqdm(total=len(todo), desc=f"cache {split}", unit="sample", disable=not progress or rank != 0)
+        n_tok, t0 = 0, time.perf_counter()
+        for item in iterate_batches(encoder, todo, cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers):
+            for sid, reason, detail in item["skipped"]:
+                if strict:
+                    raise DataError(detail)
+                writer.skip(sid, reason, detail)
+            if item["batch"] is not None:
+                topk = teacher_topk(teacher, _to_device(item["batch"], device), cfg.custom.top_k, real_vocab,
+                                    cfg.custom.loss_temperature)
+                for sample in split_samples(topk, item["ids"]):
+                    writer.add(sample)
+                n_tok += int(topk.target_ids.numel())
+            bar.update(len(item["ids"]) + len(item["skipped"]))
+            dt = max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(tokens_per_s=f"{n_tok / dt:.0f}")
+        bar.close()
+        counts = writer.finalize(rows_in=len(mine))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank == 0:
+            counts = merge_rank_manifests(root)
+        dist.barrier()
+    return counts
+
+
+def run_caching(cfg: DistillConfig, split: str = "all", strict: bool = False, limit: int | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """``distill cache``: compatibility check, then cache the train (and val) split."""
+    from pipeline.compat import check_pair
+    from pipeline.encoding import RowEncoder
+    from pipeline.versions import check_versions
+
+    check_versions()
+    if cfg.custom.trainer_variant != "gkd_cached" or not cfg.custom.teacher_cache:
+        raise ConfigError("distill cache needs custom.trainer_variant: gkd_cached and custom.teacher_cache")
+    check_pair(cfg)
+    teacher = load_teacher_for_cache(cfg)
+    encoder = RowEncoder.from_config(cfg)
+    if encoder.template.use_model:
+        encoder.template.model = teacher  # the template computes rope position ids with the model
+    splits = ["train", "val"] if split == "all" else [split]
+    if split == "all" and not cfg.data.val_dataset:
+        splits = ["train"]
+    results = {}
+    for s in splits:
+        counts = cache_split(cfg, s, teacher, encoder, strict=strict, limit=limit, progress=progress)
+        results[s] = counts
+        rank, _ = dist_info()
+        if rank == 0:
+            reasons = ", ".join(f"{k}: {v}" for k, v in counts.get("skipped_by_reason", {}).items()) or "none"
+            print(f"[cache {s}] rows in {counts.get('rows_in')}, cached {counts.get('cached')}, "
+                  f"skipped {counts.get('skipped')} ({reasons})")
+    return results

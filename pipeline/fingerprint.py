@@ -1,0 +1,85 @@
+"""Cache fingerprint: everything that determines the teacher's cached distributions.
+
+The fingerprint holds no paths, timestamps or other run-dependent values, so the same teacher,
+tokenizer, encoding settings and data give the same fingerprint on any machine. The cache stage
+writes it into ``manifest.json``; the trainer recomputes it from its own config and the reader
+refuses a cache whose fingerprint differs, listing the differing fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.data import dataset_hash, file_sha256
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.config import DistillConfig
+    from pipeline.encoding import RowEncoder
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+@lru_cache(maxsize=64)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime so a process hashes each multi-GB weight file once.
+    return file_sha256(path)
+
+
+def model_dir_hash(model_dir: str | Path) -> dict[str, str]:
+    """sha256 of a checkpoint's config and of its weights (all weight files, in name order)."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ConfigError(f"model directory not found: {d}")
+    weights = hashlib.sha256()
+    files = sorted(p for p in d.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    if not files:
+        raise ConfigError(f"{d}: no weight files ({', '.join(_WEIGHT_SUFFIXES)})")
+    for p in files:
+        st = p.stat()
+        weights.update(p.name.encode())
+        weights.update(_file_hash(str(p), st.st_size, st.st_mtime_ns).encode())
+    config = d / "config.json"
+    return {
+        "config_sha256": file_sha256(config) if config.is_file() else "",
+        "weights_sha256": weights.hexdigest(),
+    }
+
+
+def tokenizer_hash(tokenizer: Any) -> dict[str, Any]:
+    """Hash of vocab, merges and special tokens (the backend JSON) and of the chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    specials = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+    return {
+        "vocab_merges_sha256": hashlib.sha256(blob.encode()).hexdigest(),
+        "chat_template_sha256": hashlib.sha256(str(template).encode()).hexdigest(),
+        "special_tokens_sha256": hashlib.sha256(specials.encode()).hexdigest(),
+        "len": len(tokenizer),
+    }
+
+
+def teacher_path(cfg: DistillConfig) -> str:
+    if cfg.rlhf is None or not cfg.rlhf.teacher_model:
+        raise ConfigError(f"{cfg.source_files[-1] if cfg.source_files else 'config'}: key 'rlhf.teacher_model': "
+                          "the cache needs a teacher checkpoint")
+    return cfg.rlhf.teacher_model
+
+
+def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder, split_file: str | Path) -> dict[str, Any]:
+    """The fingerprint of the cache for one split of ``cfg``'s data, encoded by ``encoder``."""
+    return {
+        "teacher": model_dir_hash(teacher_path(cfg)),
+        "teacher_dtype": cfg.model.torch_dtype,
+        "tokenizer": tokenizer_hash(encoder.tokenizer),
+        "encoding": encoder.settings(),
+        "dataset_sha256": dataset_hash(split_file),
+        "top_k": cfg.custom.top_k,
+        "loss_temperature": cfg.custom.loss_temperature,
+        "logprob_encoding": cfg.custom.logprob_encoding,
+    }

@@ -1,0 +1,178 @@
+"""Run training from a config through ms-swift's Python API (no shelling out to ``swift``).
+
+``DistillSft`` subclasses ms-swift's ``SwiftSft`` pipeline: ms-swift loads the model, applies the
+tuner (LoRA or full) and runs the Trainer loop; we supply the template (the shared ``RowEncoder``'s,
+so training encodes exactly as caching did), strict datasets, the trainer class and the teacher.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.data import BadRow, Row, read_rows
+from pipeline.errors import CacheMismatchError, ConfigError, DataError
+from pipeline.versions import check_versions
+
+if TYPE_CHECKING:
+    from pipeline.config import DistillConfig
+
+
+def load_split_rows(files: list[str]) -> list[Row]:
+    """Rows of the given JSONL files; an unparseable line is an error naming file and line."""
+    rows: list[Row] = []
+    for f in files:
+        for r in read_rows(f):
+            if isinstance(r, BadRow):
+                raise DataError(f"{r.source}: sample {r.sample_id!r}: {r.reason}: {r.detail}")
+            rows.append(r)
+    return rows
+
+
+def cache_split_dir(cfg: DistillConfig, split: str) -> Path:
+    if not cfg.custom.teacher_cache:
+        raise ConfigError("custom.teacher_cache is not set")
+    return Path(cfg.custom.teacher_cache) / split
+
+
+def open_cache(cfg: DistillConfig, encoder: Any, split: str, split_files: list[str], required: bool) -> Any:
+    """Open one split's cache, validated against the fingerprint this config would produce."""
+    from pipeline.cache.reader import CacheReader
+    from pipeline.fingerprint import build_fingerprint
+
+    root = cache_split_dir(cfg, split)
+    if not (root / "manifest.json").is_file():
+        if required:
+            raise CacheMismatchError(f"{root}: no teacher cache here (run `distill cache --config ...` first)")
+        return None
+    if len(split_files) != 1:
+        raise ConfigError(f"data.{'dataset' if split == 'train' else 'val_dataset'}: the cached variant takes "
+                          f"exactly one file per split, got {split_files}")
+    return CacheReader(root, expected_fingerprint=build_fingerprint(cfg, encoder, split_files[0]))
+
+
+def rows_for_cache(rows: list[Row], cache: Any, split: str) -> list[Row]:
+    """Exactly the cached sample_ids: rows the cache skipped are dropped (with their recorded reason);
+    a cached id missing from the data is an error."""
+    by_id = {r.sample_id: r for r in rows}
+    missing = [sid for sid in cache.sample_ids if sid not in by_id]
+    if missing:
+        raise CacheMismatchError(f"{split} cache has {len(missing)} sample_ids not in the dataset, e.g. {missing[:3]}")
+    return [by_id[sid] for sid in cache.sample_ids]
+
+
+def load_teacher(cfg: DistillConfig) -> Any:
+    """The live teacher (only for gkd_monitor, or gkd_cached with lmbda > 0)."""
+    import torch
+    from swift.model import get_model_processor
+
+    assert cfg.rlhf is not None and cfg.rlhf.teacher_model
+    model, _ = get_model_processor(cfg.rlhf.teacher_model, model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type,
+                                   torch_dtype=getattr(torch, cfg.model.torch_dtype))
+    return model
+
+
+def _make_pipeline_cls() -> type:
+    from swift.pipelines import SwiftSft
+
+    from pipeline.encoding import RowEncoder
+    from pipeline.train_data import EncodedDataset
+    from pipeline.trainer import DistillSettings, resolve_trainer_cls
+
+    class DistillSft(SwiftSft):
+        """ms-swift's SFT pipeline with our template, datasets, trainer and teacher."""
+
+        def __init__(self, args: Any, cfg: DistillConfig):
+            self.cfg = cfg
+            super().__init__(args)
+
+        def _prepare_template(self) -> None:
+            super()._prepare_template()
+            if self.args.packing or self.args.padding_free:
+                raise ConfigError("packing / padding_free batches are not supported by the distillation trainers "
+                                  "(cached targets are per sample); remove them from train.extra")
+            encoder = RowEncoder.from_config(self.cfg, processor=self.processor, mode="train")
+            if encoder.template.use_model:
+                encoder.template.model = self.model
+            self.encoder = encoder
+            self.template = encoder.template
+
+        def run(self) -> Any:
+            cfg, args = self.cfg, self.args
+            variant = cfg.custom.trainer_variant
+            lmbda = cfg.rlhf.lmbda if cfg.rlhf is not None else 0.0
+            train_rows = load_split_rows(cfg.data.dataset)
+            val_rows = load_split_rows(cfg.data.val_dataset) if cfg.data.val_dataset else []
+            train_cache = eval_cache = None
+            if variant == "gkd_cached":
+                train_cache = open_cache(cfg, self.encoder, "train", cfg.data.dataset, required=True)
+                train_rows = rows_for_cache(train_rows, train_cache, "train")
+                self._check_cache_vocab(train_cache)
+            if variant != "sft" and val_rows and cfg.custom.teacher_cache:
+                eval_cache = open_cache(cfg, self.encoder, "val", cfg.data.val_dataset, required=False)
+                if eval_cache is not None:
+                    val_rows = rows_for_cache(val_rows, eval_cache, "val")
+            train_ds = EncodedDataset(train_rows, self.encoder, train_cache, keep_rows=lmbda > 0)
+            val_ds = EncodedDataset(val_rows, self.encoder, eval_cache) if val_rows else None
+            args.save_args()
+            self.model = self.prepare_model(args, self.model, template=self.template, train_dataset=train_ds)
+            teacher = None
+            if variant == "gkd_monitor" or (variant == "gkd_cached" and lmbda > 0):
+                from pipeline.compat import check_pair
+
+                check_pair(cfg)
+                teacher = load_teacher(cfg)
+            settings = DistillSettings(
+                variant=variant,
+                beta=cfg.rlhf.beta if cfg.rlhf else 0.0,
+                sft_alpha=cfg.rlhf.sft_alpha if cfg.rlhf else 1.0,
+                lmbda=lmbda,
+                loss_temperature=cfg.custom.loss_temperature,
+                sampling_temperature=cfg.rlhf.temperature if cfg.rlhf else 1.0,
+                max_completion_length=cfg.rlhf.max_completion_length if cfg.rlhf else 64,
+                real_vocab=len(self.encoder.tokenizer),
+                seed=cfg.train.seed,
+            )
+            from pipeline.telemetry import TelemetryCallback
+
+            trainer = resolve_trainer_cls(variant)(
+                model=self.model,
+                args=args.training_args,
+                template=self.template,
+                train_dataset=train_ds,
+                eval_dataset=val_ds,
+                distill=settings,
+                teacher_model=teacher,
+                encoder=self.encoder,
+            )
+            trainer.add_callback(TelemetryCallback(cfg))
+            if teacher is not None:
+                teacher.to(trainer.args.device)
+            self.trainer = trainer
+            return self.train(trainer)
+
+        def _check_cache_vocab(self, cache: Any) -> None:
+            width = self.model.get_output_embeddings().weight.shape[0]
+            if cache.vocab_size > width:
+                raise CacheMismatchError(f"cache vocabulary {cache.vocab_size} exceeds the student's logit width {width}")
+
+    return DistillSft
+
+
+def run_training(cfg: DistillConfig) -> Any:
+    """Train per ``cfg`` (SFT, cached GKD or live GKD); returns ms-swift's train message dict."""
+    from pipeline.config import to_swift_args
+
+    check_versions()
+    if cfg.custom.trainer_variant != "sft" and cfg.rlhf is not None and cfg.rlhf.seq_kd:
+        raise ConfigError("rlhf.seq_kd: sequence-level KD is not supported")
+    os.makedirs(cfg.train.output_dir, exist_ok=True)
+    args = to_swift_args(cfg, kind="sft")
+    # ms-swift asks the model hub whether a local checkpoint is the latest release; offline that costs
+    # retries and time, and a local directory has nothing to check.
+    args.check_model = False
+    args.training_args.check_model = False
+    pipeline = _make_pipeline_cls()(args, cfg)
+    result = pipeline.main()
+    return result

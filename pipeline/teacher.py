@@ -1,0 +1,153 @@
+"""Teacher forward and top-k extraction for the cache.
+
+Alignment is by slicing: a supervised target at position j (labels[j] != -100, j >= 1) is
+predicted by the hidden state at j-1; never ``torch.roll`` (it wraps the last token into the
+window). The output projection runs in fp32 on those hidden states only: a bf16 head quantises
+logits far beyond the cache's fidelity budget, and full-vocabulary logits for a whole batch do
+not fit in memory on a real teacher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TopK:
+    """Top-k teacher distribution for the N supervised targets of a batch (row-major order).
+
+    topk_ids int64 [N, k] by descending logprob; topk_logprobs float32 [N, k]; tail_logprobs
+    float32 [N] (log of the mass outside the top-k, -inf when none); target_logprobs float32 [N];
+    target_ids int64 [N]; positions int64 [N] (target position j within its row); batch_index int64 [N].
+    """
+
+    topk_ids: torch.Tensor
+    topk_logprobs: torch.Tensor
+    tail_logprobs: torch.Tensor
+    target_logprobs: torch.Tensor
+    target_ids: torch.Tensor
+    positions: torch.Tensor
+    batch_index: torch.Tensor
+
+
+def supervised_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch_index, target_position) of every supervised target j >= 1, row-major. int64 [N] each."""
+    mask = labels[:, 1:] != IGNORE_INDEX
+    b, j = mask.nonzero(as_tuple=True)
+    return b, j + 1
+
+
+def deepspeed_active() -> bool:
+    """True when DeepSpeed drives this process: a live HF DeepSpeed config, or accelerate launched with it.
+
+    Reads transformers' global DeepSpeed config (set by ``TrainingArguments(deepspeed=...)``) and
+    accelerate's ``ACCELERATE_USE_DEEPSPEED`` flag; tests fake either one.
+    """
+    import os
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
+        return True
+    try:
+        from transformers.integrations.deepspeed import deepspeed_config
+    except ImportError:
+        return False
+    return deepspeed_config() is not None
+
+
+def forward_context(model: torch.nn.Module, autocast_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast around the teacher only outside DeepSpeed (DeepSpeed rejects nested autocast)."""
+    if autocast_dtype is None or deepspeed_active():
+        return contextlib.nullcontext()
+    device_type = next(model.parameters()).device.type
+    return torch.autocast(device_type=device_type, dtype=autocast_dtype)
+
+
+def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    head = model.get_output_embeddings()
+    backbone = getattr(model, "model", None)
+    if head is None or backbone is None:
+        raise TypeError(f"{type(model).__name__}: expected a causal LM with .model and an output embedding")
+    return backbone, head
+
+
+@torch.no_grad()
+def hidden_states(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Last hidden states [B, L, H] of the backbone (no lm_head, so no full-vocabulary logits)."""
+    backbone, _ = _backbone_and_head(model)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_scale", "position_ids", "text_position_ids")}
+    out = backbone(**inputs, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def project_fp32(model: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Apply the output projection in fp32: float32 [N, V_teacher] from hidden states [N, H]."""
+    _, head = _backbone_and_head(model)
+    bias = getattr(head, "bias", None)
+    return F.linear(h.float(), head.weight.float(), None if bias is None else bias.float())
+
+
+def topk_from_logits(
+    logits: torch.Tensor, target_ids: torch.Tensor, top_k: int, real_vocab: int, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k over real ids, stored tail and target logprob from fp32 logits [N, V].
+
+    The softmax runs over the teacher's full width V (padded rows included: their mass lands in
+    the tail); top-k is taken over ids < ``real_vocab`` only. The tail is
+    ``logsumexp(outside top-k) - logsumexp(all)``, computed from logits (``log(1 - sum p)`` cancels
+    catastrophically on a peaked teacher), -inf when nothing is outside.
+    Returns (ids int64 [N,k], logprobs float32 [N,k], tail float32 [N], target_logprobs float32 [N]).
+    """
+    z = logits.float() / temperature
+    log_z = torch.logsumexp(z, dim=-1)
+    k = min(top_k, real_vocab)
+    vals, ids = z[:, :real_vocab].topk(k, dim=-1)
+    outside = z.scatter(1, ids, float("-inf"))
+    tail = torch.logsumexp(outside, dim=-1) - log_z
+    logprobs = vals - log_z[:, None]
+    target_lp = z.gather(1, target_ids[:, None]).squeeze(1) - log_z
+    return ids, logprobs, tail, target_lp
+
+
+def teacher_topk(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    top_k: int,
+    real_vocab: int,
+    temperature: float = 1.0,
+    autocast_dtype: torch.dtype | None = None,
+    chunk_size: int = 4096,
+) -> TopK:
+    """Run the teacher on a collated batch and extract the top-k distribution of every target."""
+    labels = batch["labels"]
+    b, j = supervised_index(labels)
+    with forward_context(model, autocast_dtype):
+        h = hidden_states(model, batch)
+    h_pred = h[b, j - 1]  # the hidden state at j-1 predicts the target at j
+    targets = labels[b, j].to(torch.int64)
+    parts = []
+    for s in range(0, h_pred.shape[0], chunk_size):
+        logits = project_fp32(model, h_pred[s : s + chunk_size])
+        parts.append(topk_from_logits(logits, targets[s : s + chunk_size], top_k, real_vocab, temperature))
+    if parts:
+        ids, lps, tail, tlp = (torch.cat(x) for x in zip(*parts, strict=True))
+    else:
+        k = min(top_k, real_vocab)
+        ids = torch.zeros(0, k, dtype=torch.int64)
+        lps = torch.zeros(0, k)
+        tail = torch.zeros(0)
+        tlp = torch.zeros(0)
+    return TopK(ids.cpu(), lps.cpu(), tail.cpu(), tlp.cpu(), targets.cpu(), j.cpu(), b.cpu())
+
+
+def full_logprobs(model: torch.nn.Module, batch: dict[str, Any], temperature: float = 1.0) -> torch.Tensor:
+    """Teacher log-softmax over its full width at every supervised target: float32 [N, V] (tests, audits)."""
+    b, j = supervised_index(batch["labels"])
+    h = hidden_states(model, batch)
+    return torch.log_softmax(project_fp32(model, h[b, j - 1]) / temperature, dim=-1)
