@@ -175,4 +175,25 @@ def run_training(cfg: DistillConfig) -> Any:
     args.training_args.check_model = False
     pipeline = _make_pipeline_cls()(args, cfg)
     result = pipeline.main()
+    last = result.get("last_model_checkpoint") if isinstance(result, dict) else None
+    if last:
+        export_final(Path(last), Path(cfg.train.output_dir) / FINAL_DIR)
     return result
+
+
+FINAL_DIR = "final"
+# Training state that a model directory does not need (resume uses the checkpoint-N dirs).
+_STATE_FILES = ("optimizer.pt", "scheduler.pt", "training_args.bin", "trainer_state.json")
+
+
+def export_final(checkpoint: Path, dest: Path) -> Path:
+    """Copy the last checkpoint's model files to ``<output_dir>/final``: a stable path for the next stage."""
+    import shutil
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for p in checkpoint.iterdir():
+        if p.is_file() and p.name not in _STATE_FILES and not p.name.startswith("rng_state"):
+            shutil.copy2(p, dest / p.name)
+    return dest

@@ -1,0 +1,18 @@
+"""Demo-only DVC stage `demo_assets`: the tiny teacher/student and the synthetic captioning dataset."""
+
+import argparse
+from pathlib import Path
+
+from pipeline.demo import build_demo_assets
+from pipeline.stage_params import leave_marker
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, required=True)
+    p.add_argument("--n-val", type=int, required=True)
+    p.add_argument("--n-test", type=int, required=True)
+    a = p.parse_args()
+    build_demo_assets(a.out, seed=a.seed, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, overwrite=True)
+    leave_marker("demo_assets")
