@@ -22,6 +22,8 @@ PARAM_TO_CONFIG = {
     "cache.top_k": "custom.top_k",
     "cache.loss_temperature": "custom.loss_temperature",
     "cache.logprob_encoding": "custom.logprob_encoding",
+    "teacher.learning_rate": "train.learning_rate",
+    "teacher.max_steps": "train.max_steps",
     "student.model": "model.model",
     "student.learning_rate": "train.learning_rate",
     "student.max_steps": "train.max_steps",

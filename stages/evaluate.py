@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.evaluation import run_evaluation
+from pipeline.report import attach_train_time
 from pipeline.stage_params import leave_marker, load_stage_config
 
 if __name__ == "__main__":
@@ -16,4 +17,5 @@ if __name__ == "__main__":
     a = p.parse_args()
     cfg = load_stage_config(a.config, a.params, a.groups)
     run_evaluation(cfg, checkpoint=None, split=a.split, out=a.out)
+    attach_train_time(a.out, Path(cfg.train.output_dir))
     leave_marker("evaluate", config=str(a.config))

@@ -1,0 +1,44 @@
+"""Side-by-side comparison of evaluated runs: a markdown table and a CSV for ``dvc plots``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("ce", "token_accuracy", "kl", "caption_precision", "caption_recall", "caption_f1",
+           "hallucination_rate", "train_wall_s")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def compare_runs(metric_files: list[Path], out_dir: Path) -> list[dict[str, Any]]:
+    """Read each run's metrics JSON; write ``comparison.md`` and ``comparison.csv`` to ``out_dir``."""
+    rows = []
+    for f in metric_files:
+        m = json.loads(Path(f).read_text())
+        rows.append({"run": Path(f).stem, **{c: m.get(c) for c in COLUMNS}})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines += ["| " + " | ".join([r["run"], *(_fmt(r[c]) for c in COLUMNS)]) + " |" for r in rows]
+    (out_dir / "comparison.md").write_text("\n".join(lines) + "\n")
+    with open(out_dir / "comparison.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["run", *COLUMNS])
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def attach_train_time(metrics_path: Path, run_dir: Path) -> None:
+    """Copy ``train_wall_s`` from a run's ``train_time.json`` into its metrics JSON (if both exist)."""
+    t = Path(run_dir) / "train_time.json"
+    if not t.is_file() or not Path(metrics_path).is_file():
+        return
+    m = json.loads(Path(metrics_path).read_text())
+    m["train_wall_s"] = json.loads(t.read_text()).get("train_wall_s")
+    Path(metrics_path).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,14 @@
+"""DVC stage `compare`: one table (markdown + CSV for `dvc plots`) of every evaluated run."""
+
+import argparse
+from pathlib import Path
+
+from pipeline.report import compare_runs
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("metrics", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args()
+    for row in compare_runs(a.metrics, a.out):
+        print(row)
