@@ -104,7 +104,8 @@ def topk_from_logits(
     catastrophically on a peaked teacher), -inf when nothing is outside.
     Returns (ids int64 [N,k], logprobs float32 [N,k], tail float32 [N], target_logprobs float32 [N]).
     """
-    z = logits.float() / temperature
+    # fp32 at least (float64 stays float64, for exactness tests); never down-cast
+    z = (logits if logits.dtype == torch.float64 else logits.float()) / temperature
     log_z = torch.logsumexp(z, dim=-1)
     k = min(top_k, real_vocab)
     vals, ids = z[:, :real_vocab].topk(k, dim=-1)

@@ -1,0 +1,61 @@
+"""Shared fixtures: one session-scoped set of tiny demo assets and one briefly trained teacher."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# Offline and quiet: nothing in the suite may reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny teacher/student and a small demo dataset (built once per session)."""
+    from pipeline.demo.assets import build_demo_assets
+
+    root = tmp_path_factory.mktemp("demo_assets")
+    return build_demo_assets(root, seed=0, n_train=48, n_val=16, n_test=16)
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def base_config(assets: dict[str, Path], out: Path, model: str = "student", **train: Any) -> dict[str, Any]:
+    """A tiny full-tuning config over the session's demo assets (absolute paths)."""
+    t = {
+        "tuner_type": "full", "output_dir": str(out), "learning_rate": 2e-3, "num_train_epochs": 1,
+        "max_steps": 4, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8,
+        "freeze_vit": False, "freeze_aligner": False, "logging_steps": 1, "eval_steps": 4, "save_steps": 4,
+        "save_total_limit": 1, "warmup_ratio": 0.0, "weight_decay": 0.0, "lr_scheduler_type": "constant",
+        "gradient_checkpointing": False, "report_to": ["none"], "seed": 7,
+    }
+    t.update(train)
+    return {
+        "model": {"model": str(assets[model]), "model_type": "qwen2_5_vl", "template": "qwen2_5_vl",
+                  "torch_dtype": "float32"},
+        "data": {"dataset": [str(assets["train"])], "val_dataset": [str(assets["val"])], "max_length": 512},
+        "train": t,
+        "custom": {"trainer_variant": "sft"},
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(demo_assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo teacher after a brief SFT (a few steps): a teacher with non-uniform distributions."""
+    from pipeline.config import load_config
+    from pipeline.launcher import run_training
+
+    out = tmp_path_factory.mktemp("teacher_run")
+    cfg_path = write_config(out / "teacher.yaml", base_config(demo_assets, out / "run", model="teacher", max_steps=6))
+    run_training(load_config(cfg_path))
+    return out / "run" / "final"
