@@ -147,7 +147,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.bench == "train-step":
             from pipeline.bench_train import bench_train_step
 
-            bench_train_step(cfg, steps=args.steps)
+            bench_train_step(cfg, steps=args.steps, config_path=args.config)
             return 0
     raise AssertionError(f"unhandled command {cmd}")
 

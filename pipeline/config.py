@@ -1,0 +1,522 @@
+"""Load YAML configs into typed ``DistillConfig`` objects, and build ms-swift's arguments from them.
+
+A config file may start with ``inherit: <parent.yaml>``, a path relative to the file's own
+directory. The chain is merged root first: mappings merge key by key, anything else (lists,
+scalars, ``null``) replaces the parent's value, so ``rlhf: null`` drops an inherited block.
+Dotted overrides (``{"rlhf.beta": 0.1}``, from ``--set`` or a DVC params sweep) apply last and
+are checked like file keys. Raw dicts stop here: every error names the file (or ``overrides``)
+that set the offending dotted key.
+
+YAML is read with a ``yaml.SafeLoader`` subclass that refuses duplicate keys (plain PyYAML keeps
+the last one silently) and reads ``1e-4`` as a float (YAML 1.2; PyYAML's 1.1 rules return a string).
+
+``to_swift_args`` imports ms-swift lazily (~6 s); nothing else here touches torch or ms-swift.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config_schema import (
+    DEEPSPEED_PRESETS,
+    PIXEL_ENV_VARS,
+    SECTIONS,
+    ConfigFieldError,
+    CustomConfig,
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    RlhfConfig,
+    TrainConfig,
+    config_reference,
+)
+from pipeline.errors import ConfigError
+
+__all__ = [
+    "ConfigFieldError",
+    "CustomConfig",
+    "DataConfig",
+    "DistillConfig",
+    "ModelConfig",
+    "RlhfConfig",
+    "TrainConfig",
+    "apply_vision_env",
+    "check_extra_keys",
+    "config_chain",
+    "config_reference",
+    "default_args_kind",
+    "load_config",
+    "load_yaml",
+    "resolve_dict",
+    "swift_kwargs",
+    "to_swift_args",
+    "vision_env",
+]
+
+OVERRIDES = "overrides"  # the origin label of keys set by ``overrides``
+
+
+# ----------------------------------------------------------------------------------------- YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and resolves YAML 1.2 floats such as ``1e-4``."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may legitimately repeat keys
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+        r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse one YAML file with the config loader's rules (safe, no duplicate keys, ``1e-4`` is a float)."""
+    try:
+        with open(path, encoding="utf-8") as stream:  # a stream, so YAML errors carry the file name
+            return yaml.load(stream, Loader=_StrictLoader)
+    except FileNotFoundError:
+        raise ConfigError(f"{_show(path)}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{_show(path)}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{_show(path)}: invalid YAML: {exc}") from None
+
+
+def _show(path: str | os.PathLike[str]) -> str:
+    """A path as the user knows it: relative to the working directory when it lies below it."""
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            return str(p.relative_to(Path.cwd()))
+        except ValueError:
+            return str(p)
+    return str(p)
+
+
+# ---------------------------------------------------------------------------------- inheritance
+
+
+def _read_chain(path: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """The files of the chain with their raw mappings (``inherit`` removed), root first."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    seen: set[Path] = set()
+    current = Path(path)
+    while True:
+        real = current.resolve()
+        if real in seen:
+            cycle = " -> ".join(_show(p) for p, _ in chain) + f" -> {_show(current)}"
+            raise ConfigError(f"{_show(chain[-1][0])}: inherit: inheritance cycle {cycle}")
+        seen.add(real)
+        raw = load_yaml(current)
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(
+                f"{_show(current)}: the top level must be a mapping of sections, got {type(raw).__name__}"
+            )
+        parent = raw.pop("inherit", None)
+        chain.append((current, raw))
+        if parent is None:
+            break
+        if not isinstance(parent, str) or not parent.strip():
+            raise ConfigError(
+                f"{_show(current)}: inherit: must be the parent's path relative to this file, got {parent!r}"
+            )
+        nxt = Path(os.path.normpath(current.parent / parent))
+        if not nxt.is_file():
+            raise ConfigError(
+                f"{_show(current)}: inherit: parent file {parent!r} not found (looked for {_show(nxt)})"
+            )
+        current = nxt
+    chain.reverse()
+    return chain
+
+
+def config_chain(path: str | os.PathLike[str]) -> list[Path]:
+    """The files ``path`` inherits from, root first and ``path`` last (e.g. for DVC ``deps``)."""
+    return [p for p, _ in _read_chain(path)]
+
+
+def _record(origins: dict[str, str], key: str, value: Any, label: str) -> None:
+    origins[key] = label
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _record(origins, f"{key}.{k}", v, label)
+
+
+def _merge(
+    base: dict[str, Any], child: dict[str, Any], label: str, origins: dict[str, str], prefix: str = ""
+) -> dict[str, Any]:
+    """Deep merge: mappings merge, everything else replaces. Records who set each dotted key."""
+    out = dict(base)
+    for k, v in child.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, label, origins, key + ".")
+            origins[key] = label
+        else:
+            out[k] = copy.deepcopy(v)
+            _record(origins, key, v, label)
+    return out
+
+
+def _apply_overrides(merged: dict[str, Any], overrides: dict[str, Any], origins: dict[str, str]) -> None:
+    for dotted, value in overrides.items():
+        parts = dotted.split(".") if isinstance(dotted, str) else []
+        if not parts or not all(parts):
+            raise ConfigError(f"{OVERRIDES}: {dotted!r}: expected a dotted key such as 'rlhf.beta'")
+        if parts[0] == "inherit":
+            raise ConfigError(f"{OVERRIDES}: inherit: cannot be overridden; load the other file instead")
+        node = merged
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+                origins[".".join(parts[: i + 1])] = OVERRIDES
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"{OVERRIDES}: {dotted}: {'.'.join(parts[: i + 1])} is a value ({child!r}), not a section"
+                )
+            node = child
+        leaf = parts[-1]
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = _merge(node[leaf], value, OVERRIDES, origins, dotted + ".")
+        else:
+            node[leaf] = copy.deepcopy(value)
+            _record(origins, dotted, value, OVERRIDES)
+        origins[dotted] = OVERRIDES
+
+
+def _resolve(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, str], list[Path]]:
+    chain = _read_chain(path)
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for file, raw in chain:
+        merged = _merge(merged, raw, _show(file), origins)
+    if overrides:
+        _apply_overrides(merged, overrides, origins)
+    return merged, origins, [p for p, _ in chain]
+
+
+# ------------------------------------------------------------------------------ typed conversion
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widened to float where declared)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], key)
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, str):
+            raise ConfigFieldError(key, f"must be a list, e.g. [{value}], got the string {value!r}")
+    elif origin is dict:
+        if isinstance(value, dict):
+            for k in value:
+                if not isinstance(k, str):
+                    raise ConfigFieldError(f"{key}.{k}", "keys must be strings")
+            return {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML (YAML 1.1) reads an unquoted 1e-4 as a string; DVC writes params.yaml that way and
+        # other readers of it may use plain yaml.safe_load. Only that exponent form is accepted.
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+            return float(value)
+    elif tp is str and isinstance(value, str):
+        return value
+    hint = ""
+    if (
+        isinstance(value, str)
+        and tp in (int, float)
+        and re.fullmatch(r"[-+]?[0-9._]+(?:[eE][-+]?[0-9]+)?", value)
+    ):
+        hint = " (a quoted number: write it unquoted)"
+    raise ConfigFieldError(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}{hint}")
+
+
+def _build_section(cls: type, raw: Any, name: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigFieldError(name, f"must be a mapping of keys, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for k in raw:
+        if k not in known:
+            close = difflib.get_close_matches(str(k), list(known), n=1)
+            hint = f"; did you mean {name}.{close[0]}?" if close else ""
+            if name == "train":
+                hint += " Other ms-swift arguments go under train.extra."
+            raise ConfigFieldError(f"{name}.{k}", f"unknown key{hint} (known: {', '.join(known)})")
+    kwargs = {}
+    for fname, f in known.items():
+        if fname in raw:
+            kwargs[fname] = _coerce(raw[fname], hints[fname], f"{name}.{fname}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigFieldError(f"{name}.{fname}", f"required key is missing: {f.metadata['help']}")
+    return cls(**kwargs)
+
+
+def _lookup(origins: dict[str, str], key: str) -> str | None:
+    key = re.sub(r"\[\d+\]", "", key)
+    while key:
+        if key in origins:
+            return origins[key]
+        key = key.rpartition(".")[0]
+    return None
+
+
+def _build(merged: dict[str, Any], origins: dict[str, str], files: list[Path]) -> DistillConfig:
+    leaf = _show(files[-1])
+    try:
+        for k in merged:
+            if k not in SECTIONS:
+                close = difflib.get_close_matches(str(k), list(SECTIONS), n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ConfigFieldError(
+                    str(k), f"unknown section{hint} (known: inherit, {', '.join(SECTIONS)})"
+                )
+        sections: dict[str, Any] = {}
+        for name, cls in SECTIONS.items():
+            raw = merged.get(name)
+            if raw is None and name == "rlhf":
+                sections[name] = None
+            elif raw is None and name == "custom":
+                sections[name] = cls()
+            elif raw is None:
+                raise ConfigFieldError(name, f"required section is missing (a `{name}:` mapping)")
+            else:
+                sections[name] = _build_section(cls, raw, name)
+        return DistillConfig(**sections, source_files=[str(f) for f in files])
+    except ConfigFieldError as err:
+        where = next((o for k in err.keys if (o := _lookup(origins, k))), None)
+        if where is None:
+            where = leaf if len(files) == 1 else f"{leaf} (or a parent)"
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> DistillConfig:
+    """Load ``path`` with its inheritance chain and dotted ``overrides`` into a checked ``DistillConfig``.
+
+    Never touches model paths or datasets: a config for a machine you are not on still loads.
+    """
+    merged, origins, files = _resolve(path, overrides)
+    return _build(merged, origins, files)
+
+
+def resolve_dict(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The merged raw mapping (no ``inherit``), checked like ``load_config``; dumping it gives a
+    standalone config that loads to the same ``DistillConfig``."""
+    merged, origins, files = _resolve(path, overrides)
+    _build(merged, origins, files)
+    return merged
+
+
+# --------------------------------------------------------------------------------- ms-swift args
+
+
+def default_args_kind(cfg: DistillConfig) -> str:
+    """``"sft"`` for trainer_variant sft, ``"rlhf"`` (GKD arguments) for both GKD variants."""
+    return "sft" if cfg.custom.trainer_variant == "sft" else "rlhf"
+
+
+def vision_env(data: DataConfig) -> dict[str, str]:
+    """Environment variables that carry ``data`` image settings to qwen_vl_utils (only MIN_PIXELS:
+    ``max_pixels`` travels as a template argument)."""
+    return {} if data.min_pixels is None else {"MIN_PIXELS": str(data.min_pixels)}
+
+
+def apply_vision_env(data: DataConfig, environ: Any = None) -> None:
+    """Set ``vision_env(data)`` in ``environ`` (default ``os.environ``), refusing image-size variables
+    that something else set: they would change encoding without being in the config or the cache
+    fingerprint. Call it before the first processor loads: ms-swift applies qwen_vl_utils settings
+    once per process. Forked dataloader workers inherit them; spawned ones must call this again."""
+    env = os.environ if environ is None else environ
+    wanted = vision_env(data)
+    for var in PIXEL_ENV_VARS:
+        have = env.get(var)
+        if not have or have == wanted.get(var):
+            continue
+        # ms-swift derives IMAGE_MIN_TOKEN_NUM from MIN_PIXELS in-process; that one is ours.
+        if (
+            var == "IMAGE_MIN_TOKEN_NUM"
+            and "MIN_PIXELS" in wanted
+            and env.get("MIN_PIXELS") == wanted["MIN_PIXELS"]
+        ):
+            continue
+        owner = "data.min_pixels" if "MIN" in var else "data.max_pixels"
+        raise ConfigError(
+            f"environment: {var}={have} changes image sizes behind the config's back; unset it "
+            f"and set {owner} instead"
+        )
+    env.update(wanted)
+
+
+def _needs_live_teacher(cfg: DistillConfig) -> bool:
+    """gkd_monitor always; gkd_cached only for on-policy batches (lmbda > 0)."""
+    variant, rlhf = cfg.custom.trainer_variant, cfg.rlhf
+    return rlhf is not None and (variant == "gkd_monitor" or (variant == "gkd_cached" and rlhf.lmbda > 0))
+
+
+def swift_kwargs(cfg: DistillConfig, kind: str | None = None) -> dict[str, Any]:
+    """The keyword arguments ``to_swift_args`` passes to ms-swift (pure: no import, no filesystem)."""
+    kind = kind or default_args_kind(cfg)
+    if kind not in ("sft", "rlhf"):
+        raise ConfigError(f"to_swift_args: kind must be 'sft' or 'rlhf', got {kind!r}")
+    m, d, t = cfg.model, cfg.data, cfg.train
+    kw: dict[str, Any] = {
+        "model": m.model,
+        "model_type": m.model_type,
+        "template": m.template,
+        "torch_dtype": m.torch_dtype,
+        # ms-swift maps float32 weights to fp16 autocast; we mean what the dtype says.
+        "bf16": m.torch_dtype == "bfloat16",
+        "fp16": m.torch_dtype == "float16",
+        "dataset": list(d.dataset),
+        "val_dataset": list(d.val_dataset),
+        "max_length": d.max_length,
+        "truncation_strategy": d.truncation_strategy,
+        "max_pixels": d.max_pixels,
+        "loss_scale": d.loss_scale,
+        "dataloader_num_workers": d.dataloader_num_workers,
+        "strict": cfg.custom.strict,
+    }
+    if m.attn_impl is not None:
+        kw["attn_impl"] = m.attn_impl
+    if d.system is not None:
+        kw["system"] = d.system
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "extra":
+            kw[f.name] = copy.deepcopy(getattr(t, f.name))
+    if kind == "rlhf":
+        if cfg.rlhf is None:
+            raise ConfigError(f"{cfg.config_path or 'config'}: rlhf: RLHF arguments need an rlhf: block")
+        kw.update(dataclasses.asdict(cfg.rlhf))
+        if not _needs_live_teacher(cfg):
+            # Offline cached GKD: ms-swift would load the teacher for nothing (the cache stage reads
+            # cfg.rlhf.teacher_model itself). Without one ms-swift logs "self-distillation mode";
+            # our cached trainer never asks it for teacher logits.
+            kw["teacher_model"] = kw["teacher_model_type"] = None
+    extra = copy.deepcopy(t.extra)
+    model_kwargs = {**vision_env(d), **(extra.pop("model_kwargs", None) or {})}
+    if model_kwargs:
+        kw["model_kwargs"] = model_kwargs  # ms-swift puts these in os.environ and records them in args.json
+    kw.update(extra)
+    return kw
+
+
+def _swift_class(kind: str) -> type:
+    from swift.arguments import RLHFArguments, SftArguments
+
+    return RLHFArguments if kind == "rlhf" else SftArguments
+
+
+def check_extra_keys(cfg: DistillConfig, kind: str | None = None) -> None:
+    """Refuse ``train.extra`` keys that the ms-swift arguments class for ``kind`` does not have."""
+    kind = kind or default_args_kind(cfg)
+    names = {f.name for f in dataclasses.fields(_swift_class(kind)) if f.init}
+    rlhf_names = {f.name for f in dataclasses.fields(_swift_class("rlhf")) if f.init}
+    for key in cfg.train.extra:
+        if key in names:
+            continue
+        if key in rlhf_names:
+            why = "is an RLHF-only argument, but this run builds SFT arguments"
+        else:
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            why = "is not an ms-swift argument" + (f"; did you mean {close[0]}?" if close else "")
+        raise ConfigError(f"{cfg.config_path or 'config'}: train.extra.{key}: {why}")
+
+
+def _looks_local(path: str) -> bool:
+    """A local path, not a hub id (``org/name``): ms-swift would try to download a missing one."""
+    return path.startswith(("/", "./", "../", "~")) or path.count("/") >= 2 or os.path.exists(path)
+
+
+def to_swift_args(cfg: DistillConfig, kind: str | None = None) -> Any:
+    """ms-swift's argument object for this config: ``SftArguments`` (kind ``"sft"``) or
+    ``RLHFArguments`` with ``rlhf_type="gkd"`` (kind ``"rlhf"``); default from trainer_variant.
+
+    Offline cached GKD (gkd_cached, lmbda 0) gets no ``teacher_model``: nothing in training asks
+    the live teacher, and ms-swift would otherwise load it. Our trainer variant is not ms-swift's
+    business: ``resolve_trainer_cls`` picks the trainer.
+
+    Call it when a run starts, not to validate a config: ms-swift reads the model's config.json,
+    creates ``train.output_dir``, and sets environment variables (``MIN_PIXELS``, and
+    ``TENSORBOARD_LOGGING_DIR`` with ``setdefault``, so a second run in the same process logs to
+    the first one's directory unless the caller resets it). Errors ms-swift raises about the values
+    become ``ConfigError``.
+    """
+    kind = kind or default_args_kind(cfg)
+    kwargs = swift_kwargs(cfg, kind)
+    where = cfg.config_path or "config"
+    check_extra_keys(cfg, kind)
+    local = [("model.model", cfg.model.model)]
+    if kwargs.get("teacher_model") is not None:
+        local.append(("rlhf.teacher_model", kwargs["teacher_model"]))
+    for key, path in local:
+        if _looks_local(path) and not os.path.isdir(os.path.expanduser(path)):
+            raise ConfigError(f"{where}: {key}: model directory {path!r} does not exist")
+    ds = cfg.train.deepspeed
+    if ds is not None and ds not in DEEPSPEED_PRESETS and not os.path.isfile(ds):
+        raise ConfigError(f"{where}: train.deepspeed: file {ds!r} does not exist")
+    apply_vision_env(cfg.data)
+    cls = _swift_class(kind)
+    try:
+        return cls(**kwargs)
+    except (ValueError, AssertionError) as exc:
+        raise ConfigError(
+            f"{where}: ms-swift rejected the {cls.__name__} built from this config: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
