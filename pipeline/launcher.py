@@ -173,6 +173,9 @@ def run_training(cfg: DistillConfig) -> Any:
     # retries and time, and a local directory has nothing to check.
     args.check_model = False
     args.training_args.check_model = False
+    # eval/sft_loss means the same for every variant: it selects the model (eval/loss would mix in KL).
+    args.training_args.metric_for_best_model = "sft_loss"
+    args.training_args.greater_is_better = False
     pipeline = _make_pipeline_cls()(args, cfg)
     result = pipeline.main()
     last = result.get("last_model_checkpoint") if isinstance(result, dict) else None

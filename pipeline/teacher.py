@@ -116,6 +116,7 @@ def topk_from_logits(
     return ids, logprobs, tail, target_lp
 
 
+@torch.no_grad()
 def teacher_topk(
     model: torch.nn.Module,
     batch: dict[str, Any],
@@ -147,6 +148,7 @@ def teacher_topk(
     return TopK(ids.cpu(), lps.cpu(), tail.cpu(), tlp.cpu(), targets.cpu(), j.cpu(), b.cpu())
 
 
+@torch.no_grad()
 def full_logprobs(model: torch.nn.Module, batch: dict[str, Any], temperature: float = 1.0) -> torch.Tensor:
     """Teacher log-softmax over its full width at every supervised target: float32 [N, V] (tests, audits)."""
     b, j = supervised_index(batch["labels"])

@@ -149,16 +149,7 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _cached_kl(self, teacher: dict[str, torch.Tensor], s_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        t = {k: v.to(s_logits.device) for k, v in teacher.items()}
-        if t["target_ids"].shape != targets.shape or not torch.equal(t["target_ids"], targets):
-            raise CacheMismatchError(
-                f"batch targets disagree with the cache ({targets.numel()} supervised tokens in the batch, "
-                f"{t['target_ids'].numel()} in the cache): the collator or template changed the labels")
-        if t["topk_ids"].numel() and int(t["topk_ids"].max()) >= s_logits.shape[-1]:
-            raise CacheMismatchError(
-                f"cached id {int(t['topk_ids'].max())} is outside the student's vocabulary ({s_logits.shape[-1]})")
-        return losses.gjsd_topk(s_logits, t["topk_ids"], t["topk_logprobs"], t["tail_logprobs"],
-                                beta=self.distill.beta, temperature=self.distill.loss_temperature, reduction="none")
+        return cached_teacher_kl(teacher, s_logits, targets, self.distill)
 
     def _live_kl(self, inputs: dict[str, Any], labels: torch.Tensor, s_logits: torch.Tensor) -> torch.Tensor:
         """GJSD against the live teacher's full distribution (fp32; padded rows form one bucket)."""
@@ -187,6 +178,25 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         if rows is None:
             raise ConfigError("on-policy training needs the raw rows in the batch (dataset keep_rows)")
         return sample_completions(self, model, rows)
+
+
+def cached_teacher_kl(teacher: dict[str, torch.Tensor], s_logits: torch.Tensor, targets: torch.Tensor,
+                      distill: DistillSettings) -> torch.Tensor:
+    """Per-token GJSD of the student [N, V] against the batch's cached top-k + tail (float32 [N]).
+
+    The batch's supervised targets must be the cached ones, in the same order: this is the cheap
+    per-batch half of the alignment check (the encoding hash is the per-sample half).
+    """
+    t = {k: v.to(s_logits.device) for k, v in teacher.items()}
+    if t["target_ids"].shape != targets.shape or not torch.equal(t["target_ids"], targets):
+        raise CacheMismatchError(
+            f"batch targets disagree with the cache ({targets.numel()} supervised tokens in the batch, "
+            f"{t['target_ids'].numel()} in the cache): the collator or template changed the labels")
+    if t["topk_ids"].numel() and int(t["topk_ids"].max()) >= s_logits.shape[-1]:
+        raise CacheMismatchError(
+            f"cached id {int(t['topk_ids'].max())} is outside the student's vocabulary ({s_logits.shape[-1]})")
+    return losses.gjsd_topk(s_logits, t["topk_ids"], t["topk_logprobs"], t["tail_logprobs"],
+                            beta=distill.beta, temperature=distill.loss_temperature, reduction="none")
 
 
 def live_teacher_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, distill: DistillSettings) -> torch.Tensor:

@@ -1,0 +1,288 @@
+"""``manifest.json``: reading, writing, merging per-rank parts, and comparing fingerprints.
+
+A cache directory holds complete shards (``shard-rRR-IIIII.arrow``), ``parts/rank-RR.json`` (one partial
+manifest per writer rank: fingerprint, layout, its shards) and ``parts/rank-RR.skips.jsonl`` (its durable
+skip log), and, once every writer has finished, ``manifest.json``, made by :func:`merge_rank_manifests`.
+
+What two manifests are compared on (:func:`manifest_content`) is everything but the shard list: the
+same set of sample_ids with identical row data gives the same ``content_digest`` however the rows were
+split into shards or ranks, and nothing run-dependent (no time, host or path) is recorded anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.cache.format import (
+    FINGERPRINT_KEY,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PARTS_DIR,
+    SHARD_RE,
+    Layout,
+)
+from pipeline.errors import CacheFormatError, CacheMismatchError
+
+_DIGEST_MOD = 2**256
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CacheFormatError(f"{path}: unreadable ({err})") from err
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 23):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; non-dict values (lists included) are leaves."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+_MISSING = "<missing>"
+
+
+def compare_fingerprints(expected: dict[str, Any], found: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> ``(expected, found)`` for every leaf that differs (``"<missing>"`` when absent)."""
+    a, b = flatten(expected), flatten(found)
+    return {k: (a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(a.keys() | b.keys()) if a.get(k, _MISSING) != b.get(k, _MISSING)}
+
+
+def mismatch_error(where: str, differences: dict[str, tuple[Any, Any]]) -> CacheMismatchError:
+    lines = "; ".join(f"{k}: expected {e!r}, cache has {f!r}" for k, (e, f) in differences.items())
+    return CacheMismatchError(f"{where} was built for something else: {lines}", differences)
+
+
+def row_digests(batch: pa.RecordBatch) -> list[int]:
+    """sha256 of each row's logical values (column name, then length-prefixed bytes), as integers.
+
+    Hashing values rather than Arrow buffers keeps the digest independent of batching and of pyarrow.
+    """
+    per_column = [(name.encode(), _row_bytes(batch.column(i))) for i, name in enumerate(batch.schema.names)]
+    out = []
+    for r in range(batch.num_rows):
+        h = hashlib.sha256()
+        for name, rows in per_column:
+            value = rows(r)
+            h.update(name + b"\0" + len(value).to_bytes(8, "little") + value)
+        out.append(int.from_bytes(h.digest(), "big"))
+    return out
+
+
+def _row_bytes(arr: pa.Array) -> Any:
+    import numpy as np
+
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_list(t):
+        offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
+        if pa.types.is_list(t):
+            child = arr.values
+            width = child.type.bit_width // 8
+            data = memoryview(child.buffers()[1] or b"")[child.offset * width :]
+        else:
+            width = 1
+            data = memoryview(arr.buffers()[2] or b"")
+        return lambda r: bytes(data[offsets[r] * width : offsets[r + 1] * width])
+    values = arr.to_numpy(zero_copy_only=False).astype("<i8")
+    return lambda r: values[r].tobytes()
+
+
+def digest_hex(total: int) -> str:
+    return f"{total % _DIGEST_MOD:064x}"
+
+
+def read_shard_index(path: Path) -> tuple[pa.Schema, list[str]]:
+    """Schema and sample_ids of a complete shard (reads only the sample_id column)."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=[0], use_threads=False))
+            ids: list[str] = []
+            for i in range(reader.num_record_batches):
+                ids.extend(reader.get_batch(i).column(0).to_pylist())
+            return reader.schema, ids
+    except (OSError, pa.ArrowException) as err:
+        raise CacheFormatError(f"shard {path.name}: unreadable Arrow IPC file ({err})") from err
+
+
+def scan_shard(path: Path) -> dict[str, Any]:
+    """Shard record (rows, targets, bytes, sha256, digest) computed from the file itself."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(use_threads=False))
+            rows = targets = total = 0
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                rows += batch.num_rows
+                targets += int(batch.column("num_targets").to_numpy().sum())
+                total += sum(row_digests(batch))
+    except (OSError, pa.ArrowException, KeyError) as err:
+        raise CacheFormatError(f"shard {path.name}: unreadable Arrow IPC file ({err})") from err
+    return {"file": path.name, "rows": rows, "targets": targets, "bytes": path.stat().st_size,
+            "sha256": sha256_file(path), "digest": digest_hex(total)}
+
+
+def shard_meta(schema: pa.Schema, where: str) -> tuple[Layout, dict[str, Any]]:
+    """Layout and fingerprint stored in a shard's schema metadata."""
+    layout = Layout.from_schema(schema, where)
+    raw = (schema.metadata or {}).get(FINGERPRINT_KEY)
+    try:
+        fingerprint = json.loads(raw) if raw is not None else None
+    except ValueError:
+        fingerprint = None
+    if not isinstance(fingerprint, dict):
+        raise CacheFormatError(f"{where}: missing or corrupt fingerprint metadata")
+    return layout, fingerprint
+
+
+def part_path(root: Path, rank: int) -> Path:
+    return root / PARTS_DIR / f"rank-{rank:02d}.json"
+
+
+def skips_path(root: Path, rank: int) -> Path:
+    return root / PARTS_DIR / f"rank-{rank:02d}.skips.jsonl"
+
+
+def read_skips(path: Path) -> list[dict[str, str]]:
+    """Skip records of one log; a torn last line (interrupted append) is ignored."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("sample_id"), str):
+            out.append({"sample_id": rec["sample_id"], "reason": str(rec.get("reason", "")),
+                        "detail": str(rec.get("detail", ""))})
+    return out
+
+
+def complete_shards(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if SHARD_RE.match(p.name))
+
+
+def manifest_content(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The part of a manifest that must be equal for two caches to hold the same content."""
+    return {k: v for k, v in manifest.items() if k != "shards"}
+
+
+def header(fingerprint: dict[str, Any], layout: Layout) -> dict[str, Any]:
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
+            "layout": layout.to_dict()}
+
+
+def check_compatible(where: str, found: dict[str, Any], fingerprint: dict[str, Any], layout: Layout) -> None:
+    """Raise if a manifest or part at ``where`` was written for another fingerprint or layout."""
+    if found.get("format_version") != FORMAT_VERSION:
+        raise CacheFormatError(f"{where}: cache format version {found.get('format_version')!r}, "
+                               f"this pipeline reads version {FORMAT_VERSION}")
+    diffs = compare_fingerprints({"fingerprint": fingerprint, "layout": layout.to_dict()},
+                                 {"fingerprint": found.get("fingerprint"), "layout": found.get("layout")})
+    if diffs:
+        raise mismatch_error(where, diffs)
+
+
+def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[str, Any]:
+    """Merge every rank's part into ``manifest.json``; return the counts.
+
+    Call once, after every writer has finalized (under torchrun: rank 0, after a barrier). Shards on
+    disk that no part lists (a writer stopped between renaming a shard and recording it) are adopted
+    from the file. ``rows_in`` defaults to the sum that the ranks of the latest run recorded.
+
+    Raises:
+        CacheFormatError: no parts, a listed shard is missing, a sample is cached twice or both cached
+            and skipped, or ``rows_in != cached + skipped`` (then no manifest is written).
+        CacheMismatchError: parts written for different fingerprints or layouts.
+    """
+    root = Path(root)
+    parts = {int(p.stem.split("-")[1]): read_json(p) for p in sorted((root / PARTS_DIR).glob("rank-*.json"))}
+    if not parts:
+        raise CacheFormatError(f"{root}: no writer parts under {PARTS_DIR}/ (was anything written?)")
+    first = parts[min(parts)]
+    fingerprint, layout = first["fingerprint"], Layout.from_dict(first["layout"], str(root))
+    listed: dict[str, dict[str, Any]] = {}
+    for rank, part in parts.items():
+        check_compatible(str(part_path(root, rank)), part, fingerprint, layout)
+        listed.update({s["file"]: s for s in part["shards"]})
+    on_disk = {p.name: p for p in complete_shards(root)}
+    if missing := sorted(set(listed) - set(on_disk)):
+        raise CacheFormatError(f"{root}: shards recorded but missing on disk: {missing}")
+    shards, owner = [], {}
+    for name, path in sorted(on_disk.items()):
+        schema, ids = read_shard_index(path)
+        shard_layout, shard_fp = shard_meta(schema, f"shard {name}")
+        check_compatible(f"shard {name}", {"format_version": FORMAT_VERSION, "fingerprint": shard_fp,
+                                           "layout": shard_layout.to_dict()}, fingerprint, layout)
+        rec = listed.get(name)
+        if rec is None or rec["bytes"] != path.stat().st_size:
+            rec = scan_shard(path)
+        shards.append(rec)
+        for sid in ids:
+            if sid in owner:
+                raise CacheFormatError(f"{root}: sample {sid!r} cached twice ({owner[sid]} and {name})")
+            owner[sid] = name
+    skipped: dict[str, dict[str, str]] = {}
+    for rank in sorted(parts):
+        for rec in read_skips(skips_path(root, rank)):
+            if rec["sample_id"] in owner:
+                raise CacheFormatError(f"{root}: sample {rec['sample_id']!r} is both cached "
+                                       f"({owner[rec['sample_id']]}) and skipped ({rec['reason']})")
+            skipped.setdefault(rec["sample_id"], rec)
+    if rows_in is None:
+        world = first.get("world_size", 1)
+        latest = [p.get("rows_in") for r, p in parts.items() if r < world and p.get("world_size") == world]
+        rows_in = sum(latest) if len(latest) == world and None not in latest else None
+    by_reason: dict[str, int] = {}
+    for rec in skipped.values():
+        by_reason[rec["reason"]] = by_reason.get(rec["reason"], 0) + 1
+    counts = {"rows_in": rows_in, "cached": len(owner), "skipped": len(skipped),
+              "skipped_by_reason": dict(sorted(by_reason.items())),
+              "targets": sum(s["targets"] for s in shards)}
+    if rows_in is not None and rows_in != counts["cached"] + counts["skipped"]:
+        raise CacheFormatError(
+            f"{root}: rows in ({rows_in}) != cached ({counts['cached']}) + skipped ({counts['skipped']}): "
+            f"{rows_in - counts['cached'] - counts['skipped']} rows were neither cached nor skipped"
+        )
+    manifest = header(fingerprint, layout) | {
+        "counts": counts,
+        "content_digest": digest_hex(sum(int(s["digest"], 16) for s in shards)),
+        "skipped": [skipped[s] for s in sorted(skipped)],
+        "shards": shards,
+    }
+    write_json_atomic(root / MANIFEST_NAME, manifest)
+    for stale in root.glob("shard-*.arrow.tmp*"):  # every writer has finished: leftovers are dead
+        stale.unlink(missing_ok=True)
+    return counts

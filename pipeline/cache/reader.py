@@ -1,0 +1,290 @@
+"""``CacheReader``: validated, checksummed random access to a teacher cache, decoded into tensors.
+
+Checksum policy: with ``verify="open"`` (default) every shard's size and sha256 are checked against the
+manifest when the reader opens; with ``verify="lazy"`` sizes are checked at open and a shard's sha256
+the first time anything is decoded from it (in this process, or before pickling to a worker). Either
+way nothing decoded from a shard is returned before its checksum matched, and a truncated or altered
+shard is a ``CacheFormatError`` naming it. Nothing here unpickles or executes stored data.
+
+Not thread-safe (the decoder reuses scratch buffers); give each dataloader worker its own copy (the
+reader pickles without its open files).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.cache.codec import Decoded, Decoder
+from pipeline.cache.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, CachedSample, Layout
+from pipeline.cache.manifest import compare_fingerprints, mismatch_error, read_json, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CacheReader", "compare_fingerprints", "export_plain"]
+
+_LIST_COLUMNS = ("positions", "escape_target_ids", "escape_target_logprobs", "escape_gaps")
+
+
+class _Block:
+    """One decompressed record batch with numpy views of its columns."""
+
+    def __init__(self, batch: pa.RecordBatch, layout: Layout):
+        self.num_targets = batch.column("num_targets").to_numpy()
+        self.num_tokens = batch.column("num_tokens").to_numpy()
+        self.sample_ids = batch.column("sample_id").to_pylist()
+        self.hashes = batch.column("encoding_hash").to_pylist()
+        self.ragged: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in (*layout.plane_columns(), *_LIST_COLUMNS):
+            arr = batch.column(name)
+            offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
+            if pa.types.is_list(arr.type):
+                child = arr.values
+                dtype = np.dtype(child.type.to_pandas_dtype())
+                data = np.frombuffer(child.buffers()[1] or b"", dtype)[child.offset :]
+            else:
+                data = np.frombuffer(arr.buffers()[2] or b"", np.uint8)
+            self.ragged[name] = (offsets, data)
+
+
+class CacheReader:
+    """Open the cache at ``root``; see the module docstring for checksums.
+
+    Args:
+        root: the cache directory (holding ``manifest.json``).
+        expected_fingerprint: if given, must equal the manifest's fingerprint, else
+            ``CacheMismatchError`` listing each differing dotted field.
+        verify: ``"open"`` or ``"lazy"``.
+        cached_batches: decompressed record batches kept for reuse (random access decodes one row
+            of a batch of a few dozen samples, so neighbours read soon after come for free).
+    """
+
+    def __init__(self, root: str | Path, expected_fingerprint: dict[str, Any] | None = None, *,
+                 verify: str = "open", cached_batches: int = 4):
+        if verify not in ("open", "lazy"):
+            raise ValueError(f"verify must be 'open' or 'lazy', got {verify!r}")
+        self.root = Path(root)
+        path = self.root / MANIFEST_NAME
+        if not path.is_file():
+            raise _format_error(f"{self.root}: no {MANIFEST_NAME} (not a cache, or its writers never finished)")
+        self.manifest: dict[str, Any] = read_json(path)
+        if self.manifest.get("format") != FORMAT_NAME:
+            raise _format_error(f"{path}: not a teacher-cache manifest (format {self.manifest.get('format')!r})")
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise _format_error(f"{path}: cache format version {self.manifest.get('format_version')!r}, this "
+                                f"reader reads version {FORMAT_VERSION} (rebuild the cache)")
+        self.layout = Layout.from_dict(self.manifest["layout"], str(path))
+        if expected_fingerprint is not None:
+            diffs = compare_fingerprints(expected_fingerprint, self.manifest["fingerprint"])
+            if diffs:
+                raise mismatch_error(f"cache {self.root}", diffs)
+        self.top_k, self.vocab_size = self.layout.top_k, self.layout.vocab_size
+        self._shards: list[dict[str, Any]] = self.manifest["shards"]
+        self._verified: set[int] = set()
+        for i, shard in enumerate(self._shards):
+            p = self.root / shard["file"]
+            size = p.stat().st_size if p.is_file() else None
+            if size != shard["bytes"]:
+                raise _format_error(f"shard {shard['file']} in {self.root}: {'missing' if size is None else 'truncated or altered'} "
+                                    f"({size} bytes on disk, manifest says {shard['bytes']})")
+            if verify == "open":
+                self._verify(i)
+        self._cached_batches = cached_batches
+        self._files: dict[int, Any] = {}
+        self._blocks: OrderedDict[tuple[int, int], _Block] = OrderedDict()
+        self._decoder = Decoder(self.layout)
+        self._index: dict[str, tuple[int, int, int]] = {}
+        self.sample_ids: list[str] = []
+        for i in range(len(self._shards)):
+            reader = self._file(i)
+            for b in range(reader.num_record_batches):
+                ids = self._guard(i, lambda r=reader, b=b: r.get_batch(b).column(0).to_pylist())
+                for row, sid in enumerate(ids):
+                    self._index[sid] = (i, b, row)
+                self.sample_ids.extend(ids)
+
+    # -- shards ----------------------------------------------------------------------------------
+
+    def _verify(self, i: int) -> None:
+        if i in self._verified:
+            return
+        shard = self._shards[i]
+        if sha256_file(self.root / shard["file"]) != shard["sha256"]:
+            raise _format_error(f"shard {shard['file']} in {self.root}: checksum mismatch (corrupt; rebuild the cache)")
+        self._verified.add(i)
+
+    def verify_all(self) -> None:
+        """Check every shard's sha256 now (``distill inspect`` audits this way)."""
+        for i in range(len(self._shards)):
+            self._verify(i)
+
+    def _guard(self, i: int, fn: Any) -> Any:
+        try:
+            return fn()
+        except (OSError, pa.ArrowException, ValueError, IndexError, KeyError) as err:
+            raise _format_error(f"shard {self._shards[i]['file']} in {self.root}: unreadable ({err})") from err
+
+    def _file(self, i: int) -> Any:
+        if i not in self._files:
+            def open_() -> Any:
+                source = pa.memory_map(str(self.root / self._shards[i]["file"]))
+                reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(use_threads=False))
+                if Layout.from_schema(reader.schema, self._shards[i]["file"]) != self.layout:
+                    raise ValueError("shard layout differs from the manifest's")
+                return reader
+            self._files[i] = self._guard(i, open_)
+        return self._files[i]
+
+    def _block(self, i: int, b: int) -> _Block:
+        block = self._blocks.get((i, b))
+        if block is None:
+            self._verify(i)
+            block = self._guard(i, lambda: _Block(self._file(i).get_batch(b), self.layout))
+            self._blocks[(i, b)] = block
+            while len(self._blocks) > self._cached_batches:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end((i, b))
+        return block
+
+    # -- access ----------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __contains__(self, sample_id: object) -> bool:
+        return sample_id in self._index
+
+    def _locate(self, sample_id: str) -> tuple[int, int, int]:
+        try:
+            return self._index[sample_id]
+        except KeyError:
+            raise KeyError(f"sample {sample_id!r} is not in the cache at {self.root}") from None
+
+    def _decode(self, sample_ids: list[str]) -> tuple[Decoded, dict[str, np.ndarray], list[tuple[_Block, int]]]:
+        """Decode the targets of ``sample_ids`` (in that order), with the ragged list columns."""
+        where = [self._locate(s) for s in sample_ids]
+        rows = [(self._block(i, b), r) for i, b, r in where]
+        runs: list[tuple[_Block, int, int]] = []  # consecutive rows of one block are sliced at once
+        for block, r in rows:
+            if runs and runs[-1][0] is block and runs[-1][2] == r:
+                runs[-1] = (block, runs[-1][1], r + 1)
+            else:
+                runs.append((block, r, r + 1))
+        cols: dict[str, np.ndarray] = {}
+        for name in (*self.layout.plane_columns(), *_LIST_COLUMNS):
+            parts = [blk.ragged[name][1][blk.ragged[name][0][r0] : blk.ragged[name][0][r1]] for blk, r0, r1 in runs]
+            cols[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        shard = where[0][0] if where else 0
+        decoded = self._guard(shard, lambda: self._decoder.decode(cols))
+        return decoded, cols, rows
+
+    def get(self, sample_id: str) -> CachedSample:
+        """One sample, decoded (numpy arrays as :class:`CachedSample` documents)."""
+        d, cols, rows = self._decode([sample_id])
+        block, r = rows[0]
+        return CachedSample(
+            sample_id=sample_id, encoding_hash=block.hashes[r], num_tokens=int(block.num_tokens[r]),
+            positions=cols["positions"].astype(np.int64), target_ids=d.target_ids, topk_ids=d.topk_ids,
+            topk_logprobs=d.topk_logprobs, tail_logprobs=d.tail_logprobs, target_logprobs=d.target_logprobs,
+        )
+
+    def batch(self, sample_ids: list[str]) -> dict[str, torch.Tensor]:
+        """Targets of ``sample_ids`` concatenated in that order, as tensors ready for the loss.
+
+        Returns ``topk_ids`` int64 [N, k], ``topk_logprobs`` float32 [N, k], ``tail_logprobs`` float32 [N],
+        ``target_ids`` int64 [N], ``target_logprobs`` float32 [N], ``positions`` int64 [N],
+        ``batch_index`` int64 [N] (index into ``sample_ids``), ``num_targets`` int64 [B].
+        """
+        import torch
+
+        d, cols, rows = self._decode(list(sample_ids))
+        num_targets = np.array([block.num_targets[r] for block, r in rows], np.int64)
+        return {
+            "topk_ids": torch.from_numpy(d.topk_ids),
+            "topk_logprobs": torch.from_numpy(d.topk_logprobs),
+            "tail_logprobs": torch.from_numpy(d.tail_logprobs),
+            "target_ids": torch.from_numpy(d.target_ids),
+            "target_logprobs": torch.from_numpy(d.target_logprobs),
+            "positions": torch.from_numpy(cols["positions"].astype(np.int64)),
+            "batch_index": torch.from_numpy(np.repeat(np.arange(len(rows), dtype=np.int64), num_targets)),
+            "num_targets": torch.from_numpy(num_targets),
+        }
+
+    def iter_blocks(self) -> Any:
+        """Yield ``(block, Decoded, positions)`` per record batch in storage order (for export)."""
+        for i in range(len(self._shards)):
+            for b in range(self._file(i).num_record_batches):
+                block = self._block(i, b)
+                d, cols, _ = self._decode(block.sample_ids)
+                yield block, d, cols["positions"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"], state["_blocks"] = {}, OrderedDict()
+        return state
+
+
+def _format_error(message: str) -> Exception:
+    from pipeline.errors import CacheFormatError
+
+    return CacheFormatError(message)
+
+
+def export_plain(cache_root: str | Path, out_path: str | Path) -> dict[str, int]:
+    """Write a plain copy of a cache (decoded values) with list columns; ``.parquet`` -> Parquet, else Arrow IPC.
+
+    One row per sample: ``sample_id``, ``encoding_hash``, ``num_tokens`` and per-target lists ``positions``,
+    ``target_ids``, ``target_logprobs``, ``tail_logprobs``, ``topk_ids`` (list of fixed-size lists of k
+    int32), ``topk_logprobs`` (same, float32). Returns ``{"rows", "targets"}``.
+    """
+    reader = CacheReader(cache_root, verify="lazy")
+    k = reader.top_k
+    schema = pa.schema([
+        ("sample_id", pa.string()), ("encoding_hash", pa.string()), ("num_tokens", pa.int32()),
+        ("positions", pa.list_(pa.int32())), ("target_ids", pa.list_(pa.int32())),
+        ("target_logprobs", pa.list_(pa.float32())), ("tail_logprobs", pa.list_(pa.float32())),
+        ("topk_ids", pa.list_(pa.list_(pa.int32(), k))), ("topk_logprobs", pa.list_(pa.list_(pa.float32(), k))),
+    ], metadata={b"vlm_distill.manifest": _manifest_json(reader.manifest)})
+    out_path = Path(out_path)
+    rows = targets = 0
+    parquet = out_path.suffix == ".parquet"
+    if parquet:
+        import pyarrow.parquet as pq
+
+        sink: Any = pq.ParquetWriter(str(out_path), schema, compression="zstd")
+    else:
+        sink = pa.ipc.new_file(str(out_path), schema,
+                               options=pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd")))
+    with sink:
+        for block, d, positions in reader.iter_blocks():
+            offsets = pa.array(np.concatenate([[0], np.cumsum(block.num_targets)]).astype(np.int32))
+
+            def lst(values: np.ndarray, offsets: pa.Array = offsets) -> pa.Array:
+                return pa.ListArray.from_arrays(offsets, pa.array(values))
+
+            def fixed(values: np.ndarray, offsets: pa.Array = offsets) -> pa.Array:
+                inner = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k)
+                return pa.ListArray.from_arrays(offsets, inner)
+
+            batch = pa.RecordBatch.from_arrays([
+                pa.array(block.sample_ids, pa.string()), pa.array(block.hashes, pa.string()),
+                pa.array(block.num_tokens, pa.int32()),
+                lst(positions.astype(np.int32)), lst(d.target_ids.astype(np.int32)), lst(d.target_logprobs),
+                lst(d.tail_logprobs), fixed(d.topk_ids.astype(np.int32)), fixed(d.topk_logprobs),
+            ], schema=schema)
+            sink.write_batch(batch)
+            rows += batch.num_rows
+            targets += len(d.target_ids)
+    return {"rows": rows, "targets": targets}
+
+
+def _manifest_json(manifest: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(manifest, sort_keys=True).encode()

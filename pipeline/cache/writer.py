@@ -1,0 +1,307 @@
+"""``CacheWriter``: writes samples into rolled, atomically renamed shards; resumable; one per rank.
+
+Durability model (what survives an interruption at any point):
+
+- a shard is written as ``shard-rRR-IIIII.arrow.tmp-PID`` and renamed only once closed and fsynced, so a
+  ``.arrow`` file is complete by construction; tmp files are dead and removed on reopen or merge;
+- ``parts/rank-RR.json`` (fingerprint, layout, this rank's shards) is rewritten atomically after each
+  rename; a shard renamed but not yet recorded is adopted from the file itself;
+- every skip is appended to ``parts/rank-RR.skips.jsonl`` and fsynced before ``skip`` returns.
+
+Reopening a writer on such a directory keeps every complete shard and skip, of every rank, and
+``done_ids()`` says which samples not to redo. Under torchrun every rank writes its own shards and
+part; rank 0 calls :func:`merge_rank_manifests` after a barrier. A single process merges in ``finalize``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.cache.codec import encode_sample
+from pipeline.cache.format import (
+    DEFAULT_LOGPROB_ENCODING,
+    MANIFEST_NAME,
+    PARTS_DIR,
+    SHARD_RE,
+    CachedSample,
+    Layout,
+    shard_name,
+)
+from pipeline.cache.manifest import (
+    check_compatible,
+    complete_shards,
+    digest_hex,
+    header,
+    merge_rank_manifests,
+    part_path,
+    read_json,
+    read_shard_index,
+    read_skips,
+    row_digests,
+    scan_shard,
+    shard_meta,
+    sha256_file,
+    skips_path,
+    write_json_atomic,
+)
+
+__all__ = ["CacheWriter", "merge_rank_manifests"]
+
+# zstd level for Arrow's buffer compression: the packed planes are near-random bytes where only the
+# entropy stage helps, and level 3 is within 1% of level 19 on them at ~20x the speed (measured).
+ZSTD_LEVEL = 3
+# Uncompressed bytes per record batch: the unit a random read decompresses (~0.3 ms for 1 MiB).
+BATCH_BYTES = 1 << 20
+
+
+class CacheWriter:
+    """Context manager writing :class:`CachedSample` rows into ``root``; see the module docstring.
+
+    Args:
+        root: cache directory (created).
+        fingerprint: JSON-able dict naming what the cache is for (teacher, tokenizer, encoding
+            settings, data hash, k, temperature, dtype). Reopening with another one is an error.
+        top_k, vocab_size: the width of every row's top-k and the id range ``[0, vocab_size)``.
+        logprob_encoding: ``"quantized"`` (default, ~135 B/token at k=64) or ``"fp32"`` (bit-exact).
+        shard_bytes: roll to a new shard once the current one reaches this many bytes on disk.
+        rank, world_size: this writer's rank under torchrun (each rank writes its own shards).
+    """
+
+    def __init__(self, root: str | Path, *, fingerprint: dict[str, Any], top_k: int, vocab_size: int,
+                 logprob_encoding: str = DEFAULT_LOGPROB_ENCODING, shard_bytes: int = 256 * 2**20,
+                 rank: int = 0, world_size: int = 1, batch_bytes: int = BATCH_BYTES):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        if shard_bytes < 1:
+            raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
+        self.root = Path(root)
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # a JSON copy: what the manifest will hold
+        self.layout = Layout.create(top_k, vocab_size, logprob_encoding)
+        self.rank, self.world_size = rank, world_size
+        self.shard_bytes = shard_bytes
+        self.batch_bytes = max(1, min(batch_bytes, shard_bytes))
+        self._schema = self.layout.schema(self.fingerprint)
+        self._options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=ZSTD_LEVEL))
+        self._rows: list[dict[str, Any]] = []
+        self._buffered = 0
+        self._sink: Any = None
+        self._file_writer: Any = None
+        self._tmp: Path | None = None
+        self._finalized: dict[str, Any] | None = None
+        (self.root / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+        self._done: set[str] = self._check_existing()
+        self._shards: list[dict[str, Any]] = self._recover_own_shards()
+        self._next_index = 1 + max((int(SHARD_RE.match(s["file"]).group(2)) for s in self._shards),  # type: ignore[union-attr]
+                                   default=-1)
+        self._rows_in: int | None = None
+        self._write_part()
+        for skips in (self.root / PARTS_DIR).glob("rank-*.skips.jsonl"):
+            self._done.update(rec["sample_id"] for rec in read_skips(skips))
+        self._skip_log = self._open_skip_log()
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def _check_existing(self) -> set[str]:
+        """Refuse to add to a cache built for another fingerprint or layout; return the cached ids."""
+        manifest = self.root / MANIFEST_NAME
+        if manifest.exists():
+            check_compatible(str(manifest), read_json(manifest), self.fingerprint, self.layout)
+        for part in sorted((self.root / PARTS_DIR).glob("rank-*.json")):
+            check_compatible(str(part), read_json(part), self.fingerprint, self.layout)
+        cached: set[str] = set()
+        for path in complete_shards(self.root):
+            schema, ids = read_shard_index(path)
+            shard_layout, shard_fp = shard_meta(schema, f"shard {path.name}")
+            check_compatible(f"shard {path.name}", {"format_version": shard_layout.format_version,
+                             "fingerprint": shard_fp, "layout": shard_layout.to_dict()},
+                             self.fingerprint, self.layout)
+            cached.update(ids)
+        return cached
+
+    def _recover_own_shards(self) -> list[dict[str, Any]]:
+        prefix = f"shard-r{self.rank:02d}-"
+        for stale in self.root.glob(prefix + "*.arrow.tmp*"):
+            stale.unlink(missing_ok=True)  # an interrupted shard: its samples are not in done_ids
+        part = part_path(self.root, self.rank)
+        listed = {s["file"]: s for s in read_json(part)["shards"]} if part.exists() else {}
+        shards = []
+        for path in complete_shards(self.root):
+            if path.name.startswith(prefix):
+                rec = listed.get(path.name)
+                shards.append(rec if rec and rec["bytes"] == path.stat().st_size else scan_shard(path))
+        return shards
+
+    def _open_skip_log(self) -> Any:
+        path = skips_path(self.root, self.rank)
+        if path.exists():  # drop a torn last line so the next append starts on a fresh line
+            records = read_skips(path)
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        return open(path, "a", encoding="utf-8")
+
+    def _write_part(self) -> None:
+        part = header(self.fingerprint, self.layout) | {
+            "rank": self.rank, "world_size": self.world_size, "rows_in": self._rows_in, "shards": self._shards,
+        }
+        write_json_atomic(part_path(self.root, self.rank), part)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def done_ids(self) -> set[str]:
+        """sample_ids already cached or skipped: complete shards and skip logs of every rank as found at
+        open, plus this writer's own since. Partition the remaining rows by a rule that does not
+        depend on this set (e.g. ``rows[rank::world]``), since other ranks may write meanwhile."""
+        return set(self._done)
+
+    def add(self, sample: CachedSample) -> None:
+        """Buffer one sample (validated, then packed); it is durable once its shard is renamed."""
+        self._check_open()
+        sample.validate(self.layout.top_k, self.layout.vocab_size)
+        if sample.sample_id in self._done:
+            raise ValueError(f"sample {sample.sample_id!r} is already cached or skipped in {self.root}")
+        row = encode_sample(sample, self.layout)
+        row.update(sample_id=sample.sample_id, encoding_hash=sample.encoding_hash,
+                   num_tokens=int(sample.num_tokens), num_targets=sample.num_targets,
+                   positions=sample.positions.astype(np.int32))
+        self._rows.append(row)
+        self._done.add(sample.sample_id)
+        self._buffered += sum(len(v) for v in row.values() if isinstance(v, bytes))
+        if self._buffered >= self.batch_bytes:
+            self._flush()
+
+    def skip(self, sample_id: str, reason: str, detail: str = "") -> None:
+        """Record that ``sample_id`` is not cached, with a short reason code (``"missing_image"``)."""
+        self._check_open()
+        if not reason or any(ch.isspace() for ch in reason):
+            raise ValueError(f"skip reason must be a short code without spaces, got {reason!r}")
+        if sample_id in self._done:
+            raise ValueError(f"sample {sample_id!r} is already cached or skipped in {self.root}")
+        rec = {"sample_id": sample_id, "reason": reason, "detail": detail}
+        self._skip_log.write(json.dumps(rec, sort_keys=True) + "\n")
+        self._skip_log.flush()
+        os.fsync(self._skip_log.fileno())
+        self._done.add(sample_id)
+
+    def _flush(self) -> None:
+        """Write the buffered rows as one record batch; roll the shard past the byte budget."""
+        if not self._rows:
+            return
+        if self._file_writer is None:
+            self._tmp = self.root / f"{shard_name(self.rank, self._next_index)}.tmp-{os.getpid()}"
+            self._sink = pa.OSFile(str(self._tmp), "wb")
+            self._file_writer = pa.ipc.new_file(self._sink, self._schema, options=self._options)
+            self._shard_rows = self._shard_targets = self._shard_digest = 0
+        batch = self._record_batch(self._rows)
+        self._file_writer.write_batch(batch)
+        self._shard_rows += batch.num_rows
+        self._shard_targets += sum(r["num_targets"] for r in self._rows)
+        self._shard_digest += sum(row_digests(batch))
+        self._rows, self._buffered = [], 0
+        if self._sink.tell() >= self.shard_bytes:
+            self._seal()
+
+    def _record_batch(self, rows: list[dict[str, Any]]) -> pa.RecordBatch:
+        cols: list[pa.Array] = []
+        for f in self._schema:
+            values = [r[f.name] for r in rows]
+            if pa.types.is_binary(f.type):
+                cols.append(_binary_array(values))
+            elif pa.types.is_list(f.type):
+                offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.int32)
+                flat = np.concatenate(values) if values else np.empty(0)
+                cols.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, f.type.value_type)))
+            else:
+                cols.append(pa.array(values, f.type))
+        return pa.RecordBatch.from_arrays(cols, schema=self._schema)
+
+    def _seal(self) -> None:
+        """Close the current shard, fsync, rename it complete, and record it in this rank's part."""
+        if self._file_writer is None:
+            return
+        assert self._tmp is not None
+        self._file_writer.close()
+        self._sink.close()
+        with open(self._tmp, "rb") as f:
+            os.fsync(f.fileno())
+        final = self.root / shard_name(self.rank, self._next_index)
+        os.replace(self._tmp, final)
+        _fsync_dir(self.root)
+        self._shards.append({"file": final.name, "rows": self._shard_rows, "targets": self._shard_targets,
+                             "bytes": final.stat().st_size, "sha256": sha256_file(final),
+                             "digest": digest_hex(self._shard_digest)})
+        self._file_writer = self._sink = self._tmp = None
+        self._next_index += 1
+        self._write_part()
+
+    # -- finishing -------------------------------------------------------------------------------
+
+    def finalize(self, rows_in: int | None = None) -> dict[str, Any]:
+        """Seal the last shard and record this rank's part; a single process also merges the manifest.
+
+        Returns counts ``{"rows_in", "cached", "skipped", "skipped_by_reason", "targets"}``: with
+        ``world_size == 1`` over the whole cache (every session), checking ``rows_in == cached + skipped``
+        (``CacheFormatError`` otherwise, and no manifest). With several ranks, this rank's own shards and
+        skips; ``rows_in`` (this rank's share) is recorded and checked in total by the merge.
+        """
+        if self._finalized is not None:
+            return self._finalized
+        self._flush()
+        self._seal()
+        self._skip_log.close()
+        self._rows_in = rows_in
+        self._write_part()
+        if self.world_size == 1:
+            counts = merge_rank_manifests(self.root, rows_in=rows_in)
+        else:
+            skipped = read_skips(skips_path(self.root, self.rank))
+            reasons: dict[str, int] = {}
+            for rec in skipped:
+                reasons[rec["reason"]] = reasons.get(rec["reason"], 0) + 1
+            counts = {"rows_in": rows_in, "cached": sum(s["rows"] for s in self._shards),
+                      "skipped": len(skipped), "skipped_by_reason": dict(sorted(reasons.items())),
+                      "targets": sum(s["targets"] for s in self._shards)}
+        self._finalized = counts
+        return counts
+
+    def _check_open(self) -> None:
+        if self._finalized is not None:
+            raise RuntimeError(f"writer for {self.root} is finalized")
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.finalize()
+            return
+        # Keep the work done: seal what is buffered so a resume starts after it; never merge here.
+        if self._finalized is None:
+            try:
+                self._flush()
+                self._seal()
+                self._skip_log.close()
+            except Exception:  # the original error matters more; a tmp shard is simply redone
+                pass
+
+
+def _binary_array(values: list[bytes]) -> pa.Array:
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    data = b"".join(values)
+    return pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

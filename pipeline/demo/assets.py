@@ -1,0 +1,104 @@
+"""Build every demo asset in one call: tokenizer, teacher and student checkpoints, dataset splits.
+
+Layout under ``out_dir``::
+
+    teacher-init/     Qwen2.5-VL, random init: model.safetensors, config, processor, tokenizer
+    student-init/     smaller Qwen2.5-VL, same tokenizer/processor files
+    data/{train,val,test}.jsonl, data/images/*.png
+    demo_assets.json  what was built (seed, sizes, parameter counts, special-token ids)
+
+Everything is a pure function of the arguments: the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .dataset import build_split
+from .models import STUDENT_SPEC, TEACHER_SPEC, ModelSpec
+
+DEFAULT_SPLIT_SIZES = {"train": 2000, "val": 128, "test": 128}
+# Paths this builder owns under out_dir; only these are replaced when overwriting.
+_OWNED = ("teacher-init", "student-init", "data", "demo_assets.json")
+
+
+def build_demo_assets(
+    out_dir: Path,
+    seed: int = 0,
+    n_train: int = DEFAULT_SPLIT_SIZES["train"],
+    n_val: int = DEFAULT_SPLIT_SIZES["val"],
+    n_test: int = DEFAULT_SPLIT_SIZES["test"],
+    *,
+    overwrite: bool = False,
+    teacher_spec: ModelSpec = TEACHER_SPEC,
+    student_spec: ModelSpec = STUDENT_SPEC,
+) -> dict[str, Path]:
+    """Write the demo models and dataset to ``out_dir`` and return their paths.
+
+    Returned keys: ``root``, ``teacher``, ``student`` (model dirs), ``data`` (dataset dir),
+    ``train``, ``val``, ``test`` (jsonl files), ``summary`` (``demo_assets.json``).
+
+    Raises ``ConfigError`` if ``out_dir`` already holds demo assets and ``overwrite`` is false, or if
+    the teacher is not at least 4x the student (the demo exists to show a real size gap).
+    """
+    # Heavy imports stay inside: ``import pipeline.demo`` must stay cheap for caption scoring.
+    from .models import build_model, count_parameters, save_model_dir
+    from .tokenizer import build_processor, build_tokenizer, special_token_config
+
+    for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        if n < 1:
+            raise ConfigError(f"{name} must be >= 1, got {n}")
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
+
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    # Distinct seeds per model so the student is not a slice of the teacher's random draw.
+    teacher = build_model(teacher_spec, tokenizer, seed=2 * seed)
+    student = build_model(student_spec, tokenizer, seed=2 * seed + 1)
+    n_teacher, n_student = count_parameters(teacher), count_parameters(student)
+    if n_teacher < 4 * n_student:
+        raise ConfigError(f"teacher has {n_teacher} parameters, fewer than 4x the student's {n_student}")
+    teacher_dir = save_model_dir(teacher, processor, out_dir / "teacher-init")
+    student_dir = save_model_dir(student, processor, out_dir / "student-init")
+
+    data_dir = out_dir / "data"
+    sizes = {"train": n_train, "val": n_val, "test": n_test}
+    splits = {split: build_split(split, n, seed, data_dir) for split, n in sizes.items()}
+
+    summary: dict[str, Any] = {
+        "seed": seed,
+        "split_sizes": sizes,
+        "tokenizer_size": len(tokenizer),
+        "special_token_ids": special_token_config(tokenizer),
+        "teacher": {"parameters": n_teacher, "vocab_size": teacher.config.text_config.vocab_size},
+        "student": {"parameters": n_student, "vocab_size": student.config.text_config.vocab_size},
+    }
+    summary_path = out_dir / "demo_assets.json"
+    summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return {
+        "root": out_dir,
+        "teacher": teacher_dir,
+        "student": student_dir,
+        "data": data_dir,
+        **splits,
+        "summary": summary_path,
+    }
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    existing = [name for name in _OWNED if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{out_dir} already holds demo assets ({', '.join(existing)}); pass overwrite")
+    for name in existing:
+        # Remove, not overwrite in place: a smaller rebuild must not leave stale images or shards.
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,71 @@
+"""Synthetic scenes for the demo: sample objects on a 2x2 grid and render them as tiny RGB images.
+
+The geometry is chosen for Qwen2.5-VL's vision tower: a 56x56 image is a 4x4 grid of 14-pixel
+patches, and the 2x2 spatial merge turns each 28x28 cell into exactly one LLM image token. So every
+object lives in exactly one image token, and "describe the image" is a per-token recognition task
+plus reading order, which a tiny randomly initialised model learns in a few CPU minutes.
+"""
+
+from __future__ import annotations
+
+import random
+
+from PIL import Image, ImageDraw
+
+from .captions import COLOURS, POSITIONS, SHAPES, SIZES, DemoObject
+
+IMAGE_SIZE = 56  # pixels per side; 4x4 patches of 14, 2x2 merged tokens
+CELL = IMAGE_SIZE // 2
+BACKGROUND = (245, 245, 240)
+RGB: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40),
+    "green": (40, 165, 60),
+    "blue": (45, 80, 215),
+    "yellow": (230, 195, 30),
+}
+# Half-extent in pixels. Large objects nearly fill their 28-pixel cell; small ones sit inside the
+# cell's central patch corner, so size shows up as how much of each of the four patches is coloured.
+HALF_EXTENT = {"large": 11, "small": 5}
+JITTER = 2  # max centre offset, pixels: a little variety without leaving the cell
+
+
+def sample_objects(rng: random.Random, image: int = 0, max_objects: int = 3) -> list[DemoObject]:
+    """1..max_objects objects in distinct cells, uniformly over every attribute."""
+    count = rng.randint(1, max_objects)
+    cells = sorted(rng.sample(range(len(POSITIONS)), count))
+    return [
+        DemoObject(
+            shape=rng.choice(SHAPES),
+            colour=rng.choice(COLOURS),
+            size=rng.choice(SIZES),
+            position=POSITIONS[cell],
+            image=image,
+        )
+        for cell in cells
+    ]
+
+
+def render(objects: list[DemoObject], rng: random.Random) -> Image.Image:
+    """A 56x56 RGB image of ``objects`` (their ``image`` field is ignored).
+
+    ``rng`` supplies each object's small centre jitter; PIL's rasteriser is deterministic, so the same
+    objects and rng state give the same pixels.
+    """
+    img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    for obj in objects:
+        cell = POSITIONS.index(obj.position)
+        cx = (cell % 2) * CELL + CELL // 2 + rng.randint(-JITTER, JITTER)
+        cy = (cell // 2) * CELL + CELL // 2 + rng.randint(-JITTER, JITTER)
+        r = HALF_EXTENT[obj.size]
+        fill = RGB[obj.colour]
+        box = (cx - r, cy - r, cx + r, cy + r)
+        if obj.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif obj.shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif obj.shape == "triangle":
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+        else:
+            raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
+    return img

@@ -1,0 +1,529 @@
+"""The evaluate stage: score a trained student on a split without any teacher forward.
+
+Three measurements, each on the rows that encode (a row that does not is counted as skipped, with
+its reason, never replaced):
+
+- CE (nats per supervised token) and token accuracy, aligned by slicing exactly like training
+  (``losses.supervised_logits``); the output projection runs in fp32 on supervised positions only.
+- KL to the cached teacher when ``<custom.teacher_cache>/val`` exists and the split is ``val``: the
+  per-token GJSD (``rlhf.beta``, forward KL without an rlhf block) over the cached top-k + tail, at
+  ``custom.loss_temperature``. Every row's encoding hash must equal the cache's.
+- Dense-caption scores: greedy captions for rows with ground-truth ``objects`` (one or two images;
+  ``parse_caption`` reads ``image N:`` markers), micro precision / recall / F1 and hallucination rate.
+
+``shuffle_images=True`` gives every row another row's images (a seeded derangement among rows with the
+same image count): the CE gap to the true-image run shows whether the model looks at the image.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pipeline.data import BadRow, Row, check_row, read_rows
+from pipeline.demo.captions import (
+    DemoObject,
+    corpus_object_f1,
+    format_caption,
+    object_f1,
+    objects_from_records,
+    parse_caption,
+    sort_key,
+)
+from pipeline.encoding import EncodedRow, RowEncoder
+from pipeline.errors import CacheMismatchError, ConfigError, DataError
+from pipeline.losses import cross_entropy, gjsd_topk, supervised_logits, token_accuracy
+from pipeline.teacher import hidden_states, project_fp32
+from pipeline.train_data import cache_mismatch_field
+
+if TYPE_CHECKING:
+    from pipeline.config import DistillConfig
+
+BATCH_SIZE = 8  # rows per CE forward
+# Rows per generate call: on CPU each decoding step costs about the same for 1 or 32 rows.
+GENERATE_BATCH_SIZE = 32
+N_EXAMPLES = 5
+# Room past the longest reference caption, so a model that is right but wordier is never cut short.
+GENERATION_MARGIN = 16
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ----------------------------------------------------------------------------------- model, rows
+
+
+def resolve_checkpoint(cfg: DistillConfig, checkpoint: str | Path | None) -> Path:
+    """The model directory to evaluate.
+
+    ``checkpoint`` may be a model dir (``config.json`` or a LoRA ``adapter_config.json``) or a run
+    directory; ``None`` means ``cfg.train.output_dir``. In a run directory a ``final`` dir wins, else
+    the highest-numbered ``checkpoint-N`` (numerically: ms-swift keeps the last ``save_total_limit``).
+    """
+    root = Path(checkpoint if checkpoint is not None else cfg.train.output_dir)
+    if _is_model_dir(root):
+        return root
+    if (root / "final").is_dir() and _is_model_dir(root / "final"):
+        return root / "final"
+    steps = [(int(m.group(1)), p) for p in root.glob("checkpoint-*") if (m := _CHECKPOINT_RE.match(p.name))]
+    steps = [(n, p) for n, p in steps if _is_model_dir(p)]
+    if not steps:
+        raise ConfigError(
+            f"{root}: no model to evaluate (no config.json / adapter_config.json, no final/ or "
+            "checkpoint-N/ inside); pass --checkpoint or train first"
+        )
+    return max(steps)[1]
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
+def load_model(cfg: DistillConfig, checkpoint: str | Path | None) -> tuple[Any, RowEncoder, Path]:
+    """``(model in eval mode, encoder, resolved checkpoint dir)``.
+
+    A LoRA checkpoint is applied to ``cfg.model.model`` and merged, so the fp32 head path sees a plain
+    model. On CPU the weights load in float32 whatever ``model.torch_dtype`` says: CPU half-precision
+    matmuls are slow and evaluation on CPU is the tiny-model path.
+    """
+    from swift.model import get_model_processor
+
+    path = resolve_checkpoint(cfg, checkpoint)
+    cuda = torch.cuda.is_available()
+    dtype = getattr(torch, cfg.model.torch_dtype) if cuda else torch.float32
+    device_map = "cuda:0" if cuda else "cpu"
+    is_adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+    base = cfg.model.model if is_adapter else str(path)
+    model, processor = get_model_processor(
+        base, model_type=cfg.model.model_type, torch_dtype=dtype, device_map=device_map
+    )
+    if is_adapter:
+        from swift.tuners import Swift
+
+        model = Swift.from_pretrained(model, str(path)).merge_and_unload()
+    model.eval()
+    encoder = RowEncoder.from_config(cfg, processor=processor)
+    # The Qwen-VL collator computes M-RoPE position ids with the model's own rope code.
+    encoder.template.model = model
+    return model, encoder, path
+
+
+def split_path(cfg: DistillConfig, split: str | Path) -> Path:
+    """``val`` -> ``data.val_dataset[0]``; ``test`` -> ``test.jsonl`` beside it; else a JSONL path."""
+    if str(split) in ("val", "test"):
+        if not cfg.data.val_dataset:
+            raise ConfigError(
+                "data.val_dataset: empty, so there is no val/test split to evaluate; pass a "
+                "JSONL path as the split"
+            )
+        val = Path(cfg.data.val_dataset[0])
+        return val if str(split) == "val" else val.with_name("test.jsonl")
+    path = Path(split)
+    if path.suffix != ".jsonl":
+        raise ConfigError(f"split {split!r}: expected 'val', 'test' or a path to a .jsonl file")
+    return path
+
+
+def derange_images(rows: Sequence[Row], seed: int) -> tuple[list[Row], int]:
+    """Give each row another row's images: ``(new rows, rows left with their own images)``.
+
+    Sattolo's algorithm draws a single cycle, hence no fixed point, within each group of rows with the
+    same image count (the prompt's ``<image>`` tags must still match). A group of one row cannot be
+    deranged and keeps its images; text-only rows are unchanged and not counted.
+    """
+    rng = random.Random(seed)
+    groups: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.images:
+            groups.setdefault(len(row.images), []).append(i)
+    out = list(rows)
+    kept = 0
+    for _, idx in sorted(groups.items()):
+        if len(idx) < 2:
+            kept += len(idx)
+            continue
+        perm = list(range(len(idx)))
+        for i in range(len(perm) - 1, 0, -1):
+            j = rng.randrange(i)  # j < i (never i itself): this is what makes the cycle single
+            perm[i], perm[j] = perm[j], perm[i]
+        for dst, src in zip(idx, perm, strict=True):
+            out[dst] = replace(rows[dst], images=list(rows[idx[src]].images))
+    return out, kept
+
+
+def encode_rows(
+    encoder: RowEncoder, rows: Sequence[Row | BadRow]
+) -> tuple[list[tuple[Row, EncodedRow]], Counter[str]]:
+    """Encode strictly: ``([(row, encoded)], skip reasons -> count)``; unusable rows are counted."""
+    good: list[tuple[Row, EncodedRow]] = []
+    skipped: Counter[str] = Counter()
+    for row in rows:
+        if isinstance(row, BadRow):
+            skipped[row.reason] += 1
+            continue
+        try:
+            good.append((row, encoder.encode(row)))
+        except DataError as exc:
+            skipped[getattr(exc, "reason", "encode_failed")] += 1
+    return good, skipped
+
+
+# ---------------------------------------------------------------------------------- token scores
+
+
+@torch.no_grad()
+def score_tokens(
+    model: Any,
+    encoder: RowEncoder,
+    encoded: Sequence[tuple[Row, EncodedRow]],
+    *,
+    batch_size: int = BATCH_SIZE,
+    cache: Any = None,
+    beta: float = 0.0,
+    loss_temperature: float = 1.0,
+) -> dict[str, float]:
+    """Summed CE, correct-token count and (with ``cache``) GJSD over every supervised target.
+
+    Per batch: backbone hidden states ``[B, L, H]`` -> ``supervised_logits`` (slicing: the state at
+    ``j-1`` predicts target ``j``) -> ``[N, H]`` -> per row, fp32 head ``[n_i, V]``. Full-vocabulary
+    logits exist for one row's targets at a time, never for the whole ``[B, L, V]`` batch.
+
+    ``cache`` is duck-typed (``sample_ids``, ``get(id)`` -> numpy ``topk_ids [n, k]``,
+    ``topk_logprobs [n, k]``, ``tail_logprobs [n]``, ``encoding_hash``...); rows it lacks are left out
+    of the KL only. A row whose encoding differs from its cache row raises ``CacheMismatchError``.
+    """
+    device = next(model.parameters()).device
+    cached_ids = set(cache.sample_ids) if cache is not None else set()
+    ce_sum = correct = tokens = 0.0
+    kl_sum = kl_tokens = kl_rows = 0.0
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        batch = encoder.template.data_collator([dict(enc.inputs) for _, enc in chunk])
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        labels = batch["labels"]
+        h, targets = supervised_logits(hidden_states(model, batch), labels)
+        counts = (labels[:, 1:] != -100).sum(dim=1).tolist()
+        for (row, enc), h_row, y_row in zip(chunk, h.split(counts), targets.split(counts), strict=True):
+            logits = project_fp32(model, h_row)  # float32 [n_i, V]
+            ce_sum += float(cross_entropy(logits, y_row))
+            correct += float(token_accuracy(logits, y_row)[0])
+            tokens += y_row.numel()
+            if row.sample_id not in cached_ids:
+                continue
+            cached = cache.get(row.sample_id)
+            bad = cache_mismatch_field(enc, cached)
+            if bad is not None:
+                raise CacheMismatchError(
+                    f"{row.source}: sample {row.sample_id!r}: encoding differs from the teacher "
+                    f"cache (first difference: {bad}); rebuild the cache or fix the settings"
+                )
+            kl_sum += float(
+                gjsd_topk(
+                    logits,
+                    torch.as_tensor(cached.topk_ids, dtype=torch.int64, device=device),
+                    torch.as_tensor(cached.topk_logprobs, dtype=torch.float32, device=device),
+                    torch.as_tensor(cached.tail_logprobs, dtype=torch.float32, device=device),
+                    beta,
+                    loss_temperature,
+                )
+            )
+            kl_tokens += y_row.numel()
+            kl_rows += 1
+    return {
+        "ce_sum": ce_sum,
+        "correct": correct,
+        "tokens": tokens,
+        "kl_sum": kl_sum,
+        "kl_tokens": kl_tokens,
+        "kl_rows": kl_rows,
+    }
+
+
+def open_eval_cache(cfg: DistillConfig, split: str | Path) -> Any:
+    """The ``val`` teacher cache, or None when there is none (or the split is not ``val``).
+
+    Opened without the full fingerprint (that would hash the teacher's weights, which evaluation never
+    loads): per-row encoding hashes are checked instead, and the cache's loss temperature must match.
+    """
+    if str(split) != "val" or not cfg.custom.teacher_cache:
+        return None
+    root = Path(cfg.custom.teacher_cache) / "val"
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        return None
+    from pipeline.cache.reader import CacheReader
+
+    cached_t = json.loads(manifest.read_text(encoding="utf-8")).get("fingerprint", {}).get("loss_temperature")
+    if cached_t is not None and float(cached_t) != float(cfg.custom.loss_temperature):
+        raise CacheMismatchError(
+            f"{root}: cache built at loss_temperature {cached_t}, config says {cfg.custom.loss_temperature}",
+            {"loss_temperature": (cfg.custom.loss_temperature, cached_t)},
+        )
+    return CacheReader(root)
+
+
+# -------------------------------------------------------------------------------------- captions
+
+
+def _prompt_only(row: Row) -> dict[str, Any]:
+    msgs = [dict(m) for m in row.messages]
+    if msgs and msgs[-1].get("role") == "assistant":
+        msgs = msgs[:-1]
+    return {"messages": msgs, "images": list(row.images)} if row.images else {"messages": msgs}
+
+
+@torch.no_grad()
+def generate_captions(
+    model: Any,
+    encoder: RowEncoder,
+    rows: Sequence[Row],
+    max_new_tokens: int,
+    batch_size: int = GENERATE_BATCH_SIZE,
+) -> list[str]:
+    """Greedy completions of each row's prompt, batched (decoded text per row, in order).
+
+    The template's inference mode pads on the left, so every row's new tokens start at the same column.
+    Each completion is cut at its first stop token (``<|im_end|>`` / eos): finished rows keep being fed
+    padding until the whole batch stops.
+    """
+    template, tok = encoder.template, encoder.tokenizer
+    stop_ids = [
+        i
+        for i in (tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id)
+        if isinstance(i, int) and i >= 0
+    ]
+    device = next(model.parameters()).device
+    texts: list[str] = []
+    saved = template.mode
+    template.set_mode("transformers")
+    try:
+        for start in range(0, len(rows), batch_size):
+            encs = [template.encode(_prompt_only(r)) for r in rows[start : start + batch_size]]
+            batch = template.data_collator(encs)
+            gen_inputs = {
+                k: v.to(device)
+                for k, v in batch.items()
+                if k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+            }
+            out = model.generate(
+                **gen_inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_k=None,
+                top_p=None,
+                eos_token_id=stop_ids,
+                pad_token_id=tok.pad_token_id,
+            )
+            for seq in out[:, gen_inputs["input_ids"].shape[1] :].tolist():
+                cut = next((i for i, t in enumerate(seq) if t in stop_ids), len(seq))
+                texts.append(str(tok.decode(seq[:cut], skip_special_tokens=True)).strip())
+    finally:
+        template.set_mode(saved)
+    return texts
+
+
+def reference_objects(row: Row) -> list[DemoObject] | None:
+    """Ground-truth objects of a caption row (``extra["objects"]``), None for other rows."""
+    records = row.extra.get("objects")
+    return objects_from_records(records) if records and row.images else None
+
+
+def constant_baseline(train_file: str | Path) -> list[DemoObject] | None:
+    """The most frequent ground-truth object list of the train split (first seen wins a tie).
+
+    Scored as the prediction for every row, it is what an image-blind model that memorised the most
+    common training caption would get: generated captions must beat it to show the model reads images.
+    None when the train data is not a local JSONL with ``objects``.
+    """
+    path = Path(train_file)
+    if path.suffix != ".jsonl" or not path.is_file():
+        return None
+    counts: Counter[tuple[DemoObject, ...]] = Counter()
+    for row in read_rows(path):
+        objs = reference_objects(row) if isinstance(row, Row) else None
+        if objs:
+            counts[tuple(sorted(objs, key=sort_key))] += 1
+    return list(counts.most_common(1)[0][0]) if counts else None
+
+
+def caption_metrics(
+    rows: Sequence[Row], generated: Sequence[str], baseline: list[DemoObject] | None
+) -> dict[str, Any]:
+    """Micro object scores of ``generated`` against each row's objects, the baseline's F1, examples."""
+    refs = [reference_objects(r) or [] for r in rows]
+    preds = [parse_caption(text) for text in generated]
+    scores = corpus_object_f1(zip(preds, refs, strict=True))
+    out: dict[str, Any] = {
+        "caption_rows": len(rows),
+        "caption_precision": scores["precision"],
+        "caption_recall": scores["recall"],
+        "caption_f1": scores["f1"],
+        "hallucination_rate": scores["hallucination_rate"],
+        "caption_examples": [
+            {
+                "sample_id": r.sample_id,
+                "reference": r.response(),
+                "generated": text,
+                "f1": object_f1(p, ref)[2],
+            }
+            for r, text, p, ref in list(zip(rows, generated, preds, refs, strict=True))[:N_EXAMPLES]
+        ],
+    }
+    if baseline is not None:
+        out["baseline_f1"] = corpus_object_f1((baseline, ref) for ref in refs)["f1"]
+        out["baseline_caption"] = format_caption(baseline)
+    return out
+
+
+# -------------------------------------------------------------------------------------- the stage
+
+
+def run_evaluation(
+    cfg: DistillConfig,
+    checkpoint: str | Path | None,
+    split: str | Path,
+    out: str | Path,
+    *,
+    max_rows: int | None = None,
+    generate: bool = True,
+    shuffle_images: bool = False,
+    max_new_tokens: int | None = None,
+    batch_size: int = BATCH_SIZE,
+    model: Any = None,
+    encoder: RowEncoder | None = None,
+) -> dict[str, Any]:
+    """Evaluate a student on ``split`` and write the metrics JSON to ``out`` (returned as a dict).
+
+    Keys: ``ce`` (nats/token), ``token_accuracy``, ``tokens``, ``rows_in`` = ``rows_scored`` +
+    ``rows_skipped`` (``skip_reasons``); ``kl``, ``kl_rows``, ``kl_tokens`` with a ``val`` cache (not
+    with shuffled images, whose encodings are not the cached ones); with ``generate``:
+    ``caption_precision/recall/f1``, ``hallucination_rate``, ``caption_rows``, ``caption_examples``,
+    ``max_new_tokens`` and, when the train split has objects, ``baseline_f1``. Timings:
+    ``load_s``, ``score_s``, ``generate_s``, ``wall_s``.
+
+    ``max_new_tokens`` None = the longest reference caption's token count + ``GENERATION_MARGIN``.
+    ``model`` / ``encoder`` (both or neither) reuse an already loaded model.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    if model is None or encoder is None:
+        model, encoder, path = load_model(cfg, checkpoint)
+        ckpt = str(path)
+    else:
+        ckpt = str(checkpoint) if checkpoint is not None else "<in memory>"
+    t_load = time.perf_counter()
+
+    rows = read_rows(split_path(cfg, split))[:max_rows]
+    metrics: dict[str, Any] = {
+        "checkpoint": ckpt,
+        "split": str(split),
+        "shuffle_images": shuffle_images,
+        "seed": cfg.train.seed,
+        "rows_in": len(rows),
+    }
+    if shuffle_images:
+        usable = [r for r in rows if isinstance(r, Row) and check_row(r) is None]
+        deranged, metrics["rows_unshuffled"] = derange_images(usable, cfg.train.seed)
+        by_id = {r.sample_id: r for r in deranged}
+        rows = [by_id.get(r.sample_id, r) for r in rows]
+    encoded, skipped = encode_rows(encoder, rows)
+    cache = None if shuffle_images else open_eval_cache(cfg, split)
+    beta = cfg.rlhf.beta if cfg.rlhf is not None else 0.0
+    sums = score_tokens(
+        model,
+        encoder,
+        encoded,
+        batch_size=batch_size,
+        cache=cache,
+        beta=beta,
+        loss_temperature=cfg.custom.loss_temperature,
+    )
+    n = max(sums["tokens"], 1.0)
+    metrics.update(
+        rows_scored=len(encoded),
+        rows_skipped=sum(skipped.values()),
+        skip_reasons=dict(skipped),
+        tokens=int(sums["tokens"]),
+        ce=sums["ce_sum"] / n,
+        token_accuracy=sums["correct"] / n,
+    )
+    if cache is not None:
+        metrics.update(
+            kl=sums["kl_sum"] / max(sums["kl_tokens"], 1.0),
+            kl_rows=int(sums["kl_rows"]),
+            kl_tokens=int(sums["kl_tokens"]),
+            kl_beta=beta,
+        )
+    t_score = time.perf_counter()
+
+    if generate:
+        cap_rows = [row for row, _ in encoded if reference_objects(row)]
+        if max_new_tokens is None:
+            longest = max((len(encoder.tokenizer.encode(r.response())) for r in cap_rows), default=0)
+            max_new_tokens = longest + GENERATION_MARGIN
+        texts = generate_captions(model, encoder, cap_rows, max_new_tokens) if cap_rows else []
+        metrics["max_new_tokens"] = max_new_tokens
+        metrics.update(caption_metrics(cap_rows, texts, constant_baseline(cfg.data.dataset[0])))
+    t_end = time.perf_counter()
+    metrics.update(
+        load_s=t_load - t0, score_s=t_score - t_load, generate_s=t_end - t_score, wall_s=t_end - t0
+    )
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return metrics
+
+
+def compare_true_vs_shuffled(
+    cfg: DistillConfig,
+    checkpoint: str | Path | None,
+    split: str | Path,
+    *,
+    max_rows: int | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """CE with true vs deranged images on the same rows, one model load; ``ce_gap`` > 0 means the model
+    uses the image. Writes ``out`` (JSON) when given."""
+    import tempfile
+
+    model, encoder, path = load_model(cfg, checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {
+            name: run_evaluation(
+                cfg,
+                path,
+                split,
+                Path(tmp) / f"{name}.json",
+                max_rows=max_rows,
+                generate=False,
+                shuffle_images=name == "shuffled",
+                model=model,
+                encoder=encoder,
+            )
+            for name in ("true", "shuffled")
+        }
+    result = {
+        "checkpoint": str(path),
+        "split": str(split),
+        "ce_true": runs["true"]["ce"],
+        "ce_shuffled": runs["shuffled"]["ce"],
+        "ce_gap": runs["shuffled"]["ce"] - runs["true"]["ce"],
+        "token_accuracy_true": runs["true"]["token_accuracy"],
+        "token_accuracy_shuffled": runs["shuffled"]["token_accuracy"],
+        "rows_scored_true": runs["true"]["rows_scored"],
+        "rows_scored_shuffled": runs["shuffled"]["rows_scored"],
+        "rows_unshuffled": runs["shuffled"]["rows_unshuffled"],
+    }
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return result
