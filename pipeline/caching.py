@@ -136,7 +136,9 @@ def cache_split(cfg: DistillConfig, split: str, teacher: Any, encoder: RowEncode
     kwargs: dict[str, Any] = {}
     if shard_bytes or cfg.custom.cache_shard_mb:
         kwargs["shard_bytes"] = shard_bytes or int(cfg.custom.cache_shard_mb * 2**20)
-    with CacheWriter(root, fingerprint=fingerprint, top_k=cfg.custom.top_k, vocab_size=real_vocab,
+    # k larger than the real vocabulary means "everything": the top-k then covers every real id.
+    top_k = min(cfg.custom.top_k, real_vocab)
+    with CacheWriter(root, fingerprint=fingerprint, top_k=top_k, vocab_size=real_vocab,
                      logprob_encoding=cfg.custom.logprob_encoding, rank=rank, world_size=world, **kwargs) as writer:
         done = writer.done_ids()
         todo: list[Row] = []

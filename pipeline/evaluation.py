@@ -409,6 +409,8 @@ def run_evaluation(
     ``max_new_tokens`` and, when the train split has objects, ``baseline_f1``. Timings:
     ``load_s``, ``score_s``, ``generate_s``, ``wall_s``.
 
+    ``ce`` / ``token_accuracy`` / ``kl`` are None when no token was scored. With ``shuffle_images``,
+    captions generated from the wrong images are still scored against each row's own objects.
     ``max_new_tokens`` None = the longest reference caption's token count + ``GENERATION_MARGIN``.
     ``model`` / ``encoder`` (both or neither) reuse an already loaded model.
     """
@@ -446,18 +448,19 @@ def run_evaluation(
         beta=beta,
         loss_temperature=cfg.custom.loss_temperature,
     )
-    n = max(sums["tokens"], 1.0)
+    # None, not 0, when nothing was scored: a 0 CE or KL would read as a perfect model.
+    n = sums["tokens"] or None
     metrics.update(
         rows_scored=len(encoded),
         rows_skipped=sum(skipped.values()),
         skip_reasons=dict(skipped),
         tokens=int(sums["tokens"]),
-        ce=sums["ce_sum"] / n,
-        token_accuracy=sums["correct"] / n,
+        ce=sums["ce_sum"] / n if n else None,
+        token_accuracy=sums["correct"] / n if n else None,
     )
     if cache is not None:
         metrics.update(
-            kl=sums["kl_sum"] / max(sums["kl_tokens"], 1.0),
+            kl=sums["kl_sum"] / sums["kl_tokens"] if sums["kl_tokens"] else None,
             kl_rows=int(sums["kl_rows"]),
             kl_tokens=int(sums["kl_tokens"]),
             kl_beta=beta,

@@ -152,6 +152,13 @@ def _make_pipeline_cls() -> type:
             self.trainer = trainer
             return self.train(trainer)
 
+        def train(self, trainer: Any) -> Any:
+            result = super().train(trainer)
+            # Checkpoint rotation may keep the best rather than the last checkpoint; the next stage
+            # wants the end-of-training weights at a fixed path.
+            trainer.save_model(os.path.join(self.args.output_dir, FINAL_DIR))
+            return result
+
         def _check_cache_vocab(self, cache: Any) -> None:
             width = self.model.get_output_embeddings().weight.shape[0]
             if cache.vocab_size > width:
@@ -177,26 +184,7 @@ def run_training(cfg: DistillConfig) -> Any:
     args.training_args.metric_for_best_model = "sft_loss"
     args.training_args.greater_is_better = False
     pipeline = _make_pipeline_cls()(args, cfg)
-    result = pipeline.main()
-    last = result.get("last_model_checkpoint") if isinstance(result, dict) else None
-    if last:
-        export_final(Path(last), Path(cfg.train.output_dir) / FINAL_DIR)
-    return result
+    return pipeline.main()
 
 
-FINAL_DIR = "final"
-# Training state that a model directory does not need (resume uses the checkpoint-N dirs).
-_STATE_FILES = ("optimizer.pt", "scheduler.pt", "training_args.bin", "trainer_state.json")
-
-
-def export_final(checkpoint: Path, dest: Path) -> Path:
-    """Copy the last checkpoint's model files to ``<output_dir>/final``: a stable path for the next stage."""
-    import shutil
-
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for p in checkpoint.iterdir():
-        if p.is_file() and p.name not in _STATE_FILES and not p.name.startswith("rng_state"):
-            shutil.copy2(p, dest / p.name)
-    return dest
+FINAL_DIR = "final"  # <output_dir>/final: the weights at the end of training, a stable path for the next stage

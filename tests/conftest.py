@@ -59,3 +59,40 @@ def tiny_teacher(demo_assets: dict[str, Path], tmp_path_factory: pytest.TempPath
     cfg_path = write_config(out / "teacher.yaml", base_config(demo_assets, out / "run", model="teacher", max_steps=6))
     run_training(load_config(cfg_path))
     return out / "run" / "final"
+
+
+def gkd_config(assets: dict[str, Path], teacher: Path, cache: Path, out: Path, *, variant: str = "gkd_cached",
+               rlhf: dict[str, Any] | None = None, custom: dict[str, Any] | None = None, **train: Any) -> dict[str, Any]:
+    """A tiny GKD config (student from the demo assets, the session's teacher, a cache dir)."""
+    cfg = base_config(assets, out, model="student", **train)
+    cfg["rlhf"] = {"rlhf_type": "gkd", "teacher_model": str(teacher), "teacher_model_type": "qwen2_5_vl",
+                   "beta": 0.5, "sft_alpha": 0.5, "lmbda": 0.0, "max_completion_length": 8, **(rlhf or {})}
+    cfg["custom"] = {"trainer_variant": variant, "teacher_cache": str(cache) if cache else None, "top_k": 16,
+                     "cache_batch_size": 8, **(custom or {})}
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def exact_cache(demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Config path of a cache with k = the full real vocabulary and lossless fp32 logprobs."""
+    from pipeline.caching import run_caching
+    from pipeline.config import load_config
+
+    root = tmp_path_factory.mktemp("exact_cache")
+    cfg = gkd_config(demo_assets, tiny_teacher, root / "cache", root / "run",
+                     custom={"top_k": 10_000, "logprob_encoding": "fp32"})
+    path = write_config(root / "cfg.yaml", cfg)
+    run_caching(load_config(path), progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_cache(demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Config path of a cache with the default encoding at k=16."""
+    from pipeline.caching import run_caching
+    from pipeline.config import load_config
+
+    root = tmp_path_factory.mktemp("default_cache")
+    path = write_config(root / "cfg.yaml", gkd_config(demo_assets, tiny_teacher, root / "cache", root / "run"))
+    run_caching(load_config(path), progress=False)
+    return path

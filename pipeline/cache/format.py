@@ -116,8 +116,9 @@ class CachedSample:
 class Layout:
     """How one cache packs its top-k block; stored in every shard's schema metadata and the manifest.
 
-    ``id_groups`` are entry-column boundaries: the byte planes of id gaps are split into these groups
-    so zstd fits one entropy table per group (gap statistics drift with the column: -4 B/token).
+    ``id_groups`` are entry-column boundaries (k/64, k/16, 3k/16, k/2): the byte planes of id gaps are
+    split into these groups so zstd fits one entropy table per group (gap statistics drift with the
+    column: -5 B/token at k=64).
     ``level_classes`` are tail-level boundaries: the levels of a position go to the plane of its class,
     because how peaked a position is (its tail mass) predicts its levels (-7 B/token at k=64).
     """
@@ -151,7 +152,7 @@ class Layout:
         knee, coarse = _knee(step)
         edges = quantize(np.log(np.array(CLASS_TAIL_MASS)), step, knee, coarse)
         return cls(**common, id_bytes=min(2, full_bytes),
-                   id_groups=tuple(sorted({0, max(1, top_k // 16), max(1, top_k // 4), top_k})),
+                   id_groups=tuple(sorted({0, top_k, *(max(1, top_k * f // 64) for f in (1, 4, 12, 32))})),
                    quant_step=step, quant_knee=knee, quant_coarse=coarse,
                    level_classes=tuple(sorted({int(e) for e in edges} - {0})))
 
