@@ -226,7 +226,8 @@ def score_tokens(
                 )
             kl_sum += float(
                 gjsd_topk(
-                    logits,
+                    # the KL compares distributions over the tokenizer's real ids (padded rows excluded)
+                    logits[:, : len(encoder.tokenizer)],
                     torch.as_tensor(cached.topk_ids, dtype=torch.int64, device=device),
                     torch.as_tensor(cached.topk_logprobs, dtype=torch.float32, device=device),
                     torch.as_tensor(cached.tail_logprobs, dtype=torch.float32, device=device),

@@ -96,19 +96,22 @@ def project_fp32(model: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
 def topk_from_logits(
     logits: torch.Tensor, target_ids: torch.Tensor, top_k: int, real_vocab: int, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k over real ids, stored tail and target logprob from fp32 logits [N, V].
+    """Top-k, stored tail and target logprob from fp32 logits [N, V] (V may include padded rows).
 
-    The softmax runs over the teacher's full width V (padded rows included: their mass lands in
-    the tail); top-k is taken over ids < ``real_vocab`` only. The tail is
-    ``logsumexp(outside top-k) - logsumexp(all)``, computed from logits (``log(1 - sum p)`` cancels
-    catastrophically on a peaked teacher), -inf when nothing is outside.
+    The distribution is the softmax over the tokenizer's real ids (``< real_vocab``). Padded
+    embedding rows (e.g. 151936 vs 152064 wide heads) are not tokens: they are never targets, a
+    trained model puts ~0 mass there, and a student whose logit width equals the tokenizer would
+    face an infinite forward KL against any mass the teacher left on them. The student side of the
+    loss is restricted to the same ids. The tail is ``logsumexp(real ids outside top-k) - logsumexp(real
+    ids)``, computed from logits (``log(1 - sum p)`` cancels catastrophically on a peaked teacher),
+    and -inf when the top-k covers every real id.
     Returns (ids int64 [N,k], logprobs float32 [N,k], tail float32 [N], target_logprobs float32 [N]).
     """
     # fp32 at least (float64 stays float64, for exactness tests); never down-cast
-    z = (logits if logits.dtype == torch.float64 else logits.float()) / temperature
+    z = (logits if logits.dtype == torch.float64 else logits.float())[:, :real_vocab] / temperature
     log_z = torch.logsumexp(z, dim=-1)
     k = min(top_k, real_vocab)
-    vals, ids = z[:, :real_vocab].topk(k, dim=-1)
+    vals, ids = z.topk(k, dim=-1)
     outside = z.scatter(1, ids, float("-inf"))
     tail = torch.logsumexp(outside, dim=-1) - log_z
     logprobs = vals - log_z[:, None]
@@ -149,8 +152,9 @@ def teacher_topk(
 
 
 @torch.no_grad()
-def full_logprobs(model: torch.nn.Module, batch: dict[str, Any], temperature: float = 1.0) -> torch.Tensor:
-    """Teacher log-softmax over its full width at every supervised target: float32 [N, V] (tests, audits)."""
+def full_logprobs(model: torch.nn.Module, batch: dict[str, Any], real_vocab: int,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """Teacher log-softmax over the real ids at every supervised target: float32 [N, real_vocab] (tests, audits)."""
     b, j = supervised_index(batch["labels"])
     h = hidden_states(model, batch)
-    return torch.log_softmax(project_fp32(model, h[b, j - 1]) / temperature, dim=-1)
+    return torch.log_softmax(project_fp32(model, h[b, j - 1])[:, :real_vocab] / temperature, dim=-1)

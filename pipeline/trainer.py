@@ -82,6 +82,29 @@ class _DistillTrainerBase(Seq2SeqTrainer):
             for p in teacher_model.parameters():
                 p.requires_grad_(False)
 
+    # ---- resume ---------------------------------------------------------------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Load full-weight checkpoints through ``from_pretrained`` (key conversion), strictly.
+
+        transformers 5's Trainer loads a checkpoint with ``load_state_dict(strict=False)`` and no key
+        conversion, while Qwen2.5-VL checkpoints are saved under their legacy names (``visual.*``,
+        ``model.layers.*``): the resume then loads nothing and only warns. Adapter (LoRA) checkpoints
+        and DeepSpeed/FSDP states keep transformers' own path.
+        """
+        from pathlib import Path
+
+        target = model if model is not None else self.model
+        ckpt = Path(resume_from_checkpoint)
+        full = any((ckpt / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json"))
+        if not full or hasattr(target, "peft_config") or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        unwrapped = self.accelerator.unwrap_model(target)
+        dtype = next(unwrapped.parameters()).dtype
+        fresh = type(unwrapped).from_pretrained(str(ckpt), dtype=dtype)
+        unwrapped.load_state_dict(fresh.state_dict(), strict=True)
+        del fresh
+        return None
+
     # ---- telemetry -------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         mode = "train" if self.model.training else "eval"
@@ -195,26 +218,19 @@ def cached_teacher_kl(teacher: dict[str, torch.Tensor], s_logits: torch.Tensor, 
     if t["topk_ids"].numel() and int(t["topk_ids"].max()) >= s_logits.shape[-1]:
         raise CacheMismatchError(
             f"cached id {int(t['topk_ids'].max())} is outside the student's vocabulary ({s_logits.shape[-1]})")
-    return losses.gjsd_topk(s_logits, t["topk_ids"], t["topk_logprobs"], t["tail_logprobs"],
+    v = distill.real_vocab or s_logits.shape[-1]
+    return losses.gjsd_topk(s_logits[:, :v], t["topk_ids"], t["topk_logprobs"], t["tail_logprobs"],
                             beta=distill.beta, temperature=distill.loss_temperature, reduction="none")
 
 
 def live_teacher_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, distill: DistillSettings) -> torch.Tensor:
-    """Per-token GJSD of the student against full teacher logits [N, Vt] (fp32).
+    """Per-token GJSD of the student [N, Vs] against full teacher logits [N, Vt] (fp32, up-cast).
 
-    The teacher's softmax runs over its full width; ids >= ``real_vocab`` (padded embedding rows) form
-    one bucket on both sides, exactly as the cache's tail does, so the live and cached paths agree.
+    Both sides are restricted to the tokenizer's real ids (``real_vocab``) before the softmax, exactly
+    as the cache is (see ``pipeline.teacher.topk_from_logits``), so the live and cached paths agree.
     """
-    v = distill.real_vocab or s_logits.shape[-1]
-    t = t_logits.float() / distill.loss_temperature
-    if t.shape[-1] == s_logits.shape[-1] == v:
-        return losses.gjsd_full(s_logits, t_logits.float(), beta=distill.beta,
-                                temperature=distill.loss_temperature, reduction="none")
-    log_z = torch.logsumexp(t, dim=-1)
-    lp = t[:, :v] - log_z[:, None]
-    tail = (torch.logsumexp(t[:, v:], dim=-1) - log_z) if t.shape[-1] > v else torch.full_like(log_z, float("-inf"))
-    ids = torch.arange(v, device=t.device).expand(t.shape[0], v)
-    return losses.gjsd_topk(s_logits, ids, lp, tail, beta=distill.beta,
+    v = distill.real_vocab or min(s_logits.shape[-1], t_logits.shape[-1])
+    return losses.gjsd_full(s_logits[:, :v], t_logits[:, :v].float(), beta=distill.beta,
                             temperature=distill.loss_temperature, reduction="none")
 
 

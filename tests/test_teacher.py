@@ -36,16 +36,18 @@ def test_topk_full_width_equals_log_softmax() -> None:
     assert (lps[:, :-1] >= lps[:, 1:]).all()
 
 
-def test_padded_rows_only_add_to_the_tail() -> None:
+def test_padded_rows_are_not_part_of_the_distribution() -> None:
     torch.manual_seed(1)
     logits = torch.randn(5, 12, dtype=torch.float64)
     logits[:, 10:] += 5.0  # padded embedding rows with large mass
-    ids, lps, tail, _ = T.topk_from_logits(logits, torch.zeros(5, dtype=torch.long), top_k=10, real_vocab=10)
+    ids, lps, tail, _ = T.topk_from_logits(logits, torch.zeros(5, dtype=torch.long), top_k=4, real_vocab=10)
     assert int(ids.max()) < 10
-    full = torch.log_softmax(logits, -1)
-    assert torch.allclose(tail, torch.logsumexp(full[:, 10:], -1), atol=1e-12)
+    real = torch.log_softmax(logits[:, :10], -1)
+    assert torch.allclose(lps, real.gather(1, ids), atol=1e-12)
     total = torch.logsumexp(torch.cat([lps, tail[:, None]], 1), -1)
     assert torch.allclose(total, torch.zeros(5, dtype=torch.float64), atol=1e-12)
+    _, _, tail_all, _ = T.topk_from_logits(logits, torch.zeros(5, dtype=torch.long), top_k=10, real_vocab=10)
+    assert torch.isneginf(tail_all).all()  # k covers every real id: empty tail, padded mass ignored
 
 
 def test_tail_is_accurate_on_a_peaked_teacher() -> None:

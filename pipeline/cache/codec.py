@@ -127,8 +127,10 @@ class Decoder:
             self.id_bits = (layout.vocab_size - 1).bit_length()
             wide = self.id_bits + self.max_level.bit_length() > 31
             self._key = np.empty((self.chunk, k), np.int64 if wide else np.int32)
-            # Indexed by (max_level - level), the quantity sorted ascending.
-            self.rtable = np.ascontiguousarray(self.table[::-1])
+            # Indexed by (max_level - level), the quantity sorted ascending. Padded with NaN to 256 so a
+            # level above max_level (a writer bug; corruption fails the checksum) wraps to NaN, not to a value.
+            self.rtable = np.full(256, np.nan, np.float32)
+            self.rtable[: self.max_level + 1] = self.table[::-1]
             self.class_of = np.searchsorted(np.array(layout.level_classes), np.arange(256), side="right")
             self.class_of = self.class_of.astype(np.uint8)
 
@@ -168,7 +170,9 @@ class Decoder:
         out.target_logprobs[escaped] = planes["escape_target_logprobs"]
         return out
 
-    def _level_rows(self, planes: dict[str, np.ndarray], tail: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _level_rows(
+        self, planes: dict[str, np.ndarray], tail: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """All positions' level rows, class-major, and each position's row in it (None: identity)."""
         k, n_classes = self.layout.top_k, len(self.layout.level_classes) + 1
         parts = [planes[f"topk_level_c{c}"] for c in range(n_classes)]
@@ -190,8 +194,16 @@ class Decoder:
                 self._gaps[:c, a:b, byte] = src
         return self._gaps[:c].view(np.int32).reshape(c, lay.top_k)
 
-    def _decode_quantized(self, planes: dict[str, np.ndarray], t0: int, t1: int, all_levels: np.ndarray,
-                          source: np.ndarray | None, escape_gaps: np.ndarray, out: Decoded) -> int:
+    def _decode_quantized(
+        self,
+        planes: dict[str, np.ndarray],
+        t0: int,
+        t1: int,
+        all_levels: np.ndarray,
+        source: np.ndarray | None,
+        escape_gaps: np.ndarray,
+        out: Decoded,
+    ) -> int:
         """Decode positions t0:t1 into ``out``; returns how many escaped gaps they used."""
         c = t1 - t0
         gaps = self._assemble_ids(planes, t0, t1)
@@ -214,7 +226,7 @@ class Decoder:
         key.sort(axis=1)
         np.bitwise_and(key, (1 << self.id_bits) - 1, out=out.topk_ids[t0:t1])
         np.right_shift(key, self.id_bits, out=key)
-        np.take(self.rtable, key, out=out.topk_logprobs[t0:t1])
+        np.take(self.rtable, key, out=out.topk_logprobs[t0:t1], mode="wrap")  # wrap: no bounds pass
         return used
 
     def _decode_fp32(self, planes: dict[str, np.ndarray], t0: int, t1: int, out: Decoded) -> None:
@@ -224,8 +236,9 @@ class Decoder:
         _assemble(lps.view(np.uint8).reshape(c, k, 4), planes, "topk_logprob", t0, t1, 4, k)
 
 
-def _assemble(dst: np.ndarray, planes: dict[str, np.ndarray], prefix: str, t0: int, t1: int,
-              nbytes: int, width: int = 1) -> None:
+def _assemble(
+    dst: np.ndarray, planes: dict[str, np.ndarray], prefix: str, t0: int, t1: int, nbytes: int, width: int = 1
+) -> None:
     """Interleave ``nbytes`` planes ``{prefix}_b{i}`` of rows ``t0:t1`` into ``dst`` ``[..., nbytes]`` uint8."""
     for byte in range(nbytes):
         src = planes[f"{prefix}_b{byte}"][t0 * width : t1 * width]

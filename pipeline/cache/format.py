@@ -87,8 +87,12 @@ class CachedSample:
             raise ValueError(f"sample {sid!r}: encoding_hash must be a hex str")
         n = self.num_targets
         shapes = {
-            "positions": (n,), "target_ids": (n,), "topk_ids": (n, top_k), "topk_logprobs": (n, top_k),
-            "tail_logprobs": (n,), "target_logprobs": (n,),
+            "positions": (n,),
+            "target_ids": (n,),
+            "topk_ids": (n, top_k),
+            "topk_logprobs": (n, top_k),
+            "tail_logprobs": (n,),
+            "target_logprobs": (n,),
         }
         for name, shape in shapes.items():
             arr = getattr(self, name)
@@ -101,7 +105,9 @@ class CachedSample:
         if n and (self.positions[0] < 1 or np.any(np.diff(self.positions) <= 0)):
             raise ValueError(f"sample {sid!r}: positions must be >= 1 and strictly ascending")
         if n and self.positions[-1] >= self.num_tokens:
-            raise ValueError(f"sample {sid!r}: position {int(self.positions[-1])} >= num_tokens {self.num_tokens}")
+            raise ValueError(
+                f"sample {sid!r}: position {int(self.positions[-1])} >= num_tokens {self.num_tokens}"
+            )
         for name in ("topk_ids", "target_ids"):
             arr = getattr(self, name)
             if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
@@ -144,17 +150,17 @@ class Layout:
         if not 2 <= vocab_size < 2**31:
             raise ValueError(f"vocab_size must be in [2, 2**31), got {vocab_size}")
         full_bytes = -(-(vocab_size - 1).bit_length() // 8)
-        common = {"logprob_encoding": logprob_encoding, "top_k": top_k, "vocab_size": vocab_size,
-                  "target_index_bytes": 1 if top_k <= _ONE_BYTE_K else 2}
+        index_bytes = 1 if top_k <= _ONE_BYTE_K else 2
         if logprob_encoding == FP32:
-            return cls(**common, id_bytes=full_bytes, id_groups=(0, top_k))
+            return cls(FP32, top_k, vocab_size, full_bytes, (0, top_k), index_bytes)
         step = quant_step_for(top_k)
         knee, coarse = _knee(step)
+        groups = tuple(sorted({0, top_k, *(max(1, top_k * f // 64) for f in (1, 4, 12, 32))}))
         edges = quantize(np.log(np.array(CLASS_TAIL_MASS)), step, knee, coarse)
-        return cls(**common, id_bytes=min(2, full_bytes),
-                   id_groups=tuple(sorted({0, top_k, *(max(1, top_k * f // 64) for f in (1, 4, 12, 32))})),
-                   quant_step=step, quant_knee=knee, quant_coarse=coarse,
-                   level_classes=tuple(sorted({int(e) for e in edges} - {0})))
+        classes = tuple(sorted({int(e) for e in edges} - {0}))
+        return cls(
+            QUANTIZED, top_k, vocab_size, min(2, full_bytes), groups, index_bytes, step, knee, coarse, classes
+        )
 
     @property
     def quantized(self) -> bool:
@@ -215,12 +221,16 @@ class Layout:
                 "(rebuild the cache with this version of the pipeline)"
             )
         try:
-            layout = cls(**{**d, "id_groups": tuple(d["id_groups"]), "level_classes": tuple(d["level_classes"])})
+            layout = cls(
+                **{**d, "id_groups": tuple(d["id_groups"]), "level_classes": tuple(d["level_classes"])}
+            )
             expected = cls.create(layout.top_k, layout.vocab_size, layout.logprob_encoding)
         except (TypeError, KeyError, ValueError) as err:
             raise CacheFormatError(f"{where}: unreadable layout {d!r}: {err}") from err
         if layout != expected:
-            raise CacheFormatError(f"{where}: layout {d!r} is not the one this reader packs ({expected.to_dict()})")
+            raise CacheFormatError(
+                f"{where}: layout {d!r} is not the one this reader packs ({expected.to_dict()})"
+            )
         return layout
 
     @classmethod
@@ -248,12 +258,18 @@ def _knee(step: float) -> tuple[int, int]:
     so the KL they add is small: +1% bytes at k=128, nothing measurable at k=64 (docs/cache_format.md).
     The smallest factor that keeps p < 0.01 at the fine step is used (2 at k=64, 3 at 128, 4 at 256).
     """
-    fine = int(round(1.0 / step)) + 1
+    fine = round(1.0 / step) + 1
     if fine <= MAX_LEVEL:
         return fine, 1
     for coarse in range(2, 64):
-        n = max((n for n in range(1, MAX_LEVEL) if n + math.ceil((1 - (n - 0.5) * step) / (coarse * step)) <= MAX_LEVEL),
-                default=0)
+        n = max(
+            (
+                n
+                for n in range(1, MAX_LEVEL)
+                if n + math.ceil((1 - (n - 0.5) * step) / (coarse * step)) <= MAX_LEVEL
+            ),
+            default=0,
+        )
         if (n - 0.5) * step >= 0.1:
             return n, coarse
     raise ValueError(f"quantiser step {step} too fine for one-byte levels")

@@ -77,7 +77,11 @@ _MISSING = "<missing>"
 def compare_fingerprints(expected: dict[str, Any], found: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> ``(expected, found)`` for every leaf that differs (``"<missing>"`` when absent)."""
     a, b = flatten(expected), flatten(found)
-    return {k: (a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(a.keys() | b.keys()) if a.get(k, _MISSING) != b.get(k, _MISSING)}
+    return {
+        k: (a.get(k, _MISSING), b.get(k, _MISSING))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, _MISSING) != b.get(k, _MISSING)
+    }
 
 
 def mismatch_error(where: str, differences: dict[str, tuple[Any, Any]]) -> CacheMismatchError:
@@ -127,7 +131,9 @@ def read_shard_index(path: Path) -> tuple[pa.Schema, list[str]]:
     """Schema and sample_ids of a complete shard (reads only the sample_id column)."""
     try:
         with pa.memory_map(str(path)) as source:
-            reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=[0], use_threads=False))
+            reader = pa.ipc.open_file(
+                source, options=pa.ipc.IpcReadOptions(included_fields=[0], use_threads=False)
+            )
             ids: list[str] = []
             for i in range(reader.num_record_batches):
                 ids.extend(reader.get_batch(i).column(0).to_pylist())
@@ -149,8 +155,14 @@ def scan_shard(path: Path) -> dict[str, Any]:
                 total += sum(row_digests(batch))
     except (OSError, pa.ArrowException, KeyError) as err:
         raise CacheFormatError(f"shard {path.name}: unreadable Arrow IPC file ({err})") from err
-    return {"file": path.name, "rows": rows, "targets": targets, "bytes": path.stat().st_size,
-            "sha256": sha256_file(path), "digest": digest_hex(total)}
+    return {
+        "file": path.name,
+        "rows": rows,
+        "targets": targets,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "digest": digest_hex(total),
+    }
 
 
 def shard_meta(schema: pa.Schema, where: str) -> tuple[Layout, dict[str, Any]]:
@@ -185,8 +197,13 @@ def read_skips(path: Path) -> list[dict[str, str]]:
         except ValueError:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("sample_id"), str):
-            out.append({"sample_id": rec["sample_id"], "reason": str(rec.get("reason", "")),
-                        "detail": str(rec.get("detail", ""))})
+            out.append(
+                {
+                    "sample_id": rec["sample_id"],
+                    "reason": str(rec.get("reason", "")),
+                    "detail": str(rec.get("detail", "")),
+                }
+            )
     return out
 
 
@@ -200,17 +217,25 @@ def manifest_content(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def header(fingerprint: dict[str, Any], layout: Layout) -> dict[str, Any]:
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "fingerprint": fingerprint,
-            "layout": layout.to_dict()}
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "layout": layout.to_dict(),
+    }
 
 
 def check_compatible(where: str, found: dict[str, Any], fingerprint: dict[str, Any], layout: Layout) -> None:
     """Raise if a manifest or part at ``where`` was written for another fingerprint or layout."""
     if found.get("format_version") != FORMAT_VERSION:
-        raise CacheFormatError(f"{where}: cache format version {found.get('format_version')!r}, "
-                               f"this pipeline reads version {FORMAT_VERSION}")
-    diffs = compare_fingerprints({"fingerprint": fingerprint, "layout": layout.to_dict()},
-                                 {"fingerprint": found.get("fingerprint"), "layout": found.get("layout")})
+        raise CacheFormatError(
+            f"{where}: cache format version {found.get('format_version')!r}, "
+            f"this pipeline reads version {FORMAT_VERSION}"
+        )
+    diffs = compare_fingerprints(
+        {"fingerprint": fingerprint, "layout": layout.to_dict()},
+        {"fingerprint": found.get("fingerprint"), "layout": found.get("layout")},
+    )
     if diffs:
         raise mismatch_error(where, diffs)
 
@@ -240,12 +265,17 @@ def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[s
     on_disk = {p.name: p for p in complete_shards(root)}
     if missing := sorted(set(listed) - set(on_disk)):
         raise CacheFormatError(f"{root}: shards recorded but missing on disk: {missing}")
-    shards, owner = [], {}
+    shards: list[dict[str, Any]] = []
+    owner: dict[str, str] = {}
     for name, path in sorted(on_disk.items()):
         schema, ids = read_shard_index(path)
         shard_layout, shard_fp = shard_meta(schema, f"shard {name}")
-        check_compatible(f"shard {name}", {"format_version": FORMAT_VERSION, "fingerprint": shard_fp,
-                                           "layout": shard_layout.to_dict()}, fingerprint, layout)
+        check_compatible(
+            f"shard {name}",
+            {"format_version": FORMAT_VERSION, "fingerprint": shard_fp, "layout": shard_layout.to_dict()},
+            fingerprint,
+            layout,
+        )
         rec = listed.get(name)
         if rec is None or rec["bytes"] != path.stat().st_size:
             rec = scan_shard(path)
@@ -258,8 +288,10 @@ def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[s
     for rank in sorted(parts):
         for rec in read_skips(skips_path(root, rank)):
             if rec["sample_id"] in owner:
-                raise CacheFormatError(f"{root}: sample {rec['sample_id']!r} is both cached "
-                                       f"({owner[rec['sample_id']]}) and skipped ({rec['reason']})")
+                raise CacheFormatError(
+                    f"{root}: sample {rec['sample_id']!r} is both cached "
+                    f"({owner[rec['sample_id']]}) and skipped ({rec['reason']})"
+                )
             skipped.setdefault(rec["sample_id"], rec)
     if rows_in is None:
         world = first.get("world_size", 1)
@@ -268,9 +300,13 @@ def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[s
     by_reason: dict[str, int] = {}
     for rec in skipped.values():
         by_reason[rec["reason"]] = by_reason.get(rec["reason"], 0) + 1
-    counts = {"rows_in": rows_in, "cached": len(owner), "skipped": len(skipped),
-              "skipped_by_reason": dict(sorted(by_reason.items())),
-              "targets": sum(s["targets"] for s in shards)}
+    counts = {
+        "rows_in": rows_in,
+        "cached": len(owner),
+        "skipped": len(skipped),
+        "skipped_by_reason": dict(sorted(by_reason.items())),
+        "targets": sum(s["targets"] for s in shards),
+    }
     if rows_in is not None and rows_in != counts["cached"] + counts["skipped"]:
         raise CacheFormatError(
             f"{root}: rows in ({rows_in}) != cached ({counts['cached']}) + skipped ({counts['skipped']}): "

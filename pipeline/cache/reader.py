@@ -64,20 +64,32 @@ class CacheReader:
             of a batch of a few dozen samples, so neighbours read soon after come for free).
     """
 
-    def __init__(self, root: str | Path, expected_fingerprint: dict[str, Any] | None = None, *,
-                 verify: str = "open", cached_batches: int = 4):
+    def __init__(
+        self,
+        root: str | Path,
+        expected_fingerprint: dict[str, Any] | None = None,
+        *,
+        verify: str = "open",
+        cached_batches: int = 4,
+    ):
         if verify not in ("open", "lazy"):
             raise ValueError(f"verify must be 'open' or 'lazy', got {verify!r}")
         self.root = Path(root)
         path = self.root / MANIFEST_NAME
         if not path.is_file():
-            raise _format_error(f"{self.root}: no {MANIFEST_NAME} (not a cache, or its writers never finished)")
+            raise _format_error(
+                f"{self.root}: no {MANIFEST_NAME} (not a cache, or its writers never finished)"
+            )
         self.manifest: dict[str, Any] = read_json(path)
         if self.manifest.get("format") != FORMAT_NAME:
-            raise _format_error(f"{path}: not a teacher-cache manifest (format {self.manifest.get('format')!r})")
+            raise _format_error(
+                f"{path}: not a teacher-cache manifest (format {self.manifest.get('format')!r})"
+            )
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise _format_error(f"{path}: cache format version {self.manifest.get('format_version')!r}, this "
-                                f"reader reads version {FORMAT_VERSION} (rebuild the cache)")
+            raise _format_error(
+                f"{path}: cache format version {self.manifest.get('format_version')!r}, this "
+                f"reader reads version {FORMAT_VERSION} (rebuild the cache)"
+            )
         self.layout = Layout.from_dict(self.manifest["layout"], str(path))
         if expected_fingerprint is not None:
             diffs = compare_fingerprints(expected_fingerprint, self.manifest["fingerprint"])
@@ -90,8 +102,10 @@ class CacheReader:
             p = self.root / shard["file"]
             size = p.stat().st_size if p.is_file() else None
             if size != shard["bytes"]:
-                raise _format_error(f"shard {shard['file']} in {self.root}: {'missing' if size is None else 'truncated or altered'} "
-                                    f"({size} bytes on disk, manifest says {shard['bytes']})")
+                raise _format_error(
+                    f"shard {shard['file']} in {self.root}: {'missing' if size is None else 'truncated or altered'} "
+                    f"({size} bytes on disk, manifest says {shard['bytes']})"
+                )
             if verify == "open":
                 self._verify(i)
         self._cached_batches = cached_batches
@@ -115,7 +129,9 @@ class CacheReader:
             return
         shard = self._shards[i]
         if sha256_file(self.root / shard["file"]) != shard["sha256"]:
-            raise _format_error(f"shard {shard['file']} in {self.root}: checksum mismatch (corrupt; rebuild the cache)")
+            raise _format_error(
+                f"shard {shard['file']} in {self.root}: checksum mismatch (corrupt; rebuild the cache)"
+            )
         self._verified.add(i)
 
     def verify_all(self) -> None:
@@ -127,16 +143,20 @@ class CacheReader:
         try:
             return fn()
         except (OSError, pa.ArrowException, ValueError, IndexError, KeyError) as err:
-            raise _format_error(f"shard {self._shards[i]['file']} in {self.root}: unreadable ({err})") from err
+            raise _format_error(
+                f"shard {self._shards[i]['file']} in {self.root}: unreadable ({err})"
+            ) from err
 
     def _file(self, i: int) -> Any:
         if i not in self._files:
+
             def open_() -> Any:
                 source = pa.memory_map(str(self.root / self._shards[i]["file"]))
                 reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(use_threads=False))
                 if Layout.from_schema(reader.schema, self._shards[i]["file"]) != self.layout:
                     raise ValueError("shard layout differs from the manifest's")
                 return reader
+
             self._files[i] = self._guard(i, open_)
         return self._files[i]
 
@@ -166,7 +186,9 @@ class CacheReader:
         except KeyError:
             raise KeyError(f"sample {sample_id!r} is not in the cache at {self.root}") from None
 
-    def _decode(self, sample_ids: list[str]) -> tuple[Decoded, dict[str, np.ndarray], list[tuple[_Block, int]]]:
+    def _decode(
+        self, sample_ids: list[str]
+    ) -> tuple[Decoded, dict[str, np.ndarray], list[tuple[_Block, int]]]:
         """Decode the targets of ``sample_ids`` (in that order), with the ragged list columns."""
         where = [self._locate(s) for s in sample_ids]
         rows = [(self._block(i, b), r) for i, b, r in where]
@@ -178,7 +200,9 @@ class CacheReader:
                 runs.append((block, r, r + 1))
         cols: dict[str, np.ndarray] = {}
         for name in (*self.layout.plane_columns(), *_LIST_COLUMNS):
-            parts = [blk.ragged[name][1][blk.ragged[name][0][r0] : blk.ragged[name][0][r1]] for blk, r0, r1 in runs]
+            parts = [
+                blk.ragged[name][1][blk.ragged[name][0][r0] : blk.ragged[name][0][r1]] for blk, r0, r1 in runs
+            ]
             cols[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         shard = where[0][0] if where else 0
         decoded = self._guard(shard, lambda: self._decoder.decode(cols))
@@ -189,9 +213,15 @@ class CacheReader:
         d, cols, rows = self._decode([sample_id])
         block, r = rows[0]
         return CachedSample(
-            sample_id=sample_id, encoding_hash=block.hashes[r], num_tokens=int(block.num_tokens[r]),
-            positions=cols["positions"].astype(np.int64), target_ids=d.target_ids, topk_ids=d.topk_ids,
-            topk_logprobs=d.topk_logprobs, tail_logprobs=d.tail_logprobs, target_logprobs=d.target_logprobs,
+            sample_id=sample_id,
+            encoding_hash=block.hashes[r],
+            num_tokens=int(block.num_tokens[r]),
+            positions=cols["positions"].astype(np.int64),
+            target_ids=d.target_ids,
+            topk_ids=d.topk_ids,
+            topk_logprobs=d.topk_logprobs,
+            tail_logprobs=d.tail_logprobs,
+            target_logprobs=d.target_logprobs,
         )
 
     def batch(self, sample_ids: list[str]) -> dict[str, torch.Tensor]:
@@ -245,12 +275,20 @@ def export_plain(cache_root: str | Path, out_path: str | Path) -> dict[str, int]
     """
     reader = CacheReader(cache_root, verify="lazy")
     k = reader.top_k
-    schema = pa.schema([
-        ("sample_id", pa.string()), ("encoding_hash", pa.string()), ("num_tokens", pa.int32()),
-        ("positions", pa.list_(pa.int32())), ("target_ids", pa.list_(pa.int32())),
-        ("target_logprobs", pa.list_(pa.float32())), ("tail_logprobs", pa.list_(pa.float32())),
-        ("topk_ids", pa.list_(pa.list_(pa.int32(), k))), ("topk_logprobs", pa.list_(pa.list_(pa.float32(), k))),
-    ], metadata={b"vlm_distill.manifest": _manifest_json(reader.manifest)})
+    schema = pa.schema(
+        [
+            ("sample_id", pa.string()),
+            ("encoding_hash", pa.string()),
+            ("num_tokens", pa.int32()),
+            ("positions", pa.list_(pa.int32())),
+            ("target_ids", pa.list_(pa.int32())),
+            ("target_logprobs", pa.list_(pa.float32())),
+            ("tail_logprobs", pa.list_(pa.float32())),
+            ("topk_ids", pa.list_(pa.list_(pa.int32(), k))),
+            ("topk_logprobs", pa.list_(pa.list_(pa.float32(), k))),
+        ],
+        metadata={b"vlm_distill.manifest": _manifest_json(reader.manifest)},
+    )
     out_path = Path(out_path)
     rows = targets = 0
     parquet = out_path.suffix == ".parquet"
@@ -259,8 +297,9 @@ def export_plain(cache_root: str | Path, out_path: str | Path) -> dict[str, int]
 
         sink: Any = pq.ParquetWriter(str(out_path), schema, compression="zstd")
     else:
-        sink = pa.ipc.new_file(str(out_path), schema,
-                               options=pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd")))
+        sink = pa.ipc.new_file(
+            str(out_path), schema, options=pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd"))
+        )
     with sink:
         for block, d, positions in reader.iter_blocks():
             offsets = pa.array(np.concatenate([[0], np.cumsum(block.num_targets)]).astype(np.int32))
@@ -272,12 +311,20 @@ def export_plain(cache_root: str | Path, out_path: str | Path) -> dict[str, int]
                 inner = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k)
                 return pa.ListArray.from_arrays(offsets, inner)
 
-            batch = pa.RecordBatch.from_arrays([
-                pa.array(block.sample_ids, pa.string()), pa.array(block.hashes, pa.string()),
-                pa.array(block.num_tokens, pa.int32()),
-                lst(positions.astype(np.int32)), lst(d.target_ids.astype(np.int32)), lst(d.target_logprobs),
-                lst(d.tail_logprobs), fixed(d.topk_ids.astype(np.int32)), fixed(d.topk_logprobs),
-            ], schema=schema)
+            batch = pa.RecordBatch.from_arrays(
+                [
+                    pa.array(block.sample_ids, pa.string()),
+                    pa.array(block.hashes, pa.string()),
+                    pa.array(block.num_tokens, pa.int32()),
+                    lst(positions.astype(np.int32)),
+                    lst(d.target_ids.astype(np.int32)),
+                    lst(d.target_logprobs),
+                    lst(d.tail_logprobs),
+                    fixed(d.topk_ids.astype(np.int32)),
+                    fixed(d.topk_logprobs),
+                ],
+                schema=schema,
+            )
             sink.write_batch(batch)
             rows += batch.num_rows
             targets += len(d.target_ids)

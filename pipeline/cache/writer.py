@@ -46,8 +46,8 @@ from pipeline.cache.manifest import (
     read_skips,
     row_digests,
     scan_shard,
-    shard_meta,
     sha256_file,
+    shard_meta,
     skips_path,
     write_json_atomic,
 )
@@ -75,9 +75,19 @@ class CacheWriter:
         rank, world_size: this writer's rank under torchrun (each rank writes its own shards).
     """
 
-    def __init__(self, root: str | Path, *, fingerprint: dict[str, Any], top_k: int, vocab_size: int,
-                 logprob_encoding: str = DEFAULT_LOGPROB_ENCODING, shard_bytes: int = 256 * 2**20,
-                 rank: int = 0, world_size: int = 1, batch_bytes: int = BATCH_BYTES):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        fingerprint: dict[str, Any],
+        top_k: int,
+        vocab_size: int,
+        logprob_encoding: str = DEFAULT_LOGPROB_ENCODING,
+        shard_bytes: int = 256 * 2**20,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_bytes: int = BATCH_BYTES,
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         if shard_bytes < 1:
@@ -96,11 +106,14 @@ class CacheWriter:
         self._file_writer: Any = None
         self._tmp: Path | None = None
         self._finalized: dict[str, Any] | None = None
+        self._finalize_tried = False
         (self.root / PARTS_DIR).mkdir(parents=True, exist_ok=True)
         self._done: set[str] = self._check_existing()
         self._shards: list[dict[str, Any]] = self._recover_own_shards()
-        self._next_index = 1 + max((int(SHARD_RE.match(s["file"]).group(2)) for s in self._shards),  # type: ignore[union-attr]
-                                   default=-1)
+        self._next_index = 1 + max(
+            (int(SHARD_RE.match(s["file"]).group(2)) for s in self._shards),  # type: ignore[union-attr]
+            default=-1,
+        )
         self._rows_in: int | None = None
         self._write_part()
         for skips in (self.root / PARTS_DIR).glob("rank-*.skips.jsonl"):
@@ -120,9 +133,16 @@ class CacheWriter:
         for path in complete_shards(self.root):
             schema, ids = read_shard_index(path)
             shard_layout, shard_fp = shard_meta(schema, f"shard {path.name}")
-            check_compatible(f"shard {path.name}", {"format_version": shard_layout.format_version,
-                             "fingerprint": shard_fp, "layout": shard_layout.to_dict()},
-                             self.fingerprint, self.layout)
+            check_compatible(
+                f"shard {path.name}",
+                {
+                    "format_version": shard_layout.format_version,
+                    "fingerprint": shard_fp,
+                    "layout": shard_layout.to_dict(),
+                },
+                self.fingerprint,
+                self.layout,
+            )
             cached.update(ids)
         return cached
 
@@ -149,7 +169,10 @@ class CacheWriter:
 
     def _write_part(self) -> None:
         part = header(self.fingerprint, self.layout) | {
-            "rank": self.rank, "world_size": self.world_size, "rows_in": self._rows_in, "shards": self._shards,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "rows_in": self._rows_in,
+            "shards": self._shards,
         }
         write_json_atomic(part_path(self.root, self.rank), part)
 
@@ -168,9 +191,13 @@ class CacheWriter:
         if sample.sample_id in self._done:
             raise ValueError(f"sample {sample.sample_id!r} is already cached or skipped in {self.root}")
         row = encode_sample(sample, self.layout)
-        row.update(sample_id=sample.sample_id, encoding_hash=sample.encoding_hash,
-                   num_tokens=int(sample.num_tokens), num_targets=sample.num_targets,
-                   positions=sample.positions.astype(np.int32))
+        row.update(
+            sample_id=sample.sample_id,
+            encoding_hash=sample.encoding_hash,
+            num_tokens=int(sample.num_tokens),
+            num_targets=sample.num_targets,
+            positions=sample.positions.astype(np.int32),
+        )
         self._rows.append(row)
         self._done.add(sample.sample_id)
         self._buffered += sum(len(v) for v in row.values() if isinstance(v, bytes))
@@ -234,9 +261,16 @@ class CacheWriter:
         final = self.root / shard_name(self.rank, self._next_index)
         os.replace(self._tmp, final)
         _fsync_dir(self.root)
-        self._shards.append({"file": final.name, "rows": self._shard_rows, "targets": self._shard_targets,
-                             "bytes": final.stat().st_size, "sha256": sha256_file(final),
-                             "digest": digest_hex(self._shard_digest)})
+        self._shards.append(
+            {
+                "file": final.name,
+                "rows": self._shard_rows,
+                "targets": self._shard_targets,
+                "bytes": final.stat().st_size,
+                "sha256": sha256_file(final),
+                "digest": digest_hex(self._shard_digest),
+            }
+        )
         self._file_writer = self._sink = self._tmp = None
         self._next_index += 1
         self._write_part()
@@ -253,6 +287,7 @@ class CacheWriter:
         """
         if self._finalized is not None:
             return self._finalized
+        self._finalize_tried = True
         self._flush()
         self._seal()
         self._skip_log.close()
@@ -265,9 +300,13 @@ class CacheWriter:
             reasons: dict[str, int] = {}
             for rec in skipped:
                 reasons[rec["reason"]] = reasons.get(rec["reason"], 0) + 1
-            counts = {"rows_in": rows_in, "cached": sum(s["rows"] for s in self._shards),
-                      "skipped": len(skipped), "skipped_by_reason": dict(sorted(reasons.items())),
-                      "targets": sum(s["targets"] for s in self._shards)}
+            counts = {
+                "rows_in": rows_in,
+                "cached": sum(s["rows"] for s in self._shards),
+                "skipped": len(skipped),
+                "skipped_by_reason": dict(sorted(reasons.items())),
+                "targets": sum(s["targets"] for s in self._shards),
+            }
         self._finalized = counts
         return counts
 
@@ -278,10 +317,12 @@ class CacheWriter:
     def __enter__(self) -> CacheWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
-            self.finalize()
+            if not self._finalize_tried:  # a failed finalize (rows_in mismatch) is not retried blindly
+                self.finalize()
             return
         # Keep the work done: seal what is buffered so a resume starts after it; never merge here.
         if self._finalized is None:

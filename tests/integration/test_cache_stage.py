@@ -38,7 +38,7 @@ def _live_logprobs(cfg: Any, rows: list[Any]) -> tuple[dict[str, np.ndarray], di
     for row in rows:
         e = enc.encode(row)
         batch = enc.template.data_collator([e.inputs])
-        out[row.sample_id] = full_logprobs(teacher, batch, cfg.custom.loss_temperature).numpy()
+        out[row.sample_id] = full_logprobs(teacher, batch, len(enc.tokenizer), cfg.custom.loss_temperature).numpy()
         b, j = supervised_index(batch["labels"])
         targets[row.sample_id] = batch["labels"][b, j].numpy()
     return out, targets
@@ -62,10 +62,9 @@ def test_exact_cache_reproduces_full_log_softmax(exact_cache: Path) -> None:
         assert np.array_equal(s.target_ids, targets[sid])
         got = np.full((len(s.target_ids), real), np.nan, dtype=np.float64)
         np.put_along_axis(got, s.topk_ids, s.topk_logprobs.astype(np.float64), axis=1)
-        np.testing.assert_allclose(got, full[:, :real], atol=1e-5)
-        # the teacher's padded embedding rows land in the tail, nothing else does
-        tail = np.logaddexp.reduce(full[:, real:].astype(np.float64), axis=1)
-        np.testing.assert_allclose(s.tail_logprobs, tail, atol=1e-5)
+        assert real == full.shape[1]  # k = every real id (the teacher's padded rows are not tokens)
+        np.testing.assert_allclose(got, full, atol=1e-5)
+        assert np.isneginf(s.tail_logprobs).all()
         np.testing.assert_allclose(s.target_logprobs, full[np.arange(len(full)), targets[sid]], atol=1e-5)
 
 
@@ -78,8 +77,7 @@ def test_default_cache_within_fidelity_and_topk_is_live_topk(default_cache: Path
     k = reader.top_k
     for sid, full in live.items():
         s = reader.get(sid)
-        real = len(s.topk_ids[0]) and reader.vocab_size
-        ref = np.sort(np.argsort(-full[:, :real], axis=1)[:, :k], axis=1)
+        ref = np.sort(np.argsort(-full, axis=1)[:, :k], axis=1)
         # ids: exactly the live top-k (up to exact ties, absent from random-init logits)
         assert np.array_equal(np.sort(s.topk_ids, axis=1), ref)
         # values: KL(exact || decoded) over the k+1 categories within the format's budget
