@@ -81,7 +81,7 @@ def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.n
 def hidden_states(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """Last hidden states [B, L, H] of the backbone (no lm_head, so no full-vocabulary logits)."""
     backbone, _ = _backbone_and_head(model)
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_scale", "position_ids", "text_position_ids")}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_scale", "text_position_ids")}
     out = backbone(**inputs, use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
