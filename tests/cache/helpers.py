@@ -19,8 +19,9 @@ FINGERPRINT: dict[str, Any] = {
 }
 
 
-def random_sample(rng: np.random.Generator, sample_id: str, n: int, k: int, vocab: int,
-                  *, odd_targets: bool = True) -> CachedSample:
+def random_sample(
+    rng: np.random.Generator, sample_id: str, n: int, k: int, vocab: int, *, odd_targets: bool = True
+) -> CachedSample:
     """A valid sample with ``n`` targets: distinct ids per position, logprobs of a softmax whose mass
     outside the top-k is the tail (sometimes empty), targets mostly the top-1 and, with
     ``odd_targets``, sometimes another entry, an id outside the top-k or a logprob that differs."""
@@ -45,7 +46,7 @@ def random_sample(rng: np.random.Generator, sample_id: str, n: int, k: int, voca
             if u < 0.2:  # another top-k entry
                 j = int(rng.integers(k))
                 targets[i], target_lp[i] = ids[i, j], np.float32(lp[i, j])
-            elif u < 0.3:  # not in the top-k: escaped with its own logprob
+            elif u < 0.3 and k < vocab:  # not in the top-k: escaped with its own logprob
                 while (cand := int(rng.integers(vocab))) in set(ids[i].tolist()):
                     pass
                 targets[i], target_lp[i] = cand, np.float32(-30.0 + rng.random())
@@ -84,7 +85,11 @@ def assert_decoded_close(orig: CachedSample, dec: CachedSample, layout: Layout) 
     assert dec.num_tokens == orig.num_tokens
     np.testing.assert_array_equal(dec.positions, orig.positions)
     np.testing.assert_array_equal(dec.target_ids, orig.target_ids)
-    for arr, dtype in ((dec.topk_ids, np.int64), (dec.topk_logprobs, np.float32), (dec.tail_logprobs, np.float32)):
+    for arr, dtype in (
+        (dec.topk_ids, np.int64),
+        (dec.topk_logprobs, np.float32),
+        (dec.tail_logprobs, np.float32),
+    ):
         assert arr.dtype == dtype
     n, k = orig.topk_ids.shape
     assert dec.topk_ids.shape == (n, k)
@@ -100,8 +105,10 @@ def assert_decoded_close(orig: CachedSample, dec: CachedSample, layout: Layout) 
     sp = np.sqrt(np.exp(np.take_along_axis(orig.topk_logprobs, a, 1).astype(np.float64)))
     sq = np.sqrt(np.exp(np.take_along_axis(dec.topk_logprobs, b, 1).astype(np.float64)))
     assert np.abs(sp - sq).max(initial=0) <= width
-    assert (np.isneginf(np.take_along_axis(orig.topk_logprobs, a, 1)) == np.isneginf(
-        np.take_along_axis(dec.topk_logprobs, b, 1))).all()
+    assert (
+        np.isneginf(np.take_along_axis(orig.topk_logprobs, a, 1))
+        == np.isneginf(np.take_along_axis(dec.topk_logprobs, b, 1))
+    ).all()
     st = np.sqrt(np.exp(orig.tail_logprobs.astype(np.float64)))
     assert np.abs(st - np.sqrt(np.exp(dec.tail_logprobs.astype(np.float64)))).max(initial=0) <= width
     assert (np.isneginf(orig.tail_logprobs) == np.isneginf(dec.tail_logprobs)).all()
@@ -117,8 +124,12 @@ def kl_rows(orig: CachedSample, dec: CachedSample) -> np.ndarray:
     from scipy.special import logsumexp
 
     a, b = np.argsort(orig.topk_ids, axis=1), np.argsort(dec.topk_ids, axis=1)
-    p = np.concatenate([np.take_along_axis(orig.topk_logprobs, a, 1), orig.tail_logprobs[:, None]], 1).astype(float)
-    q = np.concatenate([np.take_along_axis(dec.topk_logprobs, b, 1), dec.tail_logprobs[:, None]], 1).astype(float)
+    p = np.concatenate([np.take_along_axis(orig.topk_logprobs, a, 1), orig.tail_logprobs[:, None]], 1).astype(
+        float
+    )
+    q = np.concatenate([np.take_along_axis(dec.topk_logprobs, b, 1), dec.tail_logprobs[:, None]], 1).astype(
+        float
+    )
     q = q - logsumexp(q, axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):
         return np.where(np.isneginf(p), 0.0, np.exp(p) * (p - q)).sum(axis=1)

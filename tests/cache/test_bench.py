@@ -35,7 +35,9 @@ def reference_synthetic_topk(n=50_000, k=128, vocab=151_936, seed=0):  # verbati
     return ids, logprobs, tail
 
 
-@pytest.mark.parametrize(("n", "k", "vocab", "seed"), [(400, 128, 151_936, 0), (300, 64, 500, 3), (50, 16, 40, 1)])
+@pytest.mark.parametrize(
+    ("n", "k", "vocab", "seed"), [(400, 128, 151_936, 0), (300, 64, 500, 3), (50, 16, 40, 1)]
+)
 def test_vectorised_generator_is_bit_identical(n: int, k: int, vocab: int, seed: int) -> None:
     got, want = synthetic_topk(n, k, vocab, seed), reference_synthetic_topk(n, k, vocab, seed)
     for g, w in zip(got, want, strict=True):
@@ -43,7 +45,7 @@ def test_vectorised_generator_is_bit_identical(n: int, k: int, vocab: int, seed:
     ids, lp, tail = got
     assert all(len(set(row)) == k for row in ids.tolist())
     np.testing.assert_allclose(np.logaddexp(logsumexp(lp, axis=1), tail), 0.0, atol=1e-9)
-    ids16, lp16, tail16 = cut_topk(ids, lp, tail, 16 if k > 16 else k)
+    _, lp16, tail16 = cut_topk(ids, lp, tail, 16 if k > 16 else k)
     np.testing.assert_allclose(np.logaddexp(logsumexp(lp16, axis=1), tail16), 0.0, atol=1e-9)
 
 
@@ -51,8 +53,14 @@ def test_bench_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     result = bench_cache_format(top_ks=(8, 64), n=3000, out_dir=tmp_path)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(last)
-    keys = {"bytes_per_token", "kl_fidelity", "kl_fidelity_p99", "decode_tokens_per_s",
-            "baseline_bytes_per_token", "packed_bytes_per_token"}
+    keys = {
+        "bytes_per_token",
+        "kl_fidelity",
+        "kl_fidelity_p99",
+        "decode_tokens_per_s",
+        "baseline_bytes_per_token",
+        "packed_bytes_per_token",
+    }
     assert keys <= set(summary) and summary["k"] == 64
     assert {k: result[k] for k in keys} == {k: summary[k] for k in keys}
     assert summary["baseline_bytes_per_token"] == 512 and summary["packed_bytes_per_token"] == 272

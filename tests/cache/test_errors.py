@@ -71,7 +71,9 @@ def test_foreign_format_version(cache: Path) -> None:
     (cache / MANIFEST_NAME).write_text(json.dumps({**manifest, "format_version": 2}))
     with pytest.raises(CacheFormatError, match="version 2, this reader reads version 1"):
         CacheReader(cache)
-    (cache / MANIFEST_NAME).write_text(json.dumps({**manifest, "layout": {**manifest["layout"], "format_version": 0}}))
+    (cache / MANIFEST_NAME).write_text(
+        json.dumps({**manifest, "layout": {**manifest["layout"], "format_version": 0}})
+    )
     with pytest.raises(CacheFormatError, match="version 0"):
         CacheReader(cache)
     (cache / MANIFEST_NAME).write_text(json.dumps({**manifest, "format": "something-else"}))
@@ -95,7 +97,9 @@ def test_shard_from_another_layout_is_refused(cache: Path, tmp_path: Path) -> No
     victim, foreign = shards(cache)[0], shards(other)[0]
     victim.write_bytes(foreign.read_bytes())
     manifest = json.loads((cache / MANIFEST_NAME).read_text())
-    manifest["shards"][0].update(bytes=victim.stat().st_size, sha256=__import__("hashlib").sha256(victim.read_bytes()).hexdigest())
+    manifest["shards"][0].update(
+        bytes=victim.stat().st_size, sha256=__import__("hashlib").sha256(victim.read_bytes()).hexdigest()
+    )
     (cache / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(CacheFormatError, match=f"{victim.name}.*layout differs"):
         CacheReader(cache)
@@ -111,7 +115,10 @@ def test_fingerprint_mismatch_lists_each_field(cache: Path) -> None:
     assert set(info.value.differences) == {"teacher.weights_sha256", "temperature", "dtype"}
     assert info.value.differences["temperature"] == (2.0, 1.0)
     msg = str(info.value)
-    assert "temperature: expected 2.0, cache has 1.0" in msg and "dtype: expected '<missing>', cache has 'float32'" in msg
+    assert (
+        "temperature: expected 2.0, cache has 1.0" in msg
+        and "dtype: expected '<missing>', cache has 'float32'" in msg
+    )
     assert isinstance(info.value, DistillError)
     CacheReader(cache, expected_fingerprint=FINGERPRINT)  # the right one opens
 
@@ -126,7 +133,7 @@ def test_writer_refuses_to_extend_a_cache_built_for_something_else(cache: Path) 
 
 
 def test_no_manifest(tmp_path: Path) -> None:
-    with pytest.raises(CacheFormatError, match="no manifest.json"):
+    with pytest.raises(CacheFormatError, match=r"no manifest\.json"):
         CacheReader(tmp_path)
     w = CacheWriter(tmp_path, fingerprint=FINGERPRINT, top_k=8, vocab_size=5000)
     w.add(random_sample(np.random.default_rng(0), "a", 2, 8, 5000))

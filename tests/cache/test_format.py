@@ -31,7 +31,11 @@ def test_quantiser_is_monotone_and_within_one_cell(k: int) -> None:
     assert np.all(np.diff(levels.astype(int)) >= 0)
     err = np.abs(np.sqrt(np.exp(table[levels].astype(float))) - np.sqrt(np.exp(lp)))
     assert err.max() <= lay.quant_step * lay.quant_coarse
-    assert quantize(np.array([-np.inf, 0.0, 1e-6, -200.0]), *q).tolist()[:3] == [0, len(table) - 1, len(table) - 1]
+    assert quantize(np.array([-np.inf, 0.0, 1e-6, -200.0]), *q).tolist()[:3] == [
+        0,
+        len(table) - 1,
+        len(table) - 1,
+    ]
 
 
 def test_layouts_and_their_metadata_round_trip() -> None:
@@ -77,9 +81,14 @@ def test_compare_fingerprints_lists_dotted_fields() -> None:
 def test_sample_validation_names_the_field() -> None:
     n, k = 3, 4
     good = dict(
-        sample_id="s", encoding_hash="00", num_tokens=10, positions=np.array([1, 2, 5]),
-        target_ids=np.zeros(n, np.int64), topk_ids=np.tile(np.arange(k), (n, 1)),
-        topk_logprobs=np.full((n, k), -1.0, np.float32), tail_logprobs=np.full(n, -1.0, np.float32),
+        sample_id="s",
+        encoding_hash="00",
+        num_tokens=10,
+        positions=np.array([1, 2, 5]),
+        target_ids=np.zeros(n, np.int64),
+        topk_ids=np.tile(np.arange(k), (n, 1)),
+        topk_logprobs=np.full((n, k), -1.0, np.float32),
+        tail_logprobs=np.full(n, -1.0, np.float32),
         target_logprobs=np.full(n, -1.0, np.float32),
     )
     CachedSample(**good).validate(k, 10)

@@ -28,13 +28,23 @@ def make_items(seed: int, count: int) -> list[Item]:
     items: list[Item] = []
     for i in range(count):
         sid = f"row-{i:03d}"
-        items.append((sid, None) if i % 5 == 3 else (sid, random_sample(rng, sid, int(rng.integers(0, 30)), K, VOCAB)))
+        items.append(
+            (sid, None) if i % 5 == 3 else (sid, random_sample(rng, sid, int(rng.integers(0, 30)), K, VOCAB))
+        )
     return items
 
 
 def open_writer(root: Path, rank: int = 0, world: int = 1, shard_bytes: int = 4000) -> CacheWriter:
-    return CacheWriter(root, fingerprint=FINGERPRINT, top_k=K, vocab_size=VOCAB, shard_bytes=shard_bytes,
-                       rank=rank, world_size=world, batch_bytes=1500)
+    return CacheWriter(
+        root,
+        fingerprint=FINGERPRINT,
+        top_k=K,
+        vocab_size=VOCAB,
+        shard_bytes=shard_bytes,
+        rank=rank,
+        world_size=world,
+        batch_bytes=1500,
+    )
 
 
 def feed(writer: CacheWriter, items: list[Item]) -> None:
@@ -58,7 +68,10 @@ def clean_run(root: Path, items: list[Item]) -> dict:
 def assert_same_content(a: Path, b: Path) -> None:
     ma, mb = (json.loads((p / MANIFEST_NAME).read_text()) for p in (a, b))
     assert manifest_content(ma) == manifest_content(mb)
-    ra, rb = CacheReader(a, expected_fingerprint=FINGERPRINT), CacheReader(b, expected_fingerprint=FINGERPRINT)
+    ra, rb = (
+        CacheReader(a, expected_fingerprint=FINGERPRINT),
+        CacheReader(b, expected_fingerprint=FINGERPRINT),
+    )
     assert sorted(ra.sample_ids) == sorted(rb.sample_ids)
     for sid in ra.sample_ids:
         assert_same_sample(ra.get(sid), rb.get(sid))
@@ -137,7 +150,11 @@ def test_multi_rank_writers_merge_to_the_single_writer_content(tmp_path: Path) -
     assert not (tmp_path / "dp" / MANIFEST_NAME).exists()
     counts = merge_rank_manifests(tmp_path / "dp")
     assert counts["rows_in"] == 30 and counts["cached"] + counts["skipped"] == 30
-    assert {p.name[:9] for p in (tmp_path / "dp").glob("shard-*.arrow")} == {"shard-r00", "shard-r01", "shard-r02"}
+    assert {p.name[:9] for p in (tmp_path / "dp").glob("shard-*.arrow")} == {
+        "shard-r00",
+        "shard-r01",
+        "shard-r02",
+    }
     assert_same_content(tmp_path / "clean", tmp_path / "dp")
 
 

@@ -21,8 +21,14 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 
 
 def write(root: Path, samples: list, k: int, vocab: int, encoding: str, shard_bytes: int) -> dict:
-    with CacheWriter(root, fingerprint=FINGERPRINT, top_k=k, vocab_size=vocab, logprob_encoding=encoding,
-                     shard_bytes=shard_bytes) as w:
+    with CacheWriter(
+        root,
+        fingerprint=FINGERPRINT,
+        top_k=k,
+        vocab_size=vocab,
+        logprob_encoding=encoding,
+        shard_bytes=shard_bytes,
+    ) as w:
         for s in samples:
             w.add(s)
         return w.finalize(rows_in=len(samples))
@@ -37,7 +43,9 @@ def write(root: Path, samples: list, k: int, vocab: int, encoding: str, shard_by
     shard_bytes=st.sampled_from([1, 3000, 256 * 2**20]),
     encoding=st.sampled_from([QUANTIZED, FP32]),
 )
-def test_round_trip(seed: int, k: int, vocab: int, lengths: list[int], shard_bytes: int, encoding: str) -> None:
+def test_round_trip(
+    seed: int, k: int, vocab: int, lengths: list[int], shard_bytes: int, encoding: str
+) -> None:
     if k > vocab:
         k = vocab
     rng = np.random.default_rng(seed)
@@ -45,8 +53,13 @@ def test_round_trip(seed: int, k: int, vocab: int, lengths: list[int], shard_byt
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "cache"
         counts = write(root, samples, k, vocab, encoding, shard_bytes)
-        assert counts == {"rows_in": len(samples), "cached": len(samples), "skipped": 0,
-                          "skipped_by_reason": {}, "targets": sum(lengths)}
+        assert counts == {
+            "rows_in": len(samples),
+            "cached": len(samples),
+            "skipped": 0,
+            "skipped_by_reason": {},
+            "targets": sum(lengths),
+        }
         reader = CacheReader(root, expected_fingerprint=FINGERPRINT)
         assert reader.sample_ids == [s.sample_id for s in samples] and len(reader) == len(samples)
         assert (reader.top_k, reader.vocab_size) == (k, vocab)
@@ -61,13 +74,27 @@ def test_round_trip(seed: int, k: int, vocab: int, lengths: list[int], shard_byt
         order = [s.sample_id for s in samples][::-1]
         b = reader.batch(order)
         singles = [reader.get(sid) for sid in order]
-        for name in ("topk_ids", "topk_logprobs", "tail_logprobs", "target_ids", "target_logprobs", "positions"):
+        for name in (
+            "topk_ids",
+            "topk_logprobs",
+            "tail_logprobs",
+            "target_ids",
+            "target_logprobs",
+            "positions",
+        ):
             want = np.concatenate([getattr(x, name) for x in singles])
             np.testing.assert_array_equal(b[name].numpy(), want, err_msg=name)
         assert b["topk_ids"].dtype.is_floating_point is False and str(b["topk_ids"].dtype) == "torch.int64"
-        assert str(b["topk_logprobs"].dtype) == "torch.float32" and tuple(b["topk_ids"].shape) == (sum(lengths), k)
+        assert str(b["topk_logprobs"].dtype) == "torch.float32" and tuple(b["topk_ids"].shape) == (
+            sum(lengths),
+            k,
+        )
         np.testing.assert_array_equal(b["num_targets"].numpy(), [x.num_targets for x in singles])
-        np.testing.assert_array_equal(b["batch_index"].numpy(), np.repeat(np.arange(len(order)), b["num_targets"]))
+        np.testing.assert_array_equal(
+            b["batch_index"].numpy(), np.repeat(np.arange(len(order)), b["num_targets"])
+        )
+        empty = reader.batch([])
+        assert tuple(empty["topk_ids"].shape) == (0, k) and tuple(empty["num_targets"].shape) == (0,)
 
 
 def test_quantized_fidelity_on_peaked_and_flat_positions(tmp_path: Path) -> None:
@@ -123,7 +150,9 @@ def test_shard_is_plain_arrow_and_export_has_list_columns(tmp_path: Path) -> Non
             got = reader.get(row["sample_id"])
             assert row["positions"] == got.positions.tolist() and row["target_ids"] == got.target_ids.tolist()
             np.testing.assert_array_equal(np.array(row["topk_ids"]).reshape(-1, 8), got.topk_ids)
-            np.testing.assert_array_equal(np.array(row["topk_logprobs"], np.float32).reshape(-1, 8), got.topk_logprobs)
+            np.testing.assert_array_equal(
+                np.array(row["topk_logprobs"], np.float32).reshape(-1, 8), got.topk_logprobs
+            )
             np.testing.assert_array_equal(np.array(row["tail_logprobs"], np.float32), got.tail_logprobs)
 
 

@@ -1,0 +1,71 @@
+"""The demo DVC pipeline end to end in a temporary git repo, at a reduced size: `dvc repro`, then a
+student sweep with `dvc exp run -S` that must reuse the teacher cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+METRIC_KEYS = {"ce", "token_accuracy", "caption_f1", "caption_precision", "caption_recall", "hallucination_rate"}
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+def test_demo_pipeline_repro_and_sweep_reuse_the_cache(tmp_path: Path) -> None:
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(REPO / name, work / name)
+    for name in ("stages", "configs", "pipeline"):
+        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["demo"].update(n_train=24, n_val=8, n_test=8)
+    params["teacher"]["max_steps"] = 3
+    params["student"]["max_steps"] = 2
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    bin_dir = str(Path(sys.executable).parent)
+    markers = tmp_path / "markers.jsonl"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(work),
+           "DISTILL_STAGE_MARKERS": str(markers), "GIT_AUTHOR_NAME": "pipeline-test",
+           "GIT_AUTHOR_EMAIL": "pipeline-test@example.invalid", "GIT_COMMITTER_NAME": "pipeline-test",
+           "GIT_COMMITTER_EMAIL": "pipeline-test@example.invalid", "DVC_NO_ANALYTICS": "1"}
+    _run(["git", "init", "-q"], work, env)
+    _run(["dvc", "init", "-q"], work, env)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "demo pipeline"], work, env)
+
+    _run(["dvc", "repro"], work, env)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "repro"], work, env)
+    n_markers = len(markers.read_text().splitlines())
+    _run(["dvc", "repro"], work, env)  # a second repro does nothing
+    assert len(markers.read_text().splitlines()) == n_markers
+    _run(["dvc", "exp", "run", "-S", "student.beta=0.1"], work, env)
+
+    runs = Counter(json.loads(x)["stage"] + ":" + json.loads(x).get("config", "")
+                   for x in markers.read_text().splitlines())
+    assert runs["cache:"] == 1, runs
+    assert runs["demo_assets:"] == 1 and runs["prepare:"] == 1, runs
+    assert runs["train:configs/demo/teacher_sft.yaml"] == 1, runs
+    assert runs["train:configs/demo/student_gkd_cached.yaml"] == 2, runs  # baseline + one sweep value
+    assert runs["train:configs/demo/student_sft.yaml"] == 1, runs  # reads no GKD knob
+    for name in ("teacher", "student_sft", "student_gkd_cached", "student_gkd_live"):
+        m = json.loads((work / "metrics" / f"{name}.json").read_text())
+        assert METRIC_KEYS <= set(m), (name, set(m))
+    assert "kl" in json.loads((work / "metrics" / "student_gkd_cached.json").read_text())
+    assert (work / "metrics" / "comparison" / "comparison.md").is_file()
+    status = _run(["dvc", "status"], work, env)
+    assert "up to date" in status.lower() or not status.strip(), status
