@@ -47,9 +47,15 @@ def _step_timer() -> Any:
 
 
 def _bench_overrides(steps: int, out: str) -> dict[str, Any]:
-    return {"train.max_steps": steps, "train.output_dir": out, "train.logging_steps": steps,
-            "train.save_steps": 10 * steps, "train.eval_steps": 10 * steps, "data.val_dataset": [],
-            "train.report_to": ["none"]}
+    return {
+        "train.max_steps": steps,
+        "train.output_dir": out,
+        "train.logging_steps": steps,
+        "train.save_steps": 10 * steps,
+        "train.eval_steps": 10 * steps,
+        "data.val_dataset": [],
+        "train.report_to": ["none"],
+    }
 
 
 def run_mode(config: Path, mode: str, steps: int, out: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -71,8 +77,12 @@ def run_mode(config: Path, mode: str, steps: int, out: str, overrides: dict[str,
         _run_ours(cfg, timer)
     warm = min(2, max(len(timer.times) - 1, 0))
     times = timer.times[warm:]
-    return {"mode": mode, "steps": len(timer.times), "step_s": statistics.median(times) if times else float("nan"),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "mode": mode,
+        "steps": len(timer.times),
+        "step_s": statistics.median(times) if times else float("nan"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _run_ours(cfg: DistillConfig, timer: Any) -> None:
@@ -118,16 +128,27 @@ def bench_train_step(cfg: DistillConfig, steps: int = 20, config_path: Path | No
     base_out = Path(cfg.train.output_dir) / "bench_train_step"
     results: dict[str, dict[str, Any]] = {}
     for mode in MODES:
-        cmd = [sys.executable, "-m", "pipeline.bench_train", str(config_path), mode, str(steps),
-               str(base_out / mode)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline.bench_train",
+            str(config_path),
+            mode,
+            str(steps),
+            str(base_out / mode),
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{") and '"mode"' in ln]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"bench mode {mode} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         results[mode] = json.loads(lines[-1])
     for m in MODES:
         r = results[m]
-        print(f"{m:7s} median step {r['step_s']:.4f} s   peak RSS {r['peak_rss_mb']:.0f} MB   ({r['steps']} steps)")
+        print(
+            f"{m:7s} median step {r['step_s']:.4f} s   peak RSS {r['peak_rss_mb']:.0f} MB   ({r['steps']} steps)"
+        )
     summary = {
         "sft_step_s": results["sft"]["step_s"],
         "cached_step_s": results["cached"]["step_s"],

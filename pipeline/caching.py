@@ -32,7 +32,9 @@ SPLIT_KEYS = {"train": "dataset", "val": "val_dataset"}
 def split_file(cfg: DistillConfig, split: str) -> str:
     files = getattr(cfg.data, SPLIT_KEYS[split])
     if len(files) != 1:
-        raise ConfigError(f"data.{SPLIT_KEYS[split]}: caching takes exactly one JSONL file per split, got {files}")
+        raise ConfigError(
+            f"data.{SPLIT_KEYS[split]}: caching takes exactly one JSONL file per split, got {files}"
+        )
     return files[0]
 
 
@@ -58,9 +60,17 @@ def load_teacher_for_cache(cfg: DistillConfig) -> Any:
     device_map: Any = None
     if torch.cuda.is_available():
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        device_map = "auto" if world == 1 and torch.cuda.device_count() > 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    model, _ = get_model_processor(teacher_path(cfg), model_type=(cfg.rlhf.teacher_model_type if cfg.rlhf else None)
-                                   or cfg.model.model_type, torch_dtype=dtype, device_map=device_map)
+        device_map = (
+            "auto"
+            if world == 1 and torch.cuda.device_count() > 1
+            else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        )
+    model, _ = get_model_processor(
+        teacher_path(cfg),
+        model_type=(cfg.rlhf.teacher_model_type if cfg.rlhf else None) or cfg.model.model_type,
+        torch_dtype=dtype,
+        device_map=device_map,
+    )
     model.eval()
     return model
 
@@ -85,9 +95,13 @@ class _EncodeBatch:
         return {"batch": batch, "ids": ids, "skipped": skipped}
 
 
-def iterate_batches(encoder: RowEncoder, rows: list[Row], batch_size: int, num_workers: int) -> Iterator[dict[str, Any]]:
-    loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=_EncodeBatch(encoder))
+def iterate_batches(
+    encoder: RowEncoder, rows: list[Row], batch_size: int, num_workers: int
+) -> Iterator[dict[str, Any]]:
+    loader: Any = torch.utils.data.DataLoader(
+        rows,  # type: ignore[arg-type]  # a list is a map-style dataset
+        batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_EncodeBatch(encoder)
+    )
     yield from loader
 
 
@@ -103,21 +117,34 @@ def split_samples(topk: Any, ids: list[tuple[str, str, int]]) -> list[Any]:
     out, start = [], 0
     for (sid, digest, n_tokens), n in zip(ids, counts, strict=True):
         sl = slice(start, start + n)
-        out.append(CachedSample(
-            sample_id=sid, encoding_hash=digest, num_tokens=n_tokens,
-            positions=topk.positions[sl].numpy().astype(np.int64),
-            target_ids=topk.target_ids[sl].numpy().astype(np.int64),
-            topk_ids=topk.topk_ids[sl].numpy().astype(np.int64),
-            topk_logprobs=topk.topk_logprobs[sl].numpy().astype(np.float32),
-            tail_logprobs=topk.tail_logprobs[sl].numpy().astype(np.float32),
-            target_logprobs=topk.target_logprobs[sl].numpy().astype(np.float32),
-        ))
+        out.append(
+            CachedSample(
+                sample_id=sid,
+                encoding_hash=digest,
+                num_tokens=n_tokens,
+                positions=topk.positions[sl].numpy().astype(np.int64),
+                target_ids=topk.target_ids[sl].numpy().astype(np.int64),
+                topk_ids=topk.topk_ids[sl].numpy().astype(np.int64),
+                topk_logprobs=topk.topk_logprobs[sl].numpy().astype(np.float32),
+                tail_logprobs=topk.tail_logprobs[sl].numpy().astype(np.float32),
+                target_logprobs=topk.target_logprobs[sl].numpy().astype(np.float32),
+            )
+        )
         start += n
     return out
 
 
-def cache_split(cfg: DistillConfig, split: str, teacher: Any, encoder: RowEncoder, *, strict: bool = False,
-                limit: int | None = None, progress: bool = True, shard_bytes: int | None = None) -> dict[str, Any]:
+def cache_split(
+    cfg: DistillConfig,
+    split: str,
+    teacher: Any,
+    encoder: RowEncoder,
+    *,
+    strict: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+    shard_bytes: int | None = None,
+) -> dict[str, Any]:
     """Cache one split into ``<teacher_cache>/<split>``; returns the writer's counts."""
     from tqdm import tqdm
 
@@ -134,12 +161,22 @@ def cache_split(cfg: DistillConfig, split: str, teacher: Any, encoder: RowEncode
     device = next(teacher.parameters()).device
     real_vocab = len(encoder.tokenizer)
     kwargs: dict[str, Any] = {}
-    if shard_bytes or cfg.custom.cache_shard_mb:
-        kwargs["shard_bytes"] = shard_bytes or int(cfg.custom.cache_shard_mb * 2**20)
+    if shard_bytes:
+        kwargs["shard_bytes"] = shard_bytes
+    elif cfg.custom.cache_shard_mb:
+        kwargs["shard_bytes"] = int(cfg.custom.cache_shard_mb * 2**20)
     # k larger than the real vocabulary means "everything": the top-k then covers every real id.
     top_k = min(cfg.custom.top_k, real_vocab)
-    with CacheWriter(root, fingerprint=fingerprint, top_k=top_k, vocab_size=real_vocab,
-                     logprob_encoding=cfg.custom.logprob_encoding, rank=rank, world_size=world, **kwargs) as writer:
+    with CacheWriter(
+        root,
+        fingerprint=fingerprint,
+        top_k=top_k,
+        vocab_size=real_vocab,
+        logprob_encoding=cfg.custom.logprob_encoding,
+        rank=rank,
+        world_size=world,
+        **kwargs,
+    ) as writer:
         done = writer.done_ids()
         todo: list[Row] = []
         for r in mine:
@@ -153,14 +190,21 @@ def cache_split(cfg: DistillConfig, split: str, teacher: Any, encoder: RowEncode
                 todo.append(r)
         bar = tqdm(total=len(todo), desc=f"cache {split}", unit="sample", disable=not progress or rank != 0)
         n_tok, t0 = 0, time.perf_counter()
-        for item in iterate_batches(encoder, todo, cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers):
+        for item in iterate_batches(
+            encoder, todo, cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers
+        ):
             for sid, reason, detail in item["skipped"]:
                 if strict:
                     raise DataError(detail)
                 writer.skip(sid, reason, detail)
             if item["batch"] is not None:
-                topk = teacher_topk(teacher, _to_device(item["batch"], device), cfg.custom.top_k, real_vocab,
-                                    cfg.custom.loss_temperature)
+                topk = teacher_topk(
+                    teacher,
+                    _to_device(item["batch"], device),
+                    cfg.custom.top_k,
+                    real_vocab,
+                    cfg.custom.loss_temperature,
+                )
                 for sample in split_samples(topk, item["ids"]):
                     writer.add(sample)
                 n_tok += int(topk.target_ids.numel())
@@ -179,8 +223,13 @@ def cache_split(cfg: DistillConfig, split: str, teacher: Any, encoder: RowEncode
     return counts
 
 
-def run_caching(cfg: DistillConfig, split: str = "all", strict: bool = False, limit: int | None = None,
-                progress: bool = True) -> dict[str, Any]:
+def run_caching(
+    cfg: DistillConfig,
+    split: str = "all",
+    strict: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """``distill cache``: compatibility check, then cache the train (and val) split."""
     from pipeline.compat import check_pair
     from pipeline.encoding import RowEncoder
@@ -204,8 +253,10 @@ def run_caching(cfg: DistillConfig, split: str = "all", strict: bool = False, li
         rank, _ = dist_info()
         if rank == 0:
             reasons = ", ".join(f"{k}: {v}" for k, v in counts.get("skipped_by_reason", {}).items()) or "none"
-            print(f"[cache {s}] rows in {counts.get('rows_in')}, cached {counts.get('cached')}, "
-                  f"skipped {counts.get('skipped')} ({reasons})")
+            print(
+                f"[cache {s}] rows in {counts.get('rows_in')}, cached {counts.get('cached')}, "
+                f"skipped {counts.get('skipped')} ({reasons})"
+            )
     return results
 
 
@@ -258,9 +309,17 @@ def bench_cache_write(cfg: DistillConfig, limit: int | None = None, rounds: int 
         bare_times.append(time.perf_counter() - t0)
         cache_times.append(full())
     forward_s, cache_s = statistics.median(bare_times), statistics.median(cache_times)
-    out = {"rows": len(rows), "tokens": tokens, "forward_s": round(forward_s, 3), "cache_s": round(cache_s, 3),
-           "overhead_ratio": round(cache_s / forward_s, 4), "tokens_per_s": round(tokens / cache_s, 1)}
-    print(f"bare teacher loop {forward_s:.2f} s | cache stage {cache_s:.2f} s | ratio {cache_s / forward_s:.3f} "
-          f"| {tokens} supervised tokens")
+    out = {
+        "rows": len(rows),
+        "tokens": tokens,
+        "forward_s": round(forward_s, 3),
+        "cache_s": round(cache_s, 3),
+        "overhead_ratio": round(cache_s / forward_s, 4),
+        "tokens_per_s": round(tokens / cache_s, 1),
+    }
+    print(
+        f"bare teacher loop {forward_s:.2f} s | cache stage {cache_s:.2f} s | ratio {cache_s / forward_s:.3f} "
+        f"| {tokens} supervised tokens"
+    )
     print(json.dumps(out))
     return out

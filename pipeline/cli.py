@@ -31,7 +31,9 @@ def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
 
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, type=Path, help="YAML config (may inherit: a parent)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. rlhf.beta=0.1")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. rlhf.beta=0.1"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit", action="store_true", help="check alignment; exit non-zero on a problem")
     p.add_argument("--config", type=Path, help="with --audit: re-encode rows with this config and compare")
     p.add_argument("--tokenizer", type=Path, help="tokenizer dir for token text (default: from the manifest)")
-    p.add_argument("--html", type=Path, help="write a self-contained HTML page of tokens coloured by agreement")
+    p.add_argument(
+        "--html", type=Path, help="write a self-contained HTML page of tokens coloured by agreement"
+    )
     p.add_argument("--export", type=Path, help="write a plain Parquet/Arrow copy with list columns")
 
     p = sub.add_parser("evaluate", help="evaluate a trained student (CE, KL to cache, caption F1)")

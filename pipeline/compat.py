@@ -17,8 +17,19 @@ from pipeline.errors import CompatibilityError, DataError
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
 
-_PROCESSOR_FIELDS = ("patch_size", "merge_size", "temporal_patch_size", "min_pixels", "max_pixels",
-                     "image_mean", "image_std", "do_rescale", "rescale_factor", "do_normalize", "size")
+_PROCESSOR_FIELDS = (
+    "patch_size",
+    "merge_size",
+    "temporal_patch_size",
+    "min_pixels",
+    "max_pixels",
+    "image_mean",
+    "image_std",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "size",
+)
 
 
 def _backend_parts(tok: Any) -> dict[str, Any]:
@@ -42,8 +53,10 @@ def compare_tokenizers(teacher_tok: Any, student_tok: Any) -> list[str]:
             if key == "vocab":
                 only_t = sorted(set(t[key].items()) - set(s[key].items()))[:3]
                 only_s = sorted(set(s[key].items()) - set(t[key].items()))[:3]
-                diffs.append(f"vocab differs (sizes {len(t[key])} vs {len(s[key])}; teacher-only e.g. {only_t}, "
-                             f"student-only e.g. {only_s})")
+                diffs.append(
+                    f"vocab differs (sizes {len(t[key])} vs {len(s[key])}; teacher-only e.g. {only_t}, "
+                    f"student-only e.g. {only_s})"
+                )
             else:
                 diffs.append(f"{key} differ")
     return diffs
@@ -72,14 +85,18 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
 
     if cfg.rlhf is None or not cfg.rlhf.teacher_model:
         raise CompatibilityError("no teacher configured (rlhf.teacher_model)")
-    t_proc = get_processor(cfg.rlhf.teacher_model, model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type)
+    t_proc = get_processor(
+        cfg.rlhf.teacher_model, model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type
+    )
     s_proc = get_processor(cfg.model.model, model_type=cfg.model.model_type)
     t_tok = getattr(t_proc, "tokenizer", t_proc)
     s_tok = getattr(s_proc, "tokenizer", s_proc)
     diffs = compare_tokenizers(t_tok, s_tok) + compare_image_processors(t_proc, s_proc)
     if diffs:
         raise CompatibilityError(
-            f"teacher {cfg.rlhf.teacher_model} and student {cfg.model.model} are incompatible: " + "; ".join(diffs))
+            f"teacher {cfg.rlhf.teacher_model} and student {cfg.model.model} are incompatible: "
+            + "; ".join(diffs)
+        )
     t_enc = RowEncoder.from_config(cfg, processor=t_proc)
     s_enc = RowEncoder.from_config(cfg, processor=s_proc)
     checked = 0
@@ -92,13 +109,17 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
         if a.encoding_hash != b.encoding_hash:
             from pipeline.encoding import first_hash_difference
 
-            raise CompatibilityError(f"sample {row.sample_id!r} encodes differently for teacher and student: "
-                                     f"{first_hash_difference(b.inputs, a.inputs)}")
+            raise CompatibilityError(
+                f"sample {row.sample_id!r} encodes differently for teacher and student: "
+                f"{first_hash_difference(b.inputs, a.inputs)}"
+            )
         checked += 1
         if checked >= n_rows:
             break
-    return (f"compatible: tokenizer identical ({len(s_tok)} tokens), image processors agree, "
-            f"{checked} rows encode identically for teacher and student")
+    return (
+        f"compatible: tokenizer identical ({len(s_tok)} tokens), image processors agree, "
+        f"{checked} rows encode identically for teacher and student"
+    )
 
 
 def check_config(cfg: DistillConfig) -> str:

@@ -102,7 +102,9 @@ def iter_rows(path: str | Path, id_prefix: str | None = None) -> Iterator[Row | 
                 yield BadRow(f"{prefix}-line{lineno:06d}", BAD_ROW, f"not JSON: {exc}", source)
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
-                yield BadRow(f"{prefix}-line{lineno:06d}", BAD_ROW, "field 'messages' missing or not a list", source)
+                yield BadRow(
+                    f"{prefix}-line{lineno:06d}", BAD_ROW, "field 'messages' missing or not a list", source
+                )
                 continue
             sample_id = str(obj.get("sample_id") or _content_id(obj, prefix))
             images = obj.get("images") or []
@@ -119,7 +121,9 @@ def read_rows(path: str | Path) -> list[Row | BadRow]:
     seen: dict[str, str] = {}
     for r in rows:
         if r.sample_id in seen:
-            raise DataError(f"{r.source}: field 'sample_id': duplicate id {r.sample_id!r} (first at {seen[r.sample_id]})")
+            raise DataError(
+                f"{r.source}: field 'sample_id': duplicate id {r.sample_id!r} (first at {seen[r.sample_id]})"
+            )
         seen[r.sample_id] = r.source
     return rows
 

@@ -35,8 +35,18 @@ IGNORE_INDEX = -100
 _PLACEHOLDER_ATTRS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>"}
 
 # Environment variables through which ms-swift / qwen_vl_utils read image and video pixel limits.
-_PIXEL_ENV = ("MAX_PIXELS", "MIN_PIXELS", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM", "VIDEO_MAX_PIXELS",
-              "VIDEO_MIN_PIXELS", "VIDEO_TOTAL_PIXELS", "SPATIAL_MERGE_SIZE", "FPS", "FPS_MAX_FRAMES")
+_PIXEL_ENV = (
+    "MAX_PIXELS",
+    "MIN_PIXELS",
+    "IMAGE_MAX_TOKEN_NUM",
+    "IMAGE_MIN_TOKEN_NUM",
+    "VIDEO_MAX_PIXELS",
+    "VIDEO_MIN_PIXELS",
+    "VIDEO_TOTAL_PIXELS",
+    "SPATIAL_MERGE_SIZE",
+    "FPS",
+    "FPS_MAX_FRAMES",
+)
 
 
 @dataclass
@@ -67,7 +77,9 @@ class EncodedRow:
         return pos[pos >= 1]
 
 
-def encoding_hash(input_ids: Any, labels: Any, image_grid_thw: Any = None, image_hashes: tuple[str, ...] = ()) -> str:
+def encoding_hash(
+    input_ids: Any, labels: Any, image_grid_thw: Any = None, image_hashes: tuple[str, ...] = ()
+) -> str:
     """sha256 over the input ids, the supervised-label mask, the image grid and the image bytes (hex).
 
     The image bytes enter through their sha256 (``image_hashes``): a changed image with an unchanged
@@ -92,7 +104,8 @@ def encoding_hash(input_ids: Any, labels: Any, image_grid_thw: Any = None, image
 def first_hash_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
     """Name the first field on which two encodings differ (for mismatch errors)."""
     for key in ("input_ids", "labels", "image_grid_thw"):
-        x, y = a.get(key), b.get(key)
+        x: Any = a.get(key)
+        y: Any = b.get(key)
         x = x.tolist() if hasattr(x, "tolist") else x
         y = y.tolist() if hasattr(y, "tolist") else y
         if key == "labels" and x is not None and y is not None:
@@ -116,7 +129,9 @@ def fix_placeholder_ids(template: Any, tokenizer: Any) -> dict[str, int]:
         if not hasattr(template, attr):
             continue
         if token not in vocab:
-            raise CompatibilityError(f"tokenizer has no {token!r} token, but template {type(template).__name__} needs it")
+            raise CompatibilityError(
+                f"tokenizer has no {token!r} token, but template {type(template).__name__} needs it"
+            )
         setattr(template, attr, int(vocab[token]))
         fixed[attr] = int(vocab[token])
     return fixed
@@ -128,8 +143,15 @@ def effective_pixel_limits(processor: Any) -> dict[str, Any]:
     try:
         from qwen_vl_utils import vision_process
 
-        for name in ("IMAGE_FACTOR", "MIN_PIXELS", "MAX_PIXELS", "MAX_RATIO", "IMAGE_MIN_TOKEN_NUM",
-                     "IMAGE_MAX_TOKEN_NUM", "SPATIAL_MERGE_SIZE"):
+        for name in (
+            "IMAGE_FACTOR",
+            "MIN_PIXELS",
+            "MAX_PIXELS",
+            "MAX_RATIO",
+            "IMAGE_MIN_TOKEN_NUM",
+            "IMAGE_MAX_TOKEN_NUM",
+            "SPATIAL_MERGE_SIZE",
+        ):
             if hasattr(vision_process, name):
                 out[name.lower()] = getattr(vision_process, name)
     except ImportError:
@@ -229,7 +251,9 @@ class RowEncoder:
         n_full = sum(v != IGNORE_INDEX for v in full["labels"])
         n_cut = sum(v != IGNORE_INDEX for v in inputs["labels"])
         if n_cut != n_full:
-            raise _row_error(row, TRUNCATED, f"max_length {max_length} cuts {n_full - n_cut} supervised tokens")
+            raise _row_error(
+                row, TRUNCATED, f"max_length {max_length} cuts {n_full - n_cut} supervised tokens"
+            )
 
     def image_hashes(self, row: Row) -> list[str]:
         return [file_sha256(p) for p in row.images]

@@ -66,8 +66,10 @@ def tokenizer_hash(tokenizer: Any) -> dict[str, Any]:
 
 def teacher_path(cfg: DistillConfig) -> str:
     if cfg.rlhf is None or not cfg.rlhf.teacher_model:
-        raise ConfigError(f"{cfg.source_files[-1] if cfg.source_files else 'config'}: key 'rlhf.teacher_model': "
-                          "the cache needs a teacher checkpoint")
+        raise ConfigError(
+            f"{cfg.source_files[-1] if cfg.source_files else 'config'}: key 'rlhf.teacher_model': "
+            "the cache needs a teacher checkpoint"
+        )
     return cfg.rlhf.teacher_model
 
 

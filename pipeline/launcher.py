@@ -44,11 +44,15 @@ def open_cache(cfg: DistillConfig, encoder: Any, split: str, split_files: list[s
     root = cache_split_dir(cfg, split)
     if not (root / "manifest.json").is_file():
         if required:
-            raise CacheMismatchError(f"{root}: no teacher cache here (run `distill cache --config ...` first)")
+            raise CacheMismatchError(
+                f"{root}: no teacher cache here (run `distill cache --config ...` first)"
+            )
         return None
     if len(split_files) != 1:
-        raise ConfigError(f"data.{'dataset' if split == 'train' else 'val_dataset'}: the cached variant takes "
-                          f"exactly one file per split, got {split_files}")
+        raise ConfigError(
+            f"data.{'dataset' if split == 'train' else 'val_dataset'}: the cached variant takes "
+            f"exactly one file per split, got {split_files}"
+        )
     return CacheReader(root, expected_fingerprint=build_fingerprint(cfg, encoder, split_files[0]))
 
 
@@ -58,7 +62,9 @@ def rows_for_cache(rows: list[Row], cache: Any, split: str) -> list[Row]:
     by_id = {r.sample_id: r for r in rows}
     missing = [sid for sid in cache.sample_ids if sid not in by_id]
     if missing:
-        raise CacheMismatchError(f"{split} cache has {len(missing)} sample_ids not in the dataset, e.g. {missing[:3]}")
+        raise CacheMismatchError(
+            f"{split} cache has {len(missing)} sample_ids not in the dataset, e.g. {missing[:3]}"
+        )
     return [by_id[sid] for sid in cache.sample_ids]
 
 
@@ -68,8 +74,11 @@ def load_teacher(cfg: DistillConfig) -> Any:
     from swift.model import get_model_processor
 
     assert cfg.rlhf is not None and cfg.rlhf.teacher_model
-    model, _ = get_model_processor(cfg.rlhf.teacher_model, model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type,
-                                   torch_dtype=getattr(torch, cfg.model.torch_dtype))
+    model, _ = get_model_processor(
+        cfg.rlhf.teacher_model,
+        model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type,
+        torch_dtype=getattr(torch, cfg.model.torch_dtype),
+    )
     return model
 
 
@@ -83,6 +92,9 @@ def _make_pipeline_cls() -> type:
     class DistillSft(SwiftSft):
         """ms-swift's SFT pipeline with our template, datasets, trainer and teacher."""
 
+        model: Any
+        processor: Any
+
         def __init__(self, args: Any, cfg: DistillConfig):
             self.cfg = cfg
             super().__init__(args)
@@ -90,8 +102,10 @@ def _make_pipeline_cls() -> type:
         def _prepare_template(self) -> None:
             super()._prepare_template()
             if self.args.packing or self.args.padding_free:
-                raise ConfigError("packing / padding_free batches are not supported by the distillation trainers "
-                                  "(cached targets are per sample); remove them from train.extra")
+                raise ConfigError(
+                    "packing / padding_free batches are not supported by the distillation trainers "
+                    "(cached targets are per sample); remove them from train.extra"
+                )
             encoder = RowEncoder.from_config(self.cfg, processor=self.processor, mode="train")
             if encoder.template.use_model:
                 encoder.template.model = self.model
@@ -162,7 +176,9 @@ def _make_pipeline_cls() -> type:
         def _check_cache_vocab(self, cache: Any) -> None:
             width = self.model.get_output_embeddings().weight.shape[0]
             if cache.vocab_size > width:
-                raise CacheMismatchError(f"cache vocabulary {cache.vocab_size} exceeds the student's logit width {width}")
+                raise CacheMismatchError(
+                    f"cache vocabulary {cache.vocab_size} exceeds the student's logit width {width}"
+                )
 
     return DistillSft
 
@@ -187,4 +203,6 @@ def run_training(cfg: DistillConfig) -> Any:
     return pipeline.main()
 
 
-FINAL_DIR = "final"  # <output_dir>/final: the weights at the end of training, a stable path for the next stage
+FINAL_DIR = (
+    "final"  # <output_dir>/final: the weights at the end of training, a stable path for the next stage
+)

@@ -23,7 +23,9 @@ def _prompt_inputs(template: Any, row: Row) -> dict[str, Any]:
     saved = template.mode
     template.set_mode("pt")  # prompt + generation prefix, no labels
     try:
-        return template.encode({"messages": msgs, "images": list(row.images)} if row.images else {"messages": msgs})
+        return template.encode(
+            {"messages": msgs, "images": list(row.images)} if row.images else {"messages": msgs}
+        )
     finally:
         template.set_mode(saved)
 
@@ -35,19 +37,33 @@ def generate_completion(model: Any, template: Any, row: Row, max_new_tokens: int
     batch = template.data_collator([enc])
     device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    gen_inputs = {k: v for k, v in batch.items()
-                  if k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")}
+    gen_inputs = {
+        k: v
+        for k, v in batch.items()
+        if k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+    }
     tok = template.tokenizer
-    stop_ids = [i for i in (tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id) if isinstance(i, int) and i >= 0]
+    stop_ids = [
+        i
+        for i in (tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id)
+        if isinstance(i, int) and i >= 0
+    ]
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(**gen_inputs, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                             temperature=temperature if temperature > 0 else None, top_k=None, top_p=None,
-                             eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            **gen_inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_k=None,
+            top_p=None,
+            eos_token_id=stop_ids,
+            pad_token_id=tok.pad_token_id,
+        )
     finally:
         model.train(was_training)
-    new = out[0, batch["input_ids"].shape[1]:].tolist()
+    new = out[0, batch["input_ids"].shape[1] :].tolist()
     return str(tok.decode(new, skip_special_tokens=True)).strip()
 
 

@@ -26,7 +26,9 @@ def prepare_split(src: Path, dst: Path) -> dict[str, Any]:
             assert isinstance(r, Row)
             kept.append(r)
         else:
-            dropped.append({"sample_id": r.sample_id, "source": r.source, "reason": problem[0], "detail": problem[1]})
+            dropped.append(
+                {"sample_id": r.sample_id, "source": r.source, "reason": problem[0], "detail": problem[1]}
+            )
     write_rows(kept, dst)
     n_in = len(kept) + len(dropped)
     return {
@@ -46,5 +48,7 @@ def prepare_splits(inputs: list[Path], out: Path) -> dict[str, Any]:
     (out / "prepare_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     for name, r in report.items():
         reasons = ", ".join(f"{k}: {v}" for k, v in r["dropped_by_reason"].items()) or "none"
-        print(f"[prepare {name}] rows in {r['rows_in']}, kept {r['kept']}, dropped {r['dropped']} ({reasons})")
+        print(
+            f"[prepare {name}] rows in {r['rows_in']}, kept {r['kept']}, dropped {r['dropped']} ({reasons})"
+        )
     return report

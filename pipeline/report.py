@@ -7,8 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("ce", "token_accuracy", "kl", "caption_precision", "caption_recall", "caption_f1",
-           "hallucination_rate", "train_wall_s")
+COLUMNS = (
+    "ce",
+    "token_accuracy",
+    "kl",
+    "caption_precision",
+    "caption_recall",
+    "caption_f1",
+    "hallucination_rate",
+    "train_wall_s",
+)
 
 
 def _fmt(v: Any) -> str:

@@ -33,7 +33,9 @@ PARAM_TO_CONFIG = {
 }
 
 
-def overrides_from_params(params_file: str | Path, groups: list[str], has_rlhf: bool = True) -> dict[str, Any]:
+def overrides_from_params(
+    params_file: str | Path, groups: list[str], has_rlhf: bool = True
+) -> dict[str, Any]:
     """Config overrides for the knobs of ``groups`` in ``params_file`` (rlhf.* only if the config has rlhf)."""
     path = Path(params_file)
     if not path.is_file():
@@ -44,7 +46,9 @@ def overrides_from_params(params_file: str | Path, groups: list[str], has_rlhf: 
         for key, value in (params.get(group) or {}).items():
             dotted = f"{group}.{key}"
             if dotted not in PARAM_TO_CONFIG:
-                raise ConfigError(f"{path}: key '{dotted}': not a known knob ({', '.join(sorted(PARAM_TO_CONFIG))})")
+                raise ConfigError(
+                    f"{path}: key '{dotted}': not a known knob ({', '.join(sorted(PARAM_TO_CONFIG))})"
+                )
             target = PARAM_TO_CONFIG[dotted]
             if target.startswith("rlhf.") and not has_rlhf:
                 continue
@@ -57,7 +61,9 @@ def load_stage_config(config: str | Path, params_file: str | Path, groups: list[
     from pipeline.config import load_config
 
     base = load_config(config)
-    return load_config(config, overrides=overrides_from_params(params_file, groups, has_rlhf=base.rlhf is not None))
+    return load_config(
+        config, overrides=overrides_from_params(params_file, groups, has_rlhf=base.rlhf is not None)
+    )
 
 
 def write_resolved(config: str | Path, params_file: str | Path, groups: list[str], out: str | Path) -> None:

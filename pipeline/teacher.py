@@ -61,7 +61,9 @@ def deepspeed_active() -> bool:
     return deepspeed_config() is not None
 
 
-def forward_context(model: torch.nn.Module, autocast_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def forward_context(
+    model: torch.nn.Module, autocast_dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager:
     """Autocast around the teacher only outside DeepSpeed (DeepSpeed rejects nested autocast)."""
     if autocast_dtype is None or deepspeed_active():
         return contextlib.nullcontext()
@@ -69,7 +71,7 @@ def forward_context(model: torch.nn.Module, autocast_dtype: torch.dtype | None) 
     return torch.autocast(device_type=device_type, dtype=autocast_dtype)
 
 
-def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _backbone_and_head(model: Any) -> tuple[Any, Any]:
     head = model.get_output_embeddings()
     backbone = getattr(model, "model", None)
     if head is None or backbone is None:
@@ -152,8 +154,9 @@ def teacher_topk(
 
 
 @torch.no_grad()
-def full_logprobs(model: torch.nn.Module, batch: dict[str, Any], real_vocab: int,
-                  temperature: float = 1.0) -> torch.Tensor:
+def full_logprobs(
+    model: torch.nn.Module, batch: dict[str, Any], real_vocab: int, temperature: float = 1.0
+) -> torch.Tensor:
     """Teacher log-softmax over the real ids at every supervised target: float32 [N, real_vocab] (tests, audits)."""
     b, j = supervised_index(batch["labels"])
     h = hidden_states(model, batch)

@@ -46,11 +46,16 @@ class TelemetryCallback(TrainerCallback):
 
             self._live = Live(os.path.join(self.output_dir, "dvclive"), save_dvc_exp=False, dvcyaml=None)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        metrics = {k: float(v) for k, v in logs.items()
-                   if _is_metric(k) and isinstance(v, (int, float)) and math.isfinite(float(v))}
+        metrics = {
+            k: float(v)
+            for k, v in logs.items()
+            if _is_metric(k) and isinstance(v, (int, float)) and math.isfinite(float(v))
+        }
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, v, state.global_step)

@@ -78,6 +78,7 @@ def collate_cached(samples: Sequence[Any]) -> dict[str, torch.Tensor]:
     topk_ids int64 [N, k]; topk_logprobs, tail_logprobs, target_logprobs float32; target_ids int64 [N];
     num_targets int64 [B].
     """
+
     def cat(name: str, dtype: Any) -> torch.Tensor:
         return torch.from_numpy(np.concatenate([getattr(s, name) for s in samples]).astype(dtype, copy=False))
 

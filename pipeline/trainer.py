@@ -36,10 +36,19 @@ from pipeline.train_data import IDS_KEY, ROWS_KEY, TEACHER_KEY
 
 # Canonical telemetry names. ms-swift / HF log raw keys ("loss", "eval_loss"); ``log`` renames them so
 # each quantity appears once under one name, in logging.jsonl, TensorBoard and DVCLive alike.
-_TRAIN_RENAMES = {"loss": "train/loss", "kl_loss": "train/kl_loss", "sft_loss": "train/sft_loss",
-                  "token_accuracy": "train/token_accuracy", "live_fraction": "train/live_fraction"}
-_EVAL_RENAMES = {"eval_loss": "eval/loss", "eval_kl_loss": "eval/kl_loss", "eval_sft_loss": "eval/sft_loss",
-                 "eval_token_accuracy": "eval/token_accuracy"}
+_TRAIN_RENAMES = {
+    "loss": "train/loss",
+    "kl_loss": "train/kl_loss",
+    "sft_loss": "train/sft_loss",
+    "token_accuracy": "train/token_accuracy",
+    "live_fraction": "train/live_fraction",
+}
+_EVAL_RENAMES = {
+    "eval_loss": "eval/loss",
+    "eval_kl_loss": "eval/kl_loss",
+    "eval_sft_loss": "eval/sft_loss",
+    "eval_token_accuracy": "eval/token_accuracy",
+}
 _DROP = {"token_acc", "eval_token_acc"}  # ms-swift's own accuracy; ours is token_accuracy
 
 
@@ -64,8 +73,14 @@ class _DistillTrainerBase(Seq2SeqTrainer):
     uses_teacher = True
     teacher_source = "cache"
 
-    def __init__(self, *args: Any, distill: DistillSettings, teacher_model: Any = None,
-                 encoder: Any = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        distill: DistillSettings,
+        teacher_model: Any = None,
+        encoder: Any = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.distill = distill
         self.teacher_model = teacher_model
@@ -81,6 +96,12 @@ class _DistillTrainerBase(Seq2SeqTrainer):
             teacher_model.eval()
             for p in teacher_model.parameters():
                 p.requires_grad_(False)
+
+    def _get_data_collator(self, args: Any, template: Any) -> Any:
+        """Every variant collates through ``DistillCollator`` (our fields popped before the template's)."""
+        from pipeline.train_data import DistillCollator
+
+        return DistillCollator(super()._get_data_collator(args, template))
 
     # ---- resume ---------------------------------------------------------------------------------------
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
@@ -125,8 +146,9 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         self.custom_metrics[mode][name].update(value)
 
     # ---- loss --------------------------------------------------------------------------------------
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         mode = "train" if model.training else "eval"
         for key in ("compute_loss_func", "loss_scale", "text_position_ids", "channel", IDS_KEY):
             inputs.pop(key, None)
@@ -171,14 +193,18 @@ class _DistillTrainerBase(Seq2SeqTrainer):
             self._record(mode, "live_fraction", 1.0 if on_policy else 0.0)
         return (loss, outputs) if return_outputs else loss
 
-    def _cached_kl(self, teacher: dict[str, torch.Tensor], s_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _cached_kl(
+        self, teacher: dict[str, torch.Tensor], s_logits: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
         return cached_teacher_kl(teacher, s_logits, targets, self.distill)
 
     def _live_kl(self, inputs: dict[str, Any], labels: torch.Tensor, s_logits: torch.Tensor) -> torch.Tensor:
         """GJSD against the live teacher's full distribution (fp32; padded rows form one bucket)."""
         if self.teacher_model is None:
-            raise ConfigError("a live teacher is needed (lmbda > 0 or gkd_monitor) but none was loaded; "
-                              "set rlhf.teacher_model")
+            raise ConfigError(
+                "a live teacher is needed (lmbda > 0 or gkd_monitor) but none was loaded; "
+                "set rlhf.teacher_model"
+            )
         b, j = (labels[:, 1:] != -100).nonzero(as_tuple=True)
         with torch.no_grad(), forward_context(self.teacher_model, None):
             h = hidden_states(self.teacher_model, {k: v for k, v in inputs.items()})
@@ -203,8 +229,9 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         return sample_completions(self, model, rows)
 
 
-def cached_teacher_kl(teacher: dict[str, torch.Tensor], s_logits: torch.Tensor, targets: torch.Tensor,
-                      distill: DistillSettings) -> torch.Tensor:
+def cached_teacher_kl(
+    teacher: dict[str, torch.Tensor], s_logits: torch.Tensor, targets: torch.Tensor, distill: DistillSettings
+) -> torch.Tensor:
     """Per-token GJSD of the student [N, V] against the batch's cached top-k + tail (float32 [N]).
 
     The batch's supervised targets must be the cached ones, in the same order: this is the cheap
@@ -214,13 +241,22 @@ def cached_teacher_kl(teacher: dict[str, torch.Tensor], s_logits: torch.Tensor, 
     if t["target_ids"].shape != targets.shape or not torch.equal(t["target_ids"], targets):
         raise CacheMismatchError(
             f"batch targets disagree with the cache ({targets.numel()} supervised tokens in the batch, "
-            f"{t['target_ids'].numel()} in the cache): the collator or template changed the labels")
+            f"{t['target_ids'].numel()} in the cache): the collator or template changed the labels"
+        )
     if t["topk_ids"].numel() and int(t["topk_ids"].max()) >= s_logits.shape[-1]:
         raise CacheMismatchError(
-            f"cached id {int(t['topk_ids'].max())} is outside the student's vocabulary ({s_logits.shape[-1]})")
+            f"cached id {int(t['topk_ids'].max())} is outside the student's vocabulary ({s_logits.shape[-1]})"
+        )
     v = distill.real_vocab or s_logits.shape[-1]
-    return losses.gjsd_topk(s_logits[:, :v], t["topk_ids"], t["topk_logprobs"], t["tail_logprobs"],
-                            beta=distill.beta, temperature=distill.loss_temperature, reduction="none")
+    return losses.gjsd_topk(
+        s_logits[:, :v],
+        t["topk_ids"],
+        t["topk_logprobs"],
+        t["tail_logprobs"],
+        beta=distill.beta,
+        temperature=distill.loss_temperature,
+        reduction="none",
+    )
 
 
 def live_teacher_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, distill: DistillSettings) -> torch.Tensor:
@@ -230,8 +266,13 @@ def live_teacher_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, distill: Dis
     as the cache is (see ``pipeline.teacher.topk_from_logits``), so the live and cached paths agree.
     """
     v = distill.real_vocab or min(s_logits.shape[-1], t_logits.shape[-1])
-    return losses.gjsd_full(s_logits[:, :v], t_logits[:, :v].float(), beta=distill.beta,
-                            temperature=distill.loss_temperature, reduction="none")
+    return losses.gjsd_full(
+        s_logits[:, :v],
+        t_logits[:, :v].float(),
+        beta=distill.beta,
+        temperature=distill.loss_temperature,
+        reduction="none",
+    )
 
 
 class CETrainer(_DistillTrainerBase):
@@ -255,21 +296,11 @@ class LiveGKDTrainer(_DistillTrainerBase):
 def resolve_trainer_cls(variant: str) -> type[_DistillTrainerBase]:
     """Trainer class for ``custom.trainer_variant``."""
     classes: dict[str, type[_DistillTrainerBase]] = {
-        "sft": CETrainer, "gkd_cached": CachedGKDTrainer, "gkd_monitor": LiveGKDTrainer}
+        "sft": CETrainer,
+        "gkd_cached": CachedGKDTrainer,
+        "gkd_monitor": LiveGKDTrainer,
+    }
     if variant not in classes:
         raise ConfigError(f"custom.trainer_variant: unknown {variant!r}; choose one of {sorted(classes)}")
     return classes[variant]
 
-
-def _wrap_collator(cls: type) -> None:
-    """Every variant collates through ``DistillCollator`` (extra fields popped before the template)."""
-
-    def _get_data_collator(self: Any, args: Any, template: Any) -> Any:
-        from pipeline.train_data import DistillCollator
-
-        return DistillCollator(Seq2SeqTrainer._get_data_collator(self, args, template))
-
-    cls._get_data_collator = _get_data_collator
-
-
-_wrap_collator(_DistillTrainerBase)

@@ -40,7 +40,9 @@ def check_versions(strict: bool = False) -> None:
     bad = untested_versions()
     if not bad:
         return
-    text = "; ".join(f"{d} {found or 'not installed'} (tested: {series}.x)" for d, (series, found) in bad.items())
+    text = "; ".join(
+        f"{d} {found or 'not installed'} (tested: {series}.x)" for d, (series, found) in bad.items()
+    )
     msg = f"untested library versions: {text}. Install the pinned set: pip install -c constraints.txt -e ."
     if strict:
         from pipeline.errors import DistillError
@@ -51,4 +53,6 @@ def check_versions(strict: bool = False) -> None:
 
 def encoding_library_versions() -> dict[str, str | None]:
     """Versions of the libraries that shape encoding (part of the cache fingerprint)."""
-    return {d: installed_version(d) for d in ("ms-swift", "transformers", "tokenizers", "qwen-vl-utils", "pillow")}
+    return {
+        d: installed_version(d) for d in ("ms-swift", "transformers", "tokenizers", "qwen-vl-utils", "pillow")
+    }

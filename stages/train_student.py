@@ -12,12 +12,16 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
-    p.add_argument("--groups", nargs="*", default=["student", "cache"], help="params.yaml groups this stage reads")
+    p.add_argument(
+        "--groups", nargs="*", default=["student", "cache"], help="params.yaml groups this stage reads"
+    )
     a = p.parse_args()
     cfg = load_stage_config(a.config, a.params, a.groups)
     t0 = time.perf_counter()
     run_training(cfg)
     out = Path(cfg.train.output_dir)
     write_resolved(a.config, a.params, a.groups, out / "resolved_config.yaml")
-    (out / "train_time.json").write_text(json.dumps({"train_wall_s": round(time.perf_counter() - t0, 2)}) + "\n")
+    (out / "train_time.json").write_text(
+        json.dumps({"train_wall_s": round(time.perf_counter() - t0, 2)}) + "\n"
+    )
     leave_marker("train", config=str(a.config))

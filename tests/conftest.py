@@ -33,16 +33,34 @@ def write_config(path: Path, cfg: dict[str, Any]) -> Path:
 def base_config(assets: dict[str, Path], out: Path, model: str = "student", **train: Any) -> dict[str, Any]:
     """A tiny full-tuning config over the session's demo assets (absolute paths)."""
     t = {
-        "tuner_type": "full", "output_dir": str(out), "learning_rate": 2e-3, "num_train_epochs": 1,
-        "max_steps": 4, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8,
-        "freeze_vit": False, "freeze_aligner": False, "logging_steps": 1, "eval_steps": 4, "save_steps": 4,
-        "save_total_limit": 1, "warmup_ratio": 0.0, "weight_decay": 0.0, "lr_scheduler_type": "constant",
-        "gradient_checkpointing": False, "report_to": ["none"], "seed": 7,
+        "tuner_type": "full",
+        "output_dir": str(out),
+        "learning_rate": 2e-3,
+        "num_train_epochs": 1,
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 8,
+        "freeze_vit": False,
+        "freeze_aligner": False,
+        "logging_steps": 1,
+        "eval_steps": 4,
+        "save_steps": 4,
+        "save_total_limit": 1,
+        "warmup_ratio": 0.0,
+        "weight_decay": 0.0,
+        "lr_scheduler_type": "constant",
+        "gradient_checkpointing": False,
+        "report_to": ["none"],
+        "seed": 7,
     }
     t.update(train)
     return {
-        "model": {"model": str(assets[model]), "model_type": "qwen2_5_vl", "template": "qwen2_5_vl",
-                  "torch_dtype": "float32"},
+        "model": {
+            "model": str(assets[model]),
+            "model_type": "qwen2_5_vl",
+            "template": "qwen2_5_vl",
+            "torch_dtype": "float32",
+        },
         "data": {"dataset": [str(assets["train"])], "val_dataset": [str(assets["val"])], "max_length": 512},
         "train": t,
         "custom": {"trainer_variant": "sft"},
@@ -56,43 +74,78 @@ def tiny_teacher(demo_assets: dict[str, Path], tmp_path_factory: pytest.TempPath
     from pipeline.launcher import run_training
 
     out = tmp_path_factory.mktemp("teacher_run")
-    cfg_path = write_config(out / "teacher.yaml", base_config(demo_assets, out / "run", model="teacher", max_steps=6))
+    cfg_path = write_config(
+        out / "teacher.yaml", base_config(demo_assets, out / "run", model="teacher", max_steps=6)
+    )
     run_training(load_config(cfg_path))
     return out / "run" / "final"
 
 
-def gkd_config(assets: dict[str, Path], teacher: Path, cache: Path, out: Path, *, variant: str = "gkd_cached",
-               rlhf: dict[str, Any] | None = None, custom: dict[str, Any] | None = None, **train: Any) -> dict[str, Any]:
+def gkd_config(
+    assets: dict[str, Path],
+    teacher: Path,
+    cache: Path,
+    out: Path,
+    *,
+    variant: str = "gkd_cached",
+    rlhf: dict[str, Any] | None = None,
+    custom: dict[str, Any] | None = None,
+    **train: Any,
+) -> dict[str, Any]:
     """A tiny GKD config (student from the demo assets, the session's teacher, a cache dir)."""
     cfg = base_config(assets, out, model="student", **train)
-    cfg["rlhf"] = {"rlhf_type": "gkd", "teacher_model": str(teacher), "teacher_model_type": "qwen2_5_vl",
-                   "beta": 0.5, "sft_alpha": 0.5, "lmbda": 0.0, "max_completion_length": 8, **(rlhf or {})}
-    cfg["custom"] = {"trainer_variant": variant, "teacher_cache": str(cache) if cache else None, "top_k": 16,
-                     "cache_batch_size": 8, **(custom or {})}
+    cfg["rlhf"] = {
+        "rlhf_type": "gkd",
+        "teacher_model": str(teacher),
+        "teacher_model_type": "qwen2_5_vl",
+        "beta": 0.5,
+        "sft_alpha": 0.5,
+        "lmbda": 0.0,
+        "max_completion_length": 8,
+        **(rlhf or {}),
+    }
+    cfg["custom"] = {
+        "trainer_variant": variant,
+        "teacher_cache": str(cache) if cache else None,
+        "top_k": 16,
+        "cache_batch_size": 8,
+        **(custom or {}),
+    }
     return cfg
 
 
 @pytest.fixture(scope="session")
-def exact_cache(demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exact_cache(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Config path of a cache with k = the full real vocabulary and lossless fp32 logprobs."""
     from pipeline.caching import run_caching
     from pipeline.config import load_config
 
     root = tmp_path_factory.mktemp("exact_cache")
-    cfg = gkd_config(demo_assets, tiny_teacher, root / "cache", root / "run",
-                     custom={"top_k": 10_000, "logprob_encoding": "fp32"})
+    cfg = gkd_config(
+        demo_assets,
+        tiny_teacher,
+        root / "cache",
+        root / "run",
+        custom={"top_k": 10_000, "logprob_encoding": "fp32"},
+    )
     path = write_config(root / "cfg.yaml", cfg)
     run_caching(load_config(path), progress=False)
     return path
 
 
 @pytest.fixture(scope="session")
-def default_cache(demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def default_cache(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Config path of a cache with the default encoding at k=16."""
     from pipeline.caching import run_caching
     from pipeline.config import load_config
 
     root = tmp_path_factory.mktemp("default_cache")
-    path = write_config(root / "cfg.yaml", gkd_config(demo_assets, tiny_teacher, root / "cache", root / "run"))
+    path = write_config(
+        root / "cfg.yaml", gkd_config(demo_assets, tiny_teacher, root / "cache", root / "run")
+    )
     run_caching(load_config(path), progress=False)
     return path

@@ -15,13 +15,20 @@ from pipeline.cli import main
 def test_help_is_fast_and_imports_nothing_heavy() -> None:
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", "import sys; from pipeline.cli import main; "
-         "import contextlib, io\n"
-         "with contextlib.redirect_stdout(io.StringIO()):\n"
-         "    try: main(['--help'])\n"
-         "    except SystemExit: pass\n"
-         "print(sorted(m for m in ('torch', 'transformers', 'swift') if m in sys.modules))"],
-        capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pipeline.cli import main; "
+            "import contextlib, io\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: main(['--help'])\n"
+            "    except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'swift') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "[]"
     assert time.perf_counter() - t0 < 10
 
@@ -29,16 +36,25 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
 @pytest.mark.parametrize(
     "files, needle",
     [
-        ({"c.yaml": "model: {model: m, model_type: qwen2_5_vl, template: qwen2_5_vl}\nbogus_key: 1\n"}, "bogus_key"),
+        (
+            {"c.yaml": "model: {model: m, model_type: qwen2_5_vl, template: qwen2_5_vl}\nbogus_key: 1\n"},
+            "bogus_key",
+        ),
         ({"c.yaml": "inherit: d.yaml\n", "d.yaml": "inherit: c.yaml\n"}, "c.yaml"),
         ({"c.yaml": "inherit: missing_parent.yaml\n"}, "missing_parent.yaml"),
-        ({"c.yaml": "model: {model: m, model_type: qwen2_5_vl, template: qwen2_5_vl}\n"
-                    "data: {dataset: [a.jsonl], max_length: lots}\n"}, "max_length"),
+        (
+            {
+                "c.yaml": "model: {model: m, model_type: qwen2_5_vl, template: qwen2_5_vl}\n"
+                "data: {dataset: [a.jsonl], max_length: lots}\n"
+            },
+            "max_length",
+        ),
     ],
     ids=["unknown-key", "cycle", "missing-parent", "wrong-type"],
 )
-def test_bad_config_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                      files: dict[str, str], needle: str) -> None:
+def test_bad_config_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], files: dict[str, str], needle: str
+) -> None:
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     code = main(["train", "--config", str(tmp_path / "c.yaml")])

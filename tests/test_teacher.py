@@ -54,7 +54,9 @@ def test_tail_is_accurate_on_a_peaked_teacher() -> None:
     # The top-1 holds all but ~1e-12 of the mass: log(1 - sum p) cancels in fp32, logsumexp does not.
     logits = torch.full((1, 1000), -30.0)
     logits[0, 0] = 0.0
-    ids, lps, tail, _ = T.topk_from_logits(logits, torch.zeros(1, dtype=torch.long), top_k=4, real_vocab=1000)
+    _ids, lps, tail, _ = T.topk_from_logits(
+        logits, torch.zeros(1, dtype=torch.long), top_k=4, real_vocab=1000
+    )
     exact = torch.log(torch.tensor(996.0, dtype=torch.float64)) - 30.0  # log(996 e^-30) - log(Z~1)
     assert abs(float(tail) - float(exact)) < 1e-4
     implied = torch.log1p(-torch.exp(lps).sum())

@@ -38,7 +38,9 @@ def _live_logprobs(cfg: Any, rows: list[Any]) -> tuple[dict[str, np.ndarray], di
     for row in rows:
         e = enc.encode(row)
         batch = enc.template.data_collator([e.inputs])
-        out[row.sample_id] = full_logprobs(teacher, batch, len(enc.tokenizer), cfg.custom.loss_temperature).numpy()
+        out[row.sample_id] = full_logprobs(
+            teacher, batch, len(enc.tokenizer), cfg.custom.loss_temperature
+        ).numpy()
         b, j = supervised_index(batch["labels"])
         targets[row.sample_id] = batch["labels"][b, j].numpy()
     return out, targets
@@ -91,8 +93,9 @@ def test_default_cache_within_fidelity_and_topk_is_live_topk(default_cache: Path
         assert kl.mean() < 1e-4
 
 
-def test_bad_rows_are_skipped_with_reasons_and_strict_fails(demo_assets: dict[str, Path], tiny_teacher: Path,
-                                                             tmp_path: Path) -> None:
+def test_bad_rows_are_skipped_with_reasons_and_strict_fails(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path
+) -> None:
     from pipeline.caching import run_caching
     from pipeline.errors import DataError
 
@@ -103,7 +106,9 @@ def test_bad_rows_are_skipped_with_reasons_and_strict_fails(demo_assets: dict[st
     img_rows = [i for i, r in enumerate(rows) if len(r.get("images", [])) == 1]
     (data / rows[img_rows[0]]["images"][0]).write_bytes(b"not a png")  # corrupted image
     rows[img_rows[1]]["images"] = ["images/does-not-exist.png"]  # missing image
-    rows[img_rows[2]]["messages"][-1]["content"] = " ".join(["a large red circle at the top left."] * 60)  # too long
+    rows[img_rows[2]]["messages"][-1]["content"] = " ".join(
+        ["a large red circle at the top left."] * 60
+    )  # too long
     (data / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = gkd_config(demo_assets, tiny_teacher, tmp_path / "cache", tmp_path / "run")
     cfg["data"]["dataset"] = [str(data / "train.jsonl")]
@@ -112,7 +117,11 @@ def test_bad_rows_are_skipped_with_reasons_and_strict_fails(demo_assets: dict[st
     path = write_config(tmp_path / "cfg.yaml", cfg)
     counts = run_caching(_load(path), progress=False)["train"]
     assert counts["rows_in"] == 10 == counts["cached"] + counts["skipped"]
-    assert counts["skipped_by_reason"] == {"unreadable_image": 1, "missing_image": 1, "truncated_by_max_length": 1}
+    assert counts["skipped_by_reason"] == {
+        "unreadable_image": 1,
+        "missing_image": 1,
+        "truncated_by_max_length": 1,
+    }
     manifest = json.loads((tmp_path / "cache" / "train" / "manifest.json").read_text())
     assert manifest["counts"]["skipped"] == 3
 
@@ -124,12 +133,19 @@ def test_bad_rows_are_skipped_with_reasons_and_strict_fails(demo_assets: dict[st
     assert first_bad in str(err.value)
 
 
-def test_kill_after_first_shard_then_resume(demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path) -> None:
+def test_kill_after_first_shard_then_resume(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path
+) -> None:
     from pipeline.cache.reader import CacheReader
 
     def cfg_for(name: str) -> Path:
-        c = gkd_config(demo_assets, tiny_teacher, tmp_path / name, tmp_path / "run",
-                       custom={"cache_shard_mb": 0.004, "cache_batch_size": 4, "logprob_encoding": "fp32"})
+        c = gkd_config(
+            demo_assets,
+            tiny_teacher,
+            tmp_path / name,
+            tmp_path / "run",
+            custom={"cache_shard_mb": 0.004, "cache_batch_size": 4, "logprob_encoding": "fp32"},
+        )
         c["data"]["val_dataset"] = []
         return write_config(tmp_path / f"{name}.yaml", c)
 
@@ -149,8 +165,13 @@ def test_kill_after_first_shard_then_resume(demo_assets: dict[str, Path], tiny_t
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     ref = cfg_for("reference")
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "cache", "--config", str(ref)], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "cache", "--config", str(ref)],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     a = CacheReader(tmp_path / "killed" / "train")
     b = CacheReader(tmp_path / "reference" / "train")
     assert sorted(a.sample_ids) == sorted(b.sample_ids)
@@ -162,22 +183,44 @@ def test_kill_after_first_shard_then_resume(demo_assets: dict[str, Path], tiny_t
         assert x.encoding_hash == y.encoding_hash
 
 
-def test_data_parallel_caching_matches_single_process(demo_assets: dict[str, Path], tiny_teacher: Path,
-                                                     tmp_path: Path) -> None:
+def test_data_parallel_caching_matches_single_process(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path
+) -> None:
     from pipeline.cache.reader import CacheReader
 
     def cfg_for(name: str) -> Path:
-        c = gkd_config(demo_assets, tiny_teacher, tmp_path / name, tmp_path / "run", custom={"logprob_encoding": "fp32"})
+        c = gkd_config(
+            demo_assets, tiny_teacher, tmp_path / name, tmp_path / "run", custom={"logprob_encoding": "fp32"}
+        )
         c["data"]["val_dataset"] = []
         return write_config(tmp_path / f"{name}.yaml", c)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     dp, single = cfg_for("dp"), cfg_for("single")
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "pipeline.cli", "cache",
-                    "--config", str(dp)], env=env, check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "cache", "--config", str(single)], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "pipeline.cli",
+            "cache",
+            "--config",
+            str(dp),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "cache", "--config", str(single)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     a, b = CacheReader(tmp_path / "dp" / "train"), CacheReader(tmp_path / "single" / "train")
     assert sorted(a.sample_ids) == sorted(b.sample_ids)
     assert len(list((tmp_path / "dp" / "train").glob("*r01*.arrow"))) >= 1  # rank 1 wrote its own shards
