@@ -68,6 +68,10 @@ def run_mode(config: Path, mode: str, steps: int, out: str, overrides: dict[str,
         ov["custom.trainer_variant"] = "gkd_monitor"
         ov["custom.teacher_cache"] = None
         cfg = load_config(config, overrides=ov)
+        # ms-swift's own loader resolves image paths against the working directory: hand it the same
+        # rows with absolute paths.
+        ov["data.dataset"] = [str(_absolute_copy(cfg.data.dataset[0], Path(out)))]
+        cfg = load_config(config, overrides=ov)
         _run_stock_gkd(cfg, timer)
     else:
         if mode == "sft":
@@ -83,6 +87,18 @@ def run_mode(config: Path, mode: str, steps: int, out: str, overrides: dict[str,
         "step_s": statistics.median(times) if times else float("nan"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def _absolute_copy(src: str, out_dir: Path) -> Path:
+    from pipeline.data import Row, read_rows
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dst = out_dir / "train_abs.jsonl"
+    with dst.open("w", encoding="utf-8") as fh:
+        for r in read_rows(src):
+            if isinstance(r, Row):
+                fh.write(json.dumps({"messages": r.messages, "images": r.images}) + "\n")
+    return dst
 
 
 def _run_ours(cfg: DistillConfig, timer: Any) -> None:
@@ -102,7 +118,7 @@ def _run_ours(cfg: DistillConfig, timer: Any) -> None:
 
 
 def _run_stock_gkd(cfg: DistillConfig, timer: Any) -> None:
-    from swift.pipelines import SwiftRLHF
+    from swift.pipelines.train.rlhf import SwiftRLHF
 
     from pipeline.config import to_swift_args
     from pipeline.encoding import fix_placeholder_ids
