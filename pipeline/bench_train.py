@@ -138,7 +138,12 @@ def _run_stock_gkd(cfg: DistillConfig, timer: Any) -> None:
     StockGKD(args).main()
 
 
-def bench_train_step(cfg: DistillConfig, steps: int = 20, config_path: Path | None = None) -> dict[str, Any]:
+def bench_train_step(
+    cfg: DistillConfig,
+    steps: int = 20,
+    config_path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run every mode in its own subprocess and print a side-by-side table and one JSON line."""
     config_path = Path(config_path or cfg.source_files[-1])
     base_out = Path(cfg.train.output_dir) / "bench_train_step"
@@ -152,6 +157,7 @@ def bench_train_step(cfg: DistillConfig, steps: int = 20, config_path: Path | No
             mode,
             str(steps),
             str(base_out / mode),
+            json.dumps(overrides or {}),
         ]
         proc = subprocess.run(
             cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -181,4 +187,5 @@ def bench_train_step(cfg: DistillConfig, steps: int = 20, config_path: Path | No
 
 if __name__ == "__main__":
     config, mode, n_steps, out_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    print(json.dumps(run_mode(Path(config), mode, n_steps, out_dir, {})))
+    extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    print(json.dumps(run_mode(Path(config), mode, n_steps, out_dir, extra)))

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-val", type=int, default=None)
     p.add_argument("--n-test", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace demo assets already in --out")
 
     p = sub.add_parser("prepare", help="validate a JSONL dataset and assign stable sample ids")
     p.add_argument("inputs", nargs="+", type=Path, help="JSONL files (one per split)")
@@ -100,7 +101,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.demo import build_demo_assets
 
         kwargs = {k: getattr(args, k) for k in ("n_train", "n_val", "n_test") if getattr(args, k) is not None}
-        paths = build_demo_assets(args.out, seed=args.seed, **kwargs)
+        paths = build_demo_assets(args.out, seed=args.seed, overwrite=args.overwrite, **kwargs)
         for name, path in paths.items():
             print(f"{name}: {path}")
         return 0
@@ -151,7 +152,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.bench == "train-step":
             from pipeline.bench_train import bench_train_step
 
-            bench_train_step(cfg, steps=args.steps, config_path=args.config)
+            bench_train_step(cfg, steps=args.steps, config_path=args.config, overrides=_parse_sets(args.set))
             return 0
     raise AssertionError(f"unhandled command {cmd}")
 

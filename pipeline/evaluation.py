@@ -41,7 +41,7 @@ from pipeline.demo.captions import (
 )
 from pipeline.encoding import EncodedRow, RowEncoder
 from pipeline.errors import CacheMismatchError, ConfigError, DataError
-from pipeline.losses import cross_entropy, gjsd_topk, supervised_logits, token_accuracy
+from pipeline.losses import cross_entropy, gjsd_topk, renormalise_topk, supervised_logits, token_accuracy
 from pipeline.teacher import hidden_states, project_fp32
 from pipeline.train_data import cache_mismatch_field
 
@@ -229,8 +229,10 @@ def score_tokens(
                     # the KL compares distributions over the tokenizer's real ids (padded rows excluded)
                     logits[:, : len(encoder.tokenizer)],
                     torch.as_tensor(cached.topk_ids, dtype=torch.int64, device=device),
-                    torch.as_tensor(cached.topk_logprobs, dtype=torch.float32, device=device),
-                    torch.as_tensor(cached.tail_logprobs, dtype=torch.float32, device=device),
+                    *renormalise_topk(
+                        torch.as_tensor(cached.topk_logprobs, dtype=torch.float32, device=device),
+                        torch.as_tensor(cached.tail_logprobs, dtype=torch.float32, device=device),
+                    ),
                     beta,
                     loss_temperature,
                 )

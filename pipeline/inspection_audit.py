@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache.format import QUANTIZED, CachedSample, Layout, level_table, quantize
+from pipeline.cache.format import QUANTIZED, CachedSample, Layout
 from pipeline.errors import DistillError
 
 MASS_TOL = 1e-4
@@ -72,10 +72,9 @@ class Findings:
 class Cells:
     """Probability bounds of the quantiser cell each decoded value came from (``None`` layout: exact).
 
-    Built from the format's own ``level_table`` and ``quantize`` rather than a copy of their algebra:
-    the lower sqrt(p) edge of level ``L`` is the least ``t`` that ``quantize`` puts at level ``L`` or
-    above, found by vectorised bisection; a decoded logprob is mapped back to its level by exact lookup
-    in the table. A value that is not in the table (a test's hand-made reader, a renormalising reader)
+    Built from the format's own quantiser (``Quantizer.table`` and ``Quantizer.cell_bounds``) rather
+    than a copy of its algebra; a decoded logprob is mapped back to its level by exact lookup in the
+    table. A value that is not in the table (a test's hand-made reader, a renormalising reader)
     is taken as exact, which only makes the checks stricter.
     """
 
@@ -83,21 +82,11 @@ class Cells:
         self.table: np.ndarray | None = None
         if not layout or layout.get("logprob_encoding") != QUANTIZED:
             return
-        lay = Layout.from_dict(layout)
-        assert lay.quant_step is not None  # from_dict refuses a quantized layout without one
-        args = (float(lay.quant_step), lay.quant_knee, lay.quant_coarse)
-        table = level_table(*args).astype(np.float64)  # [L]: ascending, -inf at level 0
-        levels = np.arange(1, len(table))
-        lo, hi = np.zeros(len(levels)), np.ones(len(levels))
-        with np.errstate(divide="ignore"):
-            for _ in range(60):  # 2**-60: far below any cell width
-                mid = 0.5 * (lo + hi)
-                above = quantize(2.0 * np.log(mid), *args).astype(np.int64) >= levels
-                hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
-        edges = np.concatenate([[0.0], hi[1:], [1.0]])  # sqrt(p) edge between level L and L+1
-        self.table = table
-        self.lower = np.concatenate([[0.0], edges[:-1] ** 2])  # [L] p bounds; level 0 is exactly 0
-        self.upper = np.concatenate([[0.0], edges[1:] ** 2])
+        q = Layout.from_dict(layout).quantizer
+        self.table = q.table().astype(np.float64)  # [L]: ascending, -inf at level 0
+        lower, upper = q.cell_bounds()  # [L] exact probability bounds of each level's cell
+        self.lower = np.asarray(lower, dtype=np.float64)
+        self.upper = np.asarray(upper, dtype=np.float64)
 
     def bounds(self, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) probability bounds (float64, shape of ``logprobs``)."""

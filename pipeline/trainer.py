@@ -248,11 +248,13 @@ def cached_teacher_kl(
             f"cached id {int(t['topk_ids'].max())} is outside the student's vocabulary ({s_logits.shape[-1]})"
         )
     v = distill.real_vocab or s_logits.shape[-1]
+    # the default encoding decodes values to their cell centres: compare normalised distributions
+    lp, tail = losses.renormalise_topk(t["topk_logprobs"], t["tail_logprobs"])
     return losses.gjsd_topk(
         s_logits[:, :v],
         t["topk_ids"],
-        t["topk_logprobs"],
-        t["tail_logprobs"],
+        lp,
+        tail,
         beta=distill.beta,
         temperature=distill.loss_temperature,
         reduction="none",
@@ -303,4 +305,3 @@ def resolve_trainer_cls(variant: str) -> type[_DistillTrainerBase]:
     if variant not in classes:
         raise ConfigError(f"custom.trainer_variant: unknown {variant!r}; choose one of {sorted(classes)}")
     return classes[variant]
-

@@ -7,7 +7,7 @@ Default (``quantized``) packing of one sample with ``n`` targets (token-major, l
   Deltas of ``escape_gap`` or more are stored as ``escape_gap`` and their value, in (position, column)
   order, in the ``escape_gaps`` list. A sorted set costs ~93 B at k=64 on the benchmark where ids in
   rank order cost ~131 B: the order is carried by the values, which need no permutation.
-- values are one-byte levels of sqrt(p) (:func:`pipeline.cache.format.quantize`) in the same id order.
+- values are one-byte levels (:class:`pipeline.cache.quant.Quantizer`) in the same id order.
   The k levels of a position go to ``topk_level_c{c}``, ``c`` the class of its tail level
   (``level_classes``); the tail's level to ``tail_level``.
 - ``target_rank_b*``: the target's rank in the decoded order, or ``escape_index`` when the target is not
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cache.format import CachedSample, Layout, level_table, quantize
+from pipeline.cache.format import CachedSample, Layout
 
 
 @dataclass
@@ -69,9 +69,8 @@ def encode_sample(sample: CachedSample, layout: Layout) -> dict[str, object]:
     implied = match.any(axis=1) & (entry_lp.view(np.uint32) == target_lps.view(np.uint32))
 
     if layout.quantized:
-        assert layout.quant_step is not None
-        q = (layout.quant_step, layout.quant_knee, layout.quant_coarse)
-        levels = quantize(lps, *q).astype(np.int64)
+        quantizer = layout.quantizer
+        levels = quantizer.levels(lps).astype(np.int64)
         key = np.sort((ids << 8) | levels, axis=1)  # one sort carries each level along with its id
         stored_ids, stored_levels = key >> 8, key & 0xFF
         gaps = np.diff(stored_ids, axis=1, prepend=0)
@@ -83,7 +82,7 @@ def encode_sample(sample: CachedSample, layout: Layout) -> dict[str, object]:
         for g, (a, b) in enumerate(zip(layout.id_groups[:-1], layout.id_groups[1:], strict=True)):
             for byte, plane in enumerate(_planes(gaps[:, a:b], layout.id_bytes)):
                 out[f"topk_id_g{g}_b{byte}"] = plane
-        tail = quantize(sample.tail_logprobs, *q)
+        tail = quantizer.levels(sample.tail_logprobs)
         out["tail_level"] = tail.tobytes()
         cls = np.searchsorted(np.array(layout.level_classes), tail, side="right")
         rows = stored_levels.astype(np.uint8)
@@ -121,8 +120,7 @@ class Decoder:
         self._gaps = np.zeros((self.chunk, k, 4), np.uint8)  # bytes above id_bytes stay 0
         self._ids = np.empty((self.chunk, k), np.int32)
         if layout.quantized:
-            assert layout.quant_step is not None
-            self.table = level_table(layout.quant_step, layout.quant_knee, layout.quant_coarse)
+            self.table = layout.quantizer.table()
             self.max_level = len(self.table) - 1
             self.id_bits = (layout.vocab_size - 1).bit_length()
             wide = self.id_bits + self.max_level.bit_length() > 31

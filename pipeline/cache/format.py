@@ -1,10 +1,10 @@
 """The teacher cache's on-disk format: names, the per-sample record, and the shard layout.
 
 One shard is an Arrow IPC *file* (random access by record batch) with zstd-compressed buffers and
-one row per sample. The top-k block is packed into byte planes (``binary`` columns) because plain
-list columns cost ~400 bytes per supervised token at k=64 where the packed block costs ~135; the
-exact packing is in ``docs/cache_format.md`` and :mod:`pipeline.cache.codec`, and
-:func:`pipeline.cache.reader.export_plain` writes a copy with plain list columns.
+one row per sample. The top-k block is packed into byte planes (``binary`` columns): at k=64 the
+packed block costs 133 bytes per supervised target where plain list columns holding the very same
+decoded values cost 206 (Arrow IPC, zstd; measured). The exact packing is in ``docs/cache_format.md``
+and :mod:`pipeline.cache.codec`; :func:`pipeline.cache.reader.export_plain` writes a plain copy.
 
 This module knows nothing of models or torch.
 """
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.cache.quant import Quantizer
 from pipeline.errors import CacheFormatError
 
 FORMAT_NAME = "vlm-distill/teacher-cache"
@@ -40,8 +41,11 @@ FINGERPRINT_KEY = b"vlm_distill.fingerprint"  # ... and the fingerprint: every s
 # Mean KL(exact || decoded) the default quantiser is tuned for, per position, in nats. The step in
 # sqrt(p) is sqrt(6 * KL_DESIGN / k): the high-resolution estimate of the KL of uniform steps in sqrt(p)
 # is k * step^2 / 6, so the fidelity stays near KL_DESIGN whatever k is (measured: docs/cache_format.md).
-KL_DESIGN = 7.5e-5
-MAX_TOP_K = 1024  # beyond, one-byte levels would need a coarse factor above ~14
+# 6e-5 rather than closer to the 1e-4 target: values bunched near cell edges (a nearly uniform teacher)
+# can triple the KL of a position, and 7.5e-5 saved only 0.8 B/target at k=64.
+KL_DESIGN = 6e-5
+MAX_TOP_K = 1024  # quantized; beyond, one-byte levels would need coarse cells above 16 steps wide
+MAX_TOP_K_FP32 = 65534  # two-byte target ranks (65535 is the escape code)
 # Above 254 the per-token target index needs two bytes (255 would collide with the escape code).
 _ONE_BYTE_K = 254
 
@@ -135,9 +139,10 @@ class Layout:
     id_bytes: int  # bytes per stored id (fp32) or id gap (quantized; larger gaps are escaped)
     id_groups: tuple[int, ...]
     target_index_bytes: int  # 1 for k <= 254, else 2
-    quant_step: float | None = None  # fine step in sqrt(p); None for fp32
-    quant_knee: int = 0  # number of fine cells; above them cells are quant_coarse steps wide
-    quant_coarse: int = 1
+    quant_step: float | None = None  # step in sqrt(p) (pipeline.cache.quant); None for fp32
+    quant_log_cells: int = 0  # 4-nat cells below (step/2)^2
+    quant_fine: int = 0  # cells of one step in sqrt(p)
+    quant_coarse: int = 1  # width, in steps, of the cells above the fine ones
     level_classes: tuple[int, ...] = ()
     format_version: int = field(default=FORMAT_VERSION)
 
@@ -145,22 +150,36 @@ class Layout:
     def create(cls, top_k: int, vocab_size: int, logprob_encoding: str = DEFAULT_LOGPROB_ENCODING) -> Layout:
         if logprob_encoding not in LOGPROB_ENCODINGS:
             raise ValueError(f"logprob_encoding must be one of {LOGPROB_ENCODINGS}, got {logprob_encoding!r}")
-        if not 1 <= top_k <= MAX_TOP_K:
-            raise ValueError(f"top_k must be in [1, {MAX_TOP_K}], got {top_k}")
-        if not 2 <= vocab_size < 2**31:
-            raise ValueError(f"vocab_size must be in [2, 2**31), got {vocab_size}")
+        limit = MAX_TOP_K if logprob_encoding == QUANTIZED else MAX_TOP_K_FP32
+        if not 1 <= top_k <= limit:
+            raise ValueError(f"top_k must be in [1, {limit}] for {logprob_encoding}, got {top_k}")
+        if not 2 <= vocab_size < 2**31 or vocab_size < top_k:
+            raise ValueError(f"vocab_size must be in [max(2, top_k), 2**31), got {vocab_size}")
         full_bytes = -(-(vocab_size - 1).bit_length() // 8)
         index_bytes = 1 if top_k <= _ONE_BYTE_K else 2
         if logprob_encoding == FP32:
             return cls(FP32, top_k, vocab_size, full_bytes, (0, top_k), index_bytes)
-        step = quant_step_for(top_k)
-        knee, coarse = _knee(step)
+        q = Quantizer.for_step(quant_step_for(top_k))
         groups = tuple(sorted({0, top_k, *(max(1, top_k * f // 64) for f in (1, 4, 12, 32))}))
-        edges = quantize(np.log(np.array(CLASS_TAIL_MASS)), step, knee, coarse)
-        classes = tuple(sorted({int(e) for e in edges} - {0}))
+        classes = tuple(sorted({int(e) for e in q.levels(np.log(np.array(CLASS_TAIL_MASS)))} - {0}))
         return cls(
-            QUANTIZED, top_k, vocab_size, min(2, full_bytes), groups, index_bytes, step, knee, coarse, classes
+            QUANTIZED,
+            top_k,
+            vocab_size,
+            min(2, full_bytes),
+            groups,
+            index_bytes,
+            q.step,
+            q.log_cells,
+            q.fine,
+            q.coarse,
+            classes,
         )
+
+    @property
+    def quantizer(self) -> Quantizer:
+        assert self.quant_step is not None, "fp32 layouts have no quantiser"
+        return Quantizer(self.quant_step, self.quant_log_cells, self.quant_fine, self.quant_coarse)
 
     @property
     def quantized(self) -> bool:
@@ -247,67 +266,3 @@ class Layout:
 
 # Tail masses separating the classes whose levels get separate planes (see Layout).
 CLASS_TAIL_MASS = (1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
-MAX_LEVEL = 255  # levels are one byte
-
-
-def _knee(step: float) -> tuple[int, int]:
-    """``(fine cells, coarse factor)`` fitting the quantiser in levels 1..255.
-
-    Cells of ``step`` in sqrt(p) need ``1/step + 1`` levels, more than 255 for k > ~40; then cells above a
-    knee are ``coarse`` steps wide. They hold the few entries with p above ~0.1 (one or two per position),
-    so the KL they add is small: +1% bytes at k=128, nothing measurable at k=64 (docs/cache_format.md).
-    The smallest factor that keeps p < 0.01 at the fine step is used (2 at k=64, 3 at 128, 4 at 256).
-    """
-    fine = round(1.0 / step) + 1
-    if fine <= MAX_LEVEL:
-        return fine, 1
-    for coarse in range(2, 64):
-        n = max(
-            (
-                n
-                for n in range(1, MAX_LEVEL)
-                if n + math.ceil((1 - (n - 0.5) * step) / (coarse * step)) <= MAX_LEVEL
-            ),
-            default=0,
-        )
-        if (n - 0.5) * step >= 0.1:
-            return n, coarse
-    raise ValueError(f"quantiser step {step} too fine for one-byte levels")
-
-
-def _cells(quant_step: float, knee: int, coarse: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper sqrt(p) bounds of the cells of levels 1.. (float64)."""
-    c = np.arange(knee, dtype=np.float64)
-    lo, hi = np.maximum((c - 0.5) * quant_step, 0.0), (c + 0.5) * quant_step
-    t0 = (knee - 0.5) * quant_step
-    if t0 < 1.0:
-        m = np.arange(math.ceil((1.0 - t0) / (coarse * quant_step)), dtype=np.float64)
-        lo = np.concatenate([lo, t0 + m * coarse * quant_step])
-        hi = np.concatenate([hi, t0 + (m + 1) * coarse * quant_step])
-    return np.minimum(lo, 1.0), np.minimum(hi, 1.0)
-
-
-def level_table(quant_step: float, knee: int, coarse: int) -> np.ndarray:
-    """float32 [L] logprob decoded for each level; level 0 is an exact zero (logprob -inf).
-
-    A level decodes to the mean of p over its cell with sqrt(p) uniform in it, ``(a^2 + ab + b^2) / 3``:
-    the reconstruction that minimises the cell's KL contribution under the high-resolution model
-    (2% lower KL than the cell centre, and it keeps the smallest cell above zero).
-    """
-    a, b = _cells(quant_step, knee, coarse)
-    lp = np.minimum(np.log((a * a + a * b + b * b) / 3.0), 0.0)
-    return np.concatenate([[-np.inf], lp]).astype(np.float32)
-
-
-def quantize(logprobs: np.ndarray, quant_step: float, knee: int, coarse: int) -> np.ndarray:
-    """uint8 levels of float logprobs (any shape): 0 for -inf, else the cell of sqrt(p), from 1."""
-    lp = np.minimum(np.asarray(logprobs, dtype=np.float64), 0.0)  # +1e-7 from fp error means p = 1
-    with np.errstate(under="ignore"):
-        t = np.exp(0.5 * lp)
-    t0 = (knee - 0.5) * quant_step
-    fine = np.rint(t / quant_step)
-    n_coarse = len(_cells(quant_step, knee, coarse)[0]) - knee
-    above = knee + np.minimum(np.floor((t - t0) / (coarse * quant_step)), max(n_coarse - 1, 0))
-    levels = np.where(t < t0, fine, above) + 1.0
-    levels[np.isneginf(lp)] = 0.0
-    return levels.astype(np.uint8)

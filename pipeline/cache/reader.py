@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheReader", "compare_fingerprints", "export_plain"]
 
+_NUMPY = {pa.int32(): np.dtype(np.int32), pa.float32(): np.dtype(np.float32)}  # list value types
 _LIST_COLUMNS = ("positions", "escape_target_ids", "escape_target_logprobs", "escape_gaps")
 
 
@@ -45,7 +46,7 @@ class _Block:
             offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + len(arr) + 1]
             if pa.types.is_list(arr.type):
                 child = arr.values
-                dtype = np.dtype(child.type.to_pandas_dtype())
+                dtype = _NUMPY[child.type]
                 data = np.frombuffer(child.buffers()[1] or b"", dtype)[child.offset :]
             else:
                 data = np.frombuffer(arr.buffers()[2] or b"", np.uint8)
@@ -60,8 +61,8 @@ class CacheReader:
         expected_fingerprint: if given, must equal the manifest's fingerprint, else
             ``CacheMismatchError`` listing each differing dotted field.
         verify: ``"open"`` or ``"lazy"``.
-        cached_batches: decompressed record batches kept for reuse (random access decodes one row
-            of a batch of a few dozen samples, so neighbours read soon after come for free).
+        cached_batches: decompressed record batches kept for reuse (a random read decompresses the
+            whole ~1 MiB record batch around its row, so neighbours read soon after come for free).
     """
 
     def __init__(
@@ -112,12 +113,19 @@ class CacheReader:
         self._files: dict[int, Any] = {}
         self._blocks: OrderedDict[tuple[int, int], _Block] = OrderedDict()
         self._decoder = Decoder(self.layout)
+        self._empty = {name: np.empty(0, np.uint8) for name in self.layout.plane_columns()}
+        self._empty.update(
+            positions=np.empty(0, np.int32),
+            escape_target_ids=np.empty(0, np.int32),
+            escape_target_logprobs=np.empty(0, np.float32),
+            escape_gaps=np.empty(0, np.int32),
+        )
         self._index: dict[str, tuple[int, int, int]] = {}
         self.sample_ids: list[str] = []
         for i in range(len(self._shards)):
-            reader = self._file(i)
-            for b in range(reader.num_record_batches):
-                ids = self._guard(i, lambda r=reader, b=b: r.get_batch(b).column(0).to_pylist())
+            schema, batch_ids = self._guard(i, lambda i=i: _batch_ids(self.root / self._shards[i]["file"]))
+            self._guard(i, lambda schema=schema: self._check_layout(schema))
+            for b, ids in enumerate(batch_ids):
                 for row, sid in enumerate(ids):
                     self._index[sid] = (i, b, row)
                 self.sample_ids.extend(ids)
@@ -153,12 +161,15 @@ class CacheReader:
             def open_() -> Any:
                 source = pa.memory_map(str(self.root / self._shards[i]["file"]))
                 reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(use_threads=False))
-                if Layout.from_schema(reader.schema, self._shards[i]["file"]) != self.layout:
-                    raise ValueError("shard layout differs from the manifest's")
+                self._check_layout(reader.schema)
                 return reader
 
             self._files[i] = self._guard(i, open_)
         return self._files[i]
+
+    def _check_layout(self, schema: pa.Schema) -> None:
+        if Layout.from_schema(schema, "shard") != self.layout:
+            raise ValueError("shard layout differs from the manifest's")
 
     def _block(self, i: int, b: int) -> _Block:
         block = self._blocks.get((i, b))
@@ -203,6 +214,8 @@ class CacheReader:
             parts = [
                 blk.ragged[name][1][blk.ragged[name][0][r0] : blk.ragged[name][0][r1]] for blk, r0, r1 in runs
             ]
+            if not parts:  # no samples asked for: typed empties
+                parts = [self._empty[name]]
             cols[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         shard = where[0][0] if where else 0
         decoded = self._guard(shard, lambda: self._decoder.decode(cols))
@@ -258,6 +271,16 @@ class CacheReader:
         state = self.__dict__.copy()
         state["_files"], state["_blocks"] = {}, OrderedDict()
         return state
+
+
+def _batch_ids(path: Path) -> tuple[pa.Schema, list[list[str]]]:
+    """Schema and sample_ids per record batch of a shard, decompressing only the sample_id column."""
+    with pa.memory_map(str(path)) as source:
+        options = pa.ipc.IpcReadOptions(included_fields=[0], use_threads=False)
+        reader = pa.ipc.open_file(source, options=options)
+        return reader.schema, [
+            reader.get_batch(b).column(0).to_pylist() for b in range(reader.num_record_batches)
+        ]
 
 
 def _format_error(message: str) -> Exception:

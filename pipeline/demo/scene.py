@@ -25,7 +25,12 @@ RGB: dict[str, tuple[int, int, int]] = {
 }
 # Half-extent in pixels. Large objects nearly fill their 28-pixel cell; small ones sit inside the
 # cell's central patch corner, so size shows up as how much of each of the four patches is coloured.
-HALF_EXTENT = {"large": 11, "small": 5}
+HALF_EXTENT = {"large": 11, "small": 6}
+# A dark outline carries the silhouette in the same pixel values whatever the fill colour. Without it
+# shape and colour are entangled (the shape mask is multiplied by the fill colour), and a tiny model
+# learns colour and size within a few hundred steps but shape barely at all.
+OUTLINE = (25, 25, 25)
+OUTLINE_WIDTH = 2
 JITTER = 2  # max centre offset, pixels: a little variety without leaving the cell
 
 
@@ -61,11 +66,12 @@ def render(objects: list[DemoObject], rng: random.Random) -> Image.Image:
         fill = RGB[obj.colour]
         box = (cx - r, cy - r, cx + r, cy + r)
         if obj.shape == "circle":
-            draw.ellipse(box, fill=fill)
+            draw.ellipse(box, fill=fill, outline=OUTLINE, width=OUTLINE_WIDTH)
         elif obj.shape == "square":
-            draw.rectangle(box, fill=fill)
+            draw.rectangle(box, fill=fill, outline=OUTLINE, width=OUTLINE_WIDTH)
         elif obj.shape == "triangle":
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+            corners = [(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)]
+            draw.polygon(corners, fill=fill, outline=OUTLINE, width=OUTLINE_WIDTH)
         else:
             raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
     return img

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache.format import CachedSample, Layout, level_table
+from pipeline.cache.format import CachedSample, Layout
+from pipeline.cache.quant import LOG_FLOOR, LOG_STEP
 
 FINGERPRINT: dict[str, Any] = {
     "teacher": {"name": "tiny-teacher", "weights_sha256": "ab" * 32},
@@ -99,24 +100,30 @@ def assert_decoded_close(orig: CachedSample, dec: CachedSample, layout: Layout) 
         assert (d <= 0).all() or n == 0
         ties = d == 0
         assert (np.diff(dec.topk_ids, axis=1)[ties] > 0).all()
-    assert layout.quant_step is not None
-    width = layout.quant_step * layout.quant_coarse + 1e-6
     a, b = np.argsort(orig.topk_ids, axis=1), np.argsort(dec.topk_ids, axis=1)
-    sp = np.sqrt(np.exp(np.take_along_axis(orig.topk_logprobs, a, 1).astype(np.float64)))
-    sq = np.sqrt(np.exp(np.take_along_axis(dec.topk_logprobs, b, 1).astype(np.float64)))
-    assert np.abs(sp - sq).max(initial=0) <= width
-    assert (
-        np.isneginf(np.take_along_axis(orig.topk_logprobs, a, 1))
-        == np.isneginf(np.take_along_axis(dec.topk_logprobs, b, 1))
-    ).all()
-    st = np.sqrt(np.exp(orig.tail_logprobs.astype(np.float64)))
-    assert np.abs(st - np.sqrt(np.exp(dec.tail_logprobs.astype(np.float64)))).max(initial=0) <= width
-    assert (np.isneginf(orig.tail_logprobs) == np.isneginf(dec.tail_logprobs)).all()
+    assert_within_cell(
+        np.take_along_axis(orig.topk_logprobs, a, 1), np.take_along_axis(dec.topk_logprobs, b, 1), layout
+    )
+    assert_within_cell(orig.tail_logprobs, dec.tail_logprobs, layout)
     # A target is either the decoded entry with its id, or escaped and exact.
     in_topk = (dec.topk_ids == dec.target_ids[:, None]).any(axis=1)
     exact = dec.target_logprobs.view(np.uint32) == orig.target_logprobs.view(np.uint32)
-    table = level_table(layout.quant_step, layout.quant_knee, layout.quant_coarse)
+    table = layout.quantizer.table()
     assert (exact | (in_topk & np.isin(dec.target_logprobs, table))).all()
+
+
+def assert_within_cell(exact: np.ndarray, decoded: np.ndarray, layout: Layout) -> None:
+    """The quantiser's per-entry guarantee: zero stays zero; above p0 = (s/2)^2 the decoded sqrt(p) is
+    within one cell; below it, within one 4-nat log cell (or both in the lowest, open, cell)."""
+    q = layout.quantizer
+    exact, decoded = exact.astype(np.float64), decoded.astype(np.float64)
+    assert (np.isneginf(exact) == np.isneginf(decoded)).all()
+    finite = ~np.isneginf(exact)
+    e, d = exact[finite], decoded[finite]
+    small = e < 2 * np.log(q.step / 2)
+    assert (np.abs(np.sqrt(np.exp(e[~small])) - np.sqrt(np.exp(d[~small]))) <= q.max_width + 1e-6).all()
+    floor = (e[small] < LOG_FLOOR) & (d[small] < LOG_FLOOR + LOG_STEP)  # the open lowest cell
+    assert ((np.abs(e[small] - d[small]) <= LOG_STEP) | floor).all()
 
 
 def kl_rows(orig: CachedSample, dec: CachedSample) -> np.ndarray:

@@ -9,33 +9,40 @@ from pipeline.cache.format import (
     FORMAT_VERSION,
     LOGPROB_ENCODINGS,
     MAX_TOP_K,
+    MAX_TOP_K_FP32,
     CachedSample,
     Layout,
-    level_table,
-    quantize,
 )
 from pipeline.cache.manifest import compare_fingerprints, flatten, mismatch_error
 from pipeline.errors import CacheFormatError, CacheMismatchError
+from tests.cache.helpers import assert_within_cell
 
 
 @pytest.mark.parametrize("k", [1, 2, 16, 32, 64, 128, 256, MAX_TOP_K])
 def test_quantiser_is_monotone_and_within_one_cell(k: int) -> None:
     lay = Layout.create(k, 151_936)
-    assert lay.quant_step is not None
-    q = (lay.quant_step, lay.quant_knee, lay.quant_coarse)
-    table = level_table(*q)
-    assert len(table) <= 256 and table[0] == -np.inf and np.all(np.diff(table[1:]) > 0) and table[-1] <= 0
-    lp = np.log(np.linspace(0.0, 1.0, 200_001)[1:])
-    levels = quantize(lp, *q)
-    assert levels.min() >= 1 and levels.max() == len(table) - 1
-    assert np.all(np.diff(levels.astype(int)) >= 0)
-    err = np.abs(np.sqrt(np.exp(table[levels].astype(float))) - np.sqrt(np.exp(lp)))
-    assert err.max() <= lay.quant_step * lay.quant_coarse
-    assert quantize(np.array([-np.inf, 0.0, 1e-6, -200.0]), *q).tolist()[:3] == [
-        0,
-        len(table) - 1,
-        len(table) - 1,
-    ]
+    q = lay.quantizer
+    table = q.table()
+    assert len(table) == q.max_level + 1 <= 256 and table[0] == -np.inf and table[-1] <= 0
+    assert np.all(np.diff(table[1:]) > 0)
+    lp = np.sort(
+        np.concatenate([np.linspace(-120.0, 0.0, 100_001), np.log(np.linspace(0.0, 1.0, 200_001)[1:])])
+    )
+    levels = q.levels(lp)
+    assert levels.min() == 1 and levels.max() == q.max_level
+    assert np.all(np.diff(levels.astype(int)) >= 0)  # monotone
+    assert set(np.unique(levels)) == set(range(1, q.max_level + 1))  # every level reachable
+    assert_within_cell(lp, table[levels], lay)
+    assert q.levels(np.array([-np.inf, 0.0, 1e-6])).tolist() == [0, q.max_level, q.max_level]
+    # a level decodes inside its own cell: re-quantising a decoded value is the identity
+    np.testing.assert_array_equal(q.levels(table[1:]), np.arange(1, q.max_level + 1))
+    lower, upper = q.cell_bounds()
+    p = np.exp(lp)
+    assert (lower[levels] <= p * (1 + 1e-12)).all() and (p <= upper[levels] * (1 + 1e-12)).all()
+    assert (lower <= np.exp(table.astype(np.float64)) * (1 + 1e-6)).all()
+    assert (np.exp(table.astype(np.float64)) <= upper * (1 + 1e-6)).all()
+    np.testing.assert_allclose(upper[1:-1], lower[2:])  # cells tile [0, 1]
+    assert upper[-1] == 1.0
 
 
 def test_layouts_and_their_metadata_round_trip() -> None:
@@ -48,7 +55,10 @@ def test_layouts_and_their_metadata_round_trip() -> None:
     with pytest.raises(ValueError, match="logprob_encoding"):
         Layout.create(8, 100, "bf16")
     with pytest.raises(ValueError, match="top_k"):
-        Layout.create(MAX_TOP_K + 1, 100)
+        Layout.create(MAX_TOP_K + 1, 100_000)
+    assert Layout.create(MAX_TOP_K_FP32, 100_000, "fp32").target_index_bytes == 2
+    with pytest.raises(ValueError, match="vocab_size"):
+        Layout.create(64, 32)
 
 
 def test_foreign_or_altered_layout_is_a_format_error() -> None:
