@@ -99,7 +99,7 @@ def build_split(split: str, n_rows: int, seed: int, out_dir: Path) -> Path:
             scene = sample_objects(rng, image=image)
             name = f"{sample_id}.png" if n_images == 1 else f"{sample_id}-{image + 1}.png"
             # optimize=False and no metadata: PNG bytes depend only on the pixels.
-            render(scene, rng).save(image_dir / name, format="PNG", optimize=False)
+            render(scene).save(image_dir / name, format="PNG", optimize=False)
             objects += scene
             images.append(f"images/{name}")
         task, prompt = ("caption", CAPTION_PROMPT) if n_images == 1 else ("multi_caption", MULTI_PROMPT)
