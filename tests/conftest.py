@@ -114,25 +114,24 @@ def gkd_config(
     return cfg
 
 
+def _cached_config(root: Path, assets: dict[str, Path], teacher: Path, custom: dict[str, Any] | None) -> Path:
+    """Write a GKD config under ``root``, run the cache stage for it, return the config path."""
+    from pipeline.caching import run_caching
+    from pipeline.config import load_config
+
+    cfg = gkd_config(assets, teacher, root / "cache", root / "run", custom=custom)
+    path = write_config(root / "cfg.yaml", cfg)
+    run_caching(load_config(path), progress=False)
+    return path
+
+
 @pytest.fixture(scope="session")
 def exact_cache(
     demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """Config path of a cache with k = the full real vocabulary and lossless fp32 logprobs."""
-    from pipeline.caching import run_caching
-    from pipeline.config import load_config
-
-    root = tmp_path_factory.mktemp("exact_cache")
-    cfg = gkd_config(
-        demo_assets,
-        tiny_teacher,
-        root / "cache",
-        root / "run",
-        custom={"top_k": 10_000, "logprob_encoding": "fp32"},
-    )
-    path = write_config(root / "cfg.yaml", cfg)
-    run_caching(load_config(path), progress=False)
-    return path
+    custom = {"top_k": 10_000, "logprob_encoding": "fp32"}
+    return _cached_config(tmp_path_factory.mktemp("exact_cache"), demo_assets, tiny_teacher, custom)
 
 
 @pytest.fixture(scope="session")
@@ -140,12 +139,4 @@ def default_cache(
     demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """Config path of a cache with the default encoding at k=16."""
-    from pipeline.caching import run_caching
-    from pipeline.config import load_config
-
-    root = tmp_path_factory.mktemp("default_cache")
-    path = write_config(
-        root / "cfg.yaml", gkd_config(demo_assets, tiny_teacher, root / "cache", root / "run")
-    )
-    run_caching(load_config(path), progress=False)
-    return path
+    return _cached_config(tmp_path_factory.mktemp("default_cache"), demo_assets, tiny_teacher, None)
