@@ -8,6 +8,15 @@ Layout under ``out_dir``::
     demo_assets.json  what was built (seed, sizes, parameter counts, special-token ids)
 
 Everything is a pure function of the arguments: the same seed gives byte-identical files.
+
+Learnability (plain PyTorch loop on the 2-core CPU, teacher full fine-tuning on the default 2000-row
+train split, batch 16, AdamW betas (0.9, 0.95), no weight decay, 30 warmup steps then cosine decay,
+grad clip 1.0, 500 steps = 4 epochs, about 0.11 s/step on an idle machine): with lr 1e-3 for every
+parameter, val CE 0.06 nats/token with true images vs 1.70 with images shuffled across rows, greedy
+object F1 0.80 (0.92 for seed 1) vs 0.03 with shuffled images. An LLM lr of 2e-3 with the vision
+tower and merger at 1e-4 (ms-swift ``vit_lr`` / ``aligner_lr``) does better (F1 0.96-1.0); a uniform
+2e-3 does worse (F1 0.66): Adam moves the small random vision weights fast relative to their scale
+and the colour information fades first. 300 steps are not enough (F1 about 0.35).
 """
 
 from __future__ import annotations
