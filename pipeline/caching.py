@@ -100,7 +100,10 @@ def iterate_batches(
 ) -> Iterator[dict[str, Any]]:
     loader: Any = torch.utils.data.DataLoader(
         rows,  # type: ignore[arg-type]  # a list is a map-style dataset
-        batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_EncodeBatch(encoder)
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_EncodeBatch(encoder),
     )
     yield from loader
 
