@@ -282,3 +282,37 @@ def test_resume_from_checkpoint_continues_the_run(default_cache: Path, tmp_path:
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert set(b) == {3, 4}
     np.testing.assert_allclose([b[3], b[4]], [a[3], a[4]], rtol=1e-5)
+
+
+def test_lmbda_one_is_fully_on_policy(
+    default_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lmbda=1: every step samples with the student and is scored by the live teacher (no CE term)."""
+    from pipeline.launcher import run_training
+    from pipeline.trainer import CachedGKDTrainer
+
+    seen: list[int] = []
+    original = CachedGKDTrainer._on_policy_inputs
+
+    def spy(self: Any, model: Any, rows: Any) -> Any:
+        seen.append(len(rows))
+        return original(self, model, rows)
+
+    monkeypatch.setattr(CachedGKDTrainer, "_on_policy_inputs", spy)
+    run_training(
+        _load(
+            default_cache,
+            **{
+                "train.output_dir": str(tmp_path / "run"),
+                "rlhf.lmbda": 1.0,
+                "rlhf.max_completion_length": 4,
+                "train.max_steps": 2,
+                "train.eval_steps": 100,
+                "train.save_steps": 100,
+            },
+        )
+    )
+    records = [r for r in _log_records(tmp_path / "run") if "train/live_fraction" in r]
+    assert [r["train/live_fraction"] for r in records] == [1.0, 1.0]
+    assert all("train/sft_loss" not in r and r["train/kl_loss"] > 0 for r in records)
+    assert len(seen) == 2 and all(n > 0 for n in seen)
