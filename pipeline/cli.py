@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", help="print a per-token table for this sample_id")
     p.add_argument("--audit", action="store_true", help="check alignment; exit non-zero on a problem")
     p.add_argument("--config", type=Path, help="with --audit: re-encode rows with this config and compare")
-    p.add_argument("--tokenizer", type=Path, help="tokenizer dir for token text (default: the --config student model, else raw ids)")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="tokenizer dir for token text (default: the --config student model, else raw ids)",
+    )
     p.add_argument(
         "--html", type=Path, help="write a self-contained HTML page of tokens coloured by agreement"
     )
