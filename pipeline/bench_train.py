@@ -102,11 +102,9 @@ def _absolute_copy(src: str, out_dir: Path) -> Path:
 
 
 def _run_ours(cfg: DistillConfig, timer: Any) -> None:
-    from pipeline.config import to_swift_args
-    from pipeline.launcher import _make_pipeline_cls
+    from pipeline.launcher import _make_pipeline_cls, swift_run_args
 
-    args = to_swift_args(cfg, kind="sft")
-    args.check_model = args.training_args.check_model = False
+    args = swift_run_args(cfg, "sft")
     cls = _make_pipeline_cls()
 
     class Timed(cls):  # type: ignore[misc, valid-type]
@@ -120,11 +118,10 @@ def _run_ours(cfg: DistillConfig, timer: Any) -> None:
 def _run_stock_gkd(cfg: DistillConfig, timer: Any) -> None:
     from swift.pipelines.train.rlhf import SwiftRLHF
 
-    from pipeline.config import to_swift_args
     from pipeline.encoding import fix_placeholder_ids
+    from pipeline.launcher import swift_run_args
 
-    args = to_swift_args(cfg, kind="rlhf")
-    args.check_model = args.training_args.check_model = False
+    args = swift_run_args(cfg, "rlhf")
 
     class StockGKD(SwiftRLHF):
         def _prepare_template(self) -> None:

@@ -183,19 +183,25 @@ def _make_pipeline_cls() -> type:
     return DistillSft
 
 
-def run_training(cfg: DistillConfig) -> Any:
-    """Train per ``cfg`` (SFT, cached GKD or live GKD); returns ms-swift's train message dict."""
+def swift_run_args(cfg: DistillConfig, kind: str) -> Any:
+    """ms-swift's arguments for a run of ``cfg`` (``kind`` "sft" or "rlhf"), ready to train offline."""
     from pipeline.config import to_swift_args
 
-    check_versions()
-    if cfg.custom.trainer_variant != "sft" and cfg.rlhf is not None and cfg.rlhf.seq_kd:
-        raise ConfigError("rlhf.seq_kd: sequence-level KD is not supported")
-    os.makedirs(cfg.train.output_dir, exist_ok=True)
-    args = to_swift_args(cfg, kind="sft")
+    args = to_swift_args(cfg, kind=kind)
     # ms-swift asks the model hub whether a local checkpoint is the latest release; offline that costs
     # retries and time, and a local directory has nothing to check.
     args.check_model = False
     args.training_args.check_model = False
+    return args
+
+
+def run_training(cfg: DistillConfig) -> Any:
+    """Train per ``cfg`` (SFT, cached GKD or live GKD); returns ms-swift's train message dict."""
+    check_versions()
+    if cfg.custom.trainer_variant != "sft" and cfg.rlhf is not None and cfg.rlhf.seq_kd:
+        raise ConfigError("rlhf.seq_kd: sequence-level KD is not supported")
+    os.makedirs(cfg.train.output_dir, exist_ok=True)
+    args = swift_run_args(cfg, "sft")
     # eval/sft_loss means the same for every variant: it selects the model (eval/loss would mix in KL).
     args.training_args.metric_for_best_model = "sft_loss"
     args.training_args.greater_is_better = False

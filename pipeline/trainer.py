@@ -31,7 +31,7 @@ from transformers import Trainer as HfTrainer
 
 from pipeline import losses
 from pipeline.errors import CacheMismatchError, ConfigError
-from pipeline.teacher import forward_context, hidden_states, project_fp32
+from pipeline.teacher import forward_context, hidden_states, project_fp32, supervised_index
 from pipeline.train_data import IDS_KEY, ROWS_KEY, TEACHER_KEY
 
 # Canonical telemetry names. ms-swift / HF log raw keys ("loss", "eval_loss"); ``log`` renames them so
@@ -205,10 +205,10 @@ class _DistillTrainerBase(Seq2SeqTrainer):
                 "a live teacher is needed (lmbda > 0 or gkd_monitor) but none was loaded; "
                 "set rlhf.teacher_model"
             )
-        b, j = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+        b, j = supervised_index(labels)
         with torch.no_grad(), forward_context(self.teacher_model, None):
             h = hidden_states(self.teacher_model, {k: v for k, v in inputs.items()})
-            t_logits = project_fp32(self.teacher_model, h[b, j])  # up-cast, never down-cast
+            t_logits = project_fp32(self.teacher_model, h[b, j - 1])  # up-cast, never down-cast
         return live_teacher_kl(s_logits, t_logits, self.distill)
 
     # ---- on-policy ---------------------------------------------------------------------------------
