@@ -18,15 +18,20 @@ from pipeline.errors import DistillError
 
 def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
     """``--set rlhf.beta=0.1`` -> ``{"rlhf.beta": 0.1}`` (values parsed as YAML scalars)."""
-    import yaml
+    from pipeline.config import parse_override
 
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise DistillError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    return dict(parse_override(item) for item in items or [])
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--limit 0`` or ``-3`` would silently mean "all" or "all but 3")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -62,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--split", choices=["train", "val", "all"], default="all")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
-    p.add_argument("--limit", type=int, default=None, help="cache only the first N rows of each split")
+    p.add_argument(
+        "--limit", type=_positive_int, default=None, help="cache only the first N rows of each split (N >= 1)"
+    )
 
     p = sub.add_parser("inspect", help="summarise, audit or export a teacher cache")
     p.add_argument("cache", type=Path)
@@ -119,42 +126,42 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config, overrides=_parse_sets(args.set))
     if cmd == "train":
-        from pipeline.launcher import run_training
+        from pipeline.train.launcher import run_training
 
         run_training(cfg)
         return 0
     if cmd == "check":
-        from pipeline.compat import check_config
+        from pipeline.teacher.compat import check_config
 
         print(check_config(cfg))
         return 0
     if cmd == "cache":
-        from pipeline.caching import run_caching
+        from pipeline.teacher.stage import run_caching
 
         run_caching(cfg, split=args.split, strict=args.strict, limit=args.limit)
         return 0
     if cmd == "inspect":
-        from pipeline.inspection import run_inspect
+        from pipeline.inspection.summary import run_inspect
 
         return run_inspect(args)
     if cmd == "evaluate":
-        from pipeline.evaluation import run_evaluation
+        from pipeline.evaluate.run import run_evaluation
 
         run_evaluation(cfg, checkpoint=args.checkpoint, split=args.split, out=args.out)
         return 0
     if cmd == "bench":
         if args.bench == "cache-format":
-            from pipeline.cache.bench import bench_cache_format
+            from pipeline.bench.cache_format import bench_cache_format
 
             bench_cache_format(top_ks=tuple(args.k), n=args.n, real_cache=args.cache)
             return 0
         if args.bench == "cache-write":
-            from pipeline.caching import bench_cache_write
+            from pipeline.teacher.stage import bench_cache_write
 
             bench_cache_write(cfg)
             return 0
         if args.bench == "train-step":
-            from pipeline.bench_train import bench_train_step
+            from pipeline.bench.train_step import bench_train_step
 
             bench_train_step(cfg, steps=args.steps, config_path=args.config, overrides=_parse_sets(args.set))
             return 0

@@ -1,4 +1,4 @@
-"""Load YAML configs into typed ``DistillConfig`` objects, and build ms-swift's arguments from them.
+"""Load YAML configs into typed ``DistillConfig`` objects.
 
 A config file may start with ``inherit: <parent.yaml>``, a path relative to the file's own
 directory. The chain is merged root first: mappings merge key by key, anything else (lists,
@@ -10,7 +10,8 @@ that set the offending dotted key.
 YAML is read with a ``yaml.SafeLoader`` subclass that refuses duplicate keys (plain PyYAML keeps
 the last one silently) and reads ``1e-4`` as a float (YAML 1.2; PyYAML's 1.1 rules return a string).
 
-``to_swift_args`` imports ms-swift lazily (~6 s); nothing else here touches torch or ms-swift.
+Nothing here touches torch or ms-swift: ``pipeline.train.swift_args`` turns a config into ms-swift's
+argument objects.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from typing import Any
 import yaml
 
 from pipeline.config_schema import (
-    DEEPSPEED_PRESETS,
     PIXEL_ENV_VARS,
     SECTIONS,
     ConfigFieldError,
@@ -51,15 +51,13 @@ __all__ = [
     "RlhfConfig",
     "TrainConfig",
     "apply_vision_env",
-    "check_extra_keys",
     "config_chain",
     "config_reference",
-    "default_args_kind",
     "load_config",
     "load_yaml",
+    "parse_override",
+    "needs_live_teacher",
     "resolve_dict",
-    "swift_kwargs",
-    "to_swift_args",
     "vision_env",
 ]
 
@@ -103,10 +101,27 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
             return yaml.load(stream, Loader=_StrictLoader)
     except FileNotFoundError:
         raise ConfigError(f"{_show(path)}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{_show(path)}: not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r} at offset "
+            f"{exc.start}); save the file as UTF-8"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{_show(path)}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{_show(path)}: invalid YAML: {exc}") from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"rlhf.beta=0.1"`` -> ``("rlhf.beta", 0.1)``: the value is read as YAML with the loader's rules."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+    key, value = item.split("=", 1)
+    try:
+        return key.strip(), yaml.load(value, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it") from None
 
 
 def _show(path: str | os.PathLike[str]) -> str:
@@ -364,19 +379,11 @@ def resolve_dict(path: str | os.PathLike[str], overrides: dict[str, Any] | None 
     return merged
 
 
-# --------------------------------------------------------------------------------- ms-swift args
-
-
-def default_args_kind(cfg: DistillConfig) -> str:
-    """``"sft"`` for trainer_variant sft, ``"rlhf"`` (GKD arguments) for both GKD variants."""
-    return "sft" if cfg.custom.trainer_variant == "sft" else "rlhf"
-
-
+# ------------------------------------------------------------------------------ run environment
 def vision_env(data: DataConfig) -> dict[str, str]:
     """Environment variables that carry ``data`` image settings to qwen_vl_utils (only MIN_PIXELS:
     ``max_pixels`` travels as a template argument)."""
     return {} if data.min_pixels is None else {"MIN_PIXELS": str(data.min_pixels)}
-
 
 def apply_vision_env(data: DataConfig, environ: Any = None) -> None:
     """Set ``vision_env(data)`` in ``environ`` (default ``os.environ``), refusing image-size variables
@@ -403,120 +410,7 @@ def apply_vision_env(data: DataConfig, environ: Any = None) -> None:
         )
     env.update(wanted)
 
-
-def _needs_live_teacher(cfg: DistillConfig) -> bool:
+def needs_live_teacher(cfg: DistillConfig) -> bool:
     """gkd_monitor always; gkd_cached only for on-policy batches (lmbda > 0)."""
     variant, rlhf = cfg.custom.trainer_variant, cfg.rlhf
     return rlhf is not None and (variant == "gkd_monitor" or (variant == "gkd_cached" and rlhf.lmbda > 0))
-
-
-def swift_kwargs(cfg: DistillConfig, kind: str | None = None) -> dict[str, Any]:
-    """The keyword arguments ``to_swift_args`` passes to ms-swift (pure: no import, no filesystem)."""
-    kind = kind or default_args_kind(cfg)
-    if kind not in ("sft", "rlhf"):
-        raise ConfigError(f"to_swift_args: kind must be 'sft' or 'rlhf', got {kind!r}")
-    m, d, t = cfg.model, cfg.data, cfg.train
-    kw: dict[str, Any] = {
-        "model": m.model,
-        "model_type": m.model_type,
-        "template": m.template,
-        "torch_dtype": m.torch_dtype,
-        # ms-swift maps float32 weights to fp16 autocast; we mean what the dtype says.
-        "bf16": m.torch_dtype == "bfloat16",
-        "fp16": m.torch_dtype == "float16",
-        "dataset": list(d.dataset),
-        "val_dataset": list(d.val_dataset),
-        "max_length": d.max_length,
-        "truncation_strategy": d.truncation_strategy,
-        "max_pixels": d.max_pixels,
-        "loss_scale": d.loss_scale,
-        "dataloader_num_workers": d.dataloader_num_workers,
-        "strict": cfg.custom.strict,
-    }
-    if m.attn_impl is not None:
-        kw["attn_impl"] = m.attn_impl
-    if d.system is not None:
-        kw["system"] = d.system
-    for f in dataclasses.fields(TrainConfig):
-        if f.name != "extra":
-            kw[f.name] = copy.deepcopy(getattr(t, f.name))
-    if kind == "rlhf":
-        if cfg.rlhf is None:
-            raise ConfigError(f"{cfg.config_path or 'config'}: rlhf: RLHF arguments need an rlhf: block")
-        kw.update(dataclasses.asdict(cfg.rlhf))
-        if not _needs_live_teacher(cfg):
-            # Offline cached GKD: ms-swift would load the teacher for nothing (the cache stage reads
-            # cfg.rlhf.teacher_model itself). Without one ms-swift logs "self-distillation mode";
-            # our cached trainer never asks it for teacher logits.
-            kw["teacher_model"] = kw["teacher_model_type"] = None
-    extra = copy.deepcopy(t.extra)
-    model_kwargs = {**vision_env(d), **(extra.pop("model_kwargs", None) or {})}
-    if model_kwargs:
-        kw["model_kwargs"] = model_kwargs  # ms-swift puts these in os.environ and records them in args.json
-    kw.update(extra)
-    return kw
-
-
-def _swift_class(kind: str) -> type:
-    from swift.arguments import RLHFArguments, SftArguments
-
-    return RLHFArguments if kind == "rlhf" else SftArguments
-
-
-def check_extra_keys(cfg: DistillConfig, kind: str | None = None) -> None:
-    """Refuse ``train.extra`` keys that the ms-swift arguments class for ``kind`` does not have."""
-    kind = kind or default_args_kind(cfg)
-    names = {f.name for f in dataclasses.fields(_swift_class(kind)) if f.init}
-    rlhf_names = {f.name for f in dataclasses.fields(_swift_class("rlhf")) if f.init}
-    for key in cfg.train.extra:
-        if key in names:
-            continue
-        if key in rlhf_names:
-            why = "is an RLHF-only argument, but this run builds SFT arguments"
-        else:
-            close = difflib.get_close_matches(key, sorted(names), n=1)
-            why = "is not an ms-swift argument" + (f"; did you mean {close[0]}?" if close else "")
-        raise ConfigError(f"{cfg.config_path or 'config'}: train.extra.{key}: {why}")
-
-
-def _looks_local(path: str) -> bool:
-    """A local path, not a hub id (``org/name``): ms-swift would try to download a missing one."""
-    return path.startswith(("/", "./", "../", "~")) or path.count("/") >= 2 or os.path.exists(path)
-
-
-def to_swift_args(cfg: DistillConfig, kind: str | None = None) -> Any:
-    """ms-swift's argument object for this config: ``SftArguments`` (kind ``"sft"``) or
-    ``RLHFArguments`` with ``rlhf_type="gkd"`` (kind ``"rlhf"``); default from trainer_variant.
-
-    Offline cached GKD (gkd_cached, lmbda 0) gets no ``teacher_model``: nothing in training asks
-    the live teacher, and ms-swift would otherwise load it. Our trainer variant is not ms-swift's
-    business: ``resolve_trainer_cls`` picks the trainer.
-
-    Call it when a run starts, not to validate a config: ms-swift reads the model's config.json,
-    creates ``train.output_dir``, and sets environment variables (``MIN_PIXELS``, and
-    ``TENSORBOARD_LOGGING_DIR`` with ``setdefault``, so a second run in the same process logs to
-    the first one's directory unless the caller resets it). Errors ms-swift raises about the values
-    become ``ConfigError``.
-    """
-    kind = kind or default_args_kind(cfg)
-    kwargs = swift_kwargs(cfg, kind)
-    where = cfg.config_path or "config"
-    check_extra_keys(cfg, kind)
-    local = [("model.model", cfg.model.model)]
-    if kwargs.get("teacher_model") is not None:
-        local.append(("rlhf.teacher_model", kwargs["teacher_model"]))
-    for key, path in local:
-        if _looks_local(path) and not os.path.isdir(os.path.expanduser(path)):
-            raise ConfigError(f"{where}: {key}: model directory {path!r} does not exist")
-    ds = cfg.train.deepspeed
-    if ds is not None and ds not in DEEPSPEED_PRESETS and not os.path.isfile(ds):
-        raise ConfigError(f"{where}: train.deepspeed: file {ds!r} does not exist")
-    apply_vision_env(cfg.data)
-    cls = _swift_class(kind)
-    try:
-        return cls(**kwargs)
-    except (ValueError, AssertionError) as exc:
-        raise ConfigError(
-            f"{where}: ms-swift rejected the {cls.__name__} built from this config: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc

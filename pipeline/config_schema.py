@@ -11,6 +11,7 @@ Imports nothing heavy: every stage reads this module, including ones that never 
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -76,8 +77,10 @@ class _Section:
 
     def _positive(self, *names: str) -> None:
         for name in names:
-            if getattr(self, name) <= 0:
-                self._fail(name, f"must be > 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            # `not value > 0` also refuses NaN; .inf is refused too: no setting here means "unbounded".
+            if not value > 0 or not math.isfinite(value):
+                self._fail(name, f"must be a finite number > 0, got {value}")
 
     def _in_unit_interval(self, name: str, why: str) -> None:
         value = getattr(self, name)
@@ -525,12 +528,29 @@ class CustomConfig(_Section):
         default=False,
         metadata={
             "help": "Fail on the first unusable row instead of skipping it and recording why (also "
-            "ms-swift's `--strict`)."
+            "ms-swift's `--strict`; `distill cache --strict` sets it)."
+        },
+    )
+    allow_partial_cache: bool = field(
+        default=False,
+        metadata={
+            "help": "Let gkd_cached training use a cache that covers only part of the dataset (rows "
+            "neither cached nor recorded as skipped, e.g. after `distill cache --limit`). Off: such a "
+            "cache is refused."
+        },
+    )
+    max_skipped_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "Largest fraction of a training split's rows that may be left out as unusable "
+            "(skipped by the cache stage, or failing the image/response check before SFT training); "
+            "training refuses to start above it."
         },
     )
 
     def __post_init__(self) -> None:
         self._choice("trainer_variant", TRAINER_VARIANTS)
+        self._in_unit_interval("max_skipped_fraction", "a fraction of the split's rows")
         self._choice("logprob_encoding", LOGPROB_ENCODINGS)
         self._positive("loss_temperature", "top_k", "cache_batch_size")
         if self.cache_shard_mb is not None:

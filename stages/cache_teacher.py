@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from pipeline.caching import run_caching
 from pipeline.stage_params import leave_marker, load_stage_config, write_resolved
+from pipeline.teacher.stage import run_caching
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)

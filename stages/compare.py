@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from pipeline.report import compare_runs
+from pipeline.evaluate.report import compare_runs
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)

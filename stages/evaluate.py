@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from pipeline.evaluation import run_evaluation
-from pipeline.report import attach_train_time
+from pipeline.evaluate.report import attach_train_time
+from pipeline.evaluate.run import run_evaluation
 from pipeline.stage_params import leave_marker, load_stage_config
 
 if __name__ == "__main__":

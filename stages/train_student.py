@@ -5,8 +5,8 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.launcher import run_training
 from pipeline.stage_params import leave_marker, load_stage_config, write_resolved
+from pipeline.train.launcher import run_training
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)

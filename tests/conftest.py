@@ -71,7 +71,7 @@ def base_config(assets: dict[str, Path], out: Path, model: str = "student", **tr
 def tiny_teacher(demo_assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo teacher after a brief SFT (a few steps): a teacher with non-uniform distributions."""
     from pipeline.config import load_config
-    from pipeline.launcher import run_training
+    from pipeline.train.launcher import run_training
 
     out = tmp_path_factory.mktemp("teacher_run")
     cfg_path = write_config(
@@ -116,8 +116,8 @@ def gkd_config(
 
 def _cached_config(root: Path, assets: dict[str, Path], teacher: Path, custom: dict[str, Any] | None) -> Path:
     """Write a GKD config under ``root``, run the cache stage for it, return the config path."""
-    from pipeline.caching import run_caching
     from pipeline.config import load_config
+    from pipeline.teacher.stage import run_caching
 
     cfg = gkd_config(assets, teacher, root / "cache", root / "run", custom=custom)
     path = write_config(root / "cfg.yaml", cfg)

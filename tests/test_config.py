@@ -23,15 +23,14 @@ from pipeline.config import (
     apply_vision_env,
     config_chain,
     config_reference,
-    default_args_kind,
     load_config,
     load_yaml,
     resolve_dict,
-    swift_kwargs,
     vision_env,
 )
 from pipeline.config_schema import SECTIONS, SWIFT_NAMES_SET_BY_CONFIG
 from pipeline.errors import ConfigError
+from pipeline.train.swift_args import default_args_kind, swift_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
@@ -549,7 +548,7 @@ class TestMsSwiftContract:
 
     def test_extra_keys_are_checked_against_the_arguments_class(self, write):
         pytest.importorskip("swift.arguments")
-        from pipeline.config import check_extra_keys
+        from pipeline.train.swift_args import check_extra_keys
 
         path = write("gkd.yaml", MINIMAL + GKD)
         check_extra_keys(load_config(path, {"train.extra": {"vit_lr": 1e-6, "gkd_logits_topk": 8}}), "rlhf")
@@ -564,7 +563,7 @@ class TestMsSwiftContract:
         self, tmp_path: Path, restore_environ, monkeypatch: pytest.MonkeyPatch
     ):
         pytest.importorskip("swift.arguments")
-        from pipeline.config import to_swift_args
+        from pipeline.train.swift_args import to_swift_args
 
         monkeypatch.chdir(REPO)
         student = _fake_model_dir(tmp_path / "student")

@@ -431,7 +431,7 @@ def test_documented_commands_parse_and_their_configs_load() -> None:
             if cfg.train.extra:
                 extra_checks.append((cmd, cfg))
     if extra_checks:  # imports ms-swift's argument classes: only when a doc sets train.extra
-        from pipeline.config import check_extra_keys
+        from pipeline.train.swift_args import check_extra_keys
 
         for cmd, cfg in extra_checks:
             try:

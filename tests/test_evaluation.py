@@ -1,4 +1,4 @@
-"""Tests for pipeline.evaluation on the tiny random-init demo models (CPU, one asset build per module)."""
+"""Tests for pipeline.evaluate.run on the tiny random-init demo models (CPU, one asset build per module)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pipeline.config_schema import DataConfig, DistillConfig, ModelConfig, Train
 from pipeline.data import Row, read_rows
 from pipeline.demo.captions import DemoObject, format_caption
 from pipeline.errors import CacheMismatchError, ConfigError
-from pipeline.teacher import teacher_topk
+from pipeline.teacher.forward import teacher_topk
 
 N_VAL = 10
 

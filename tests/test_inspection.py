@@ -23,9 +23,9 @@ import pytest
 from pipeline.cache.format import CachedSample
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.writer import CacheWriter
-from pipeline.inspection import export_cache, run_inspect, sample_table, summarise
-from pipeline.inspection_audit import audit, json_normal
-from pipeline.inspection_html import write_html
+from pipeline.inspection.audit import audit, json_normal
+from pipeline.inspection.html import write_html
+from pipeline.inspection.summary import export_cache, run_inspect, sample_table, summarise
 
 VOCAB = 422  # len() of the demo tokenizer: BPE ids < 400, then Qwen's added tokens
 IM_END, IMAGE_PAD, VIDEO_PAD, VISION_START = 402, 412, 413, 409
@@ -172,7 +172,7 @@ def test_weak_teacher_is_not_called_off_by_one(tmp_path: Path) -> None:
 
 
 def test_special_and_placeholder_targets_are_flagged(tmp_path: Path, demo_assets: dict[str, Path]) -> None:
-    from pipeline.inspection import load_tokenizer
+    from pipeline.inspection.summary import load_tokenizer
 
     def edit(s: int, targets: np.ndarray, peaks: np.ndarray) -> None:
         if s == 3:
@@ -271,7 +271,7 @@ def test_summary_numbers(correct: CacheReader) -> None:
 
 
 def test_sample_table(correct: CacheReader, demo_assets: dict[str, Path]) -> None:
-    from pipeline.inspection import load_tokenizer
+    from pipeline.inspection.summary import load_tokenizer
 
     plain = sample_table(correct, "s02")
     lines = plain.splitlines()

@@ -1,4 +1,4 @@
-"""Tests for pipeline.losses: float64 brute force, gradcheck, and the properties the trainer relies on."""
+"""Tests for pipeline.train.losses: float64 brute force, gradcheck, and the properties the trainer relies on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import (
+from pipeline.train.losses import (
     cross_entropy,
     gjsd_full,
     gjsd_topk,
@@ -534,7 +534,7 @@ def test_argument_validation(kwargs: dict[str, object], match: str) -> None:
 
 
 def test_renormalise_topk_sums_to_one_and_keeps_ratios() -> None:
-    from pipeline.losses import renormalise_topk
+    from pipeline.train.losses import renormalise_topk
 
     lp = torch.log(torch.tensor([[0.5, 0.3], [0.2, 0.1]], dtype=torch.float64))
     tail = torch.log(torch.tensor([0.201, 0.0], dtype=torch.float64))  # mass 1.001 and 0.3 (tail empty)

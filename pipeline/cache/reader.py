@@ -225,17 +225,7 @@ class CacheReader:
         """One sample, decoded (numpy arrays as :class:`CachedSample` documents)."""
         d, cols, rows = self._decode([sample_id])
         block, r = rows[0]
-        return CachedSample(
-            sample_id=sample_id,
-            encoding_hash=block.hashes[r],
-            num_tokens=int(block.num_tokens[r]),
-            positions=cols["positions"].astype(np.int64),
-            target_ids=d.target_ids,
-            topk_ids=d.topk_ids,
-            topk_logprobs=d.topk_logprobs,
-            tail_logprobs=d.tail_logprobs,
-            target_logprobs=d.target_logprobs,
-        )
+        return _sample(block, r, d, cols["positions"], slice(None))
 
     def batch(self, sample_ids: list[str]) -> dict[str, torch.Tensor]:
         """Targets of ``sample_ids`` concatenated in that order, as tensors ready for the loss.
@@ -267,10 +257,33 @@ class CacheReader:
                 d, cols, _ = self._decode(block.sample_ids)
                 yield block, d, cols["positions"]
 
+    def iter_samples(self) -> Any:
+        """Yield every :class:`CachedSample` in storage order, decoding one record batch at a time."""
+        for block, d, positions in self.iter_blocks():
+            ends = np.cumsum(block.num_targets)
+            for r in range(len(block.sample_ids)):
+                start = int(ends[r] - block.num_targets[r])
+                yield _sample(block, r, d, positions, slice(start, int(ends[r])))
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_files"], state["_blocks"] = {}, OrderedDict()
         return state
+
+
+def _sample(block: _Block, r: int, d: Decoded, positions: np.ndarray, sl: slice) -> CachedSample:
+    """Row ``r`` of ``block`` as a :class:`CachedSample`; its targets are ``sl`` of ``d``/``positions``."""
+    return CachedSample(
+        sample_id=block.sample_ids[r],
+        encoding_hash=block.hashes[r],
+        num_tokens=int(block.num_tokens[r]),
+        positions=positions[sl].astype(np.int64),
+        target_ids=d.target_ids[sl],
+        topk_ids=d.topk_ids[sl],
+        topk_logprobs=d.topk_logprobs[sl],
+        tail_logprobs=d.tail_logprobs[sl],
+        target_logprobs=d.target_logprobs[sl],
+    )
 
 
 def _batch_ids(path: Path) -> tuple[pa.Schema, list[list[str]]]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from pipeline.cache.bench import bench_cache_format, cut_topk, main, synthetic_topk
+from pipeline.bench.cache_format import bench_cache_format, cut_topk, main, synthetic_topk
 
 
 def reference_synthetic_topk(n=50_000, k=128, vocab=151_936, seed=0):  # verbatim from the issue

@@ -27,9 +27,9 @@ def _load(path: Path) -> Any:
 
 def _live_logprobs(cfg: Any, rows: list[Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The teacher's full log-softmax at every supervised target, per sample (float32 [n, V_teacher])."""
-    from pipeline.caching import load_teacher_for_cache
     from pipeline.encoding import RowEncoder
-    from pipeline.teacher import full_logprobs, supervised_index
+    from pipeline.teacher.forward import full_logprobs, supervised_index
+    from pipeline.teacher.stage import load_teacher_for_cache
 
     teacher = load_teacher_for_cache(cfg)
     enc = RowEncoder.from_config(cfg)
@@ -96,8 +96,8 @@ def test_default_cache_within_fidelity_and_topk_is_live_topk(default_cache: Path
 def test_bad_rows_are_skipped_with_reasons_and_strict_fails(
     demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path
 ) -> None:
-    from pipeline.caching import run_caching
     from pipeline.errors import DataError
+    from pipeline.teacher.stage import run_caching
 
     data = tmp_path / "data"
     shutil.copytree(Path(demo_assets["train"]).parent, data)

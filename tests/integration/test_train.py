@@ -53,8 +53,8 @@ def _load(path: Path, **overrides: Any) -> Any:
 def _batch(cfg: Any, cache_split: Path, n: int = 4) -> tuple[Any, dict[str, Any]]:
     from pipeline.cache.reader import CacheReader
     from pipeline.encoding import RowEncoder
-    from pipeline.launcher import load_split_rows
-    from pipeline.train_data import DistillCollator, EncodedDataset
+    from pipeline.train.data import DistillCollator, EncodedDataset
+    from pipeline.train.launcher import load_split_rows
 
     enc = RowEncoder.from_config(cfg)
     reader = CacheReader(cache_split)
@@ -66,7 +66,7 @@ def _batch(cfg: Any, cache_split: Path, n: int = 4) -> tuple[Any, dict[str, Any]
 def _models(cfg: Any, lora: bool) -> tuple[Any, Any]:
     from swift.model import get_model_processor
 
-    from pipeline.caching import load_teacher_for_cache
+    from pipeline.teacher.stage import load_teacher_for_cache
 
     student, _ = get_model_processor(cfg.model.model, model_type="qwen2_5_vl", torch_dtype=torch.float32)
     if lora:
@@ -80,7 +80,7 @@ def _models(cfg: Any, lora: bool) -> tuple[Any, Any]:
 
 
 def _loss_and_grads(student: Any, inputs: dict[str, Any], kl_fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    from pipeline import losses
+    from pipeline.train import losses
 
     student.zero_grad()
     out = student(**{k: v for k, v in inputs.items() if k != "labels"})
@@ -95,8 +95,8 @@ def _loss_and_grads(student: Any, inputs: dict[str, Any], kl_fn: Any) -> tuple[t
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_cached_path_equals_live_path_with_exact_cache(exact_cache: Path, lora: bool) -> None:
-    from pipeline.teacher import hidden_states, project_fp32
-    from pipeline.trainer import DistillSettings, cached_teacher_kl, live_teacher_kl
+    from pipeline.teacher.forward import hidden_states, project_fp32
+    from pipeline.train.trainer import DistillSettings, cached_teacher_kl, live_teacher_kl
 
     cfg = _load(exact_cache)
     enc, batch = _batch(cfg, Path(cfg.custom.teacher_cache) / "train")
@@ -124,8 +124,8 @@ def test_cached_path_equals_live_path_with_exact_cache(exact_cache: Path, lora: 
 
 
 def test_topk16_loss_never_exceeds_live(default_cache: Path, record_property: Any) -> None:
-    from pipeline.teacher import hidden_states, project_fp32
-    from pipeline.trainer import DistillSettings, cached_teacher_kl, live_teacher_kl
+    from pipeline.teacher.forward import hidden_states, project_fp32
+    from pipeline.train.trainer import DistillSettings, cached_teacher_kl, live_teacher_kl
 
     cfg = _load(default_cache)
     enc, batch = _batch(cfg, Path(cfg.custom.teacher_cache) / "train", n=8)
@@ -159,8 +159,8 @@ def _log_records(run: Path) -> list[dict[str, Any]]:
 def test_cached_run_telemetry_lora_and_no_teacher(
     default_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.launcher as launcher
-    from pipeline.trainer import CachedGKDTrainer
+    import pipeline.train.launcher as launcher
+    from pipeline.train.trainer import CachedGKDTrainer
 
     def no_teacher(*a: Any, **k: Any) -> None:
         raise AssertionError("the cached variant with lmbda=0 must not load a teacher")
@@ -208,7 +208,7 @@ def test_cache_for_other_settings_is_refused_before_training(
     default_cache: Path, demo_assets: dict[str, Path], tmp_path: Path
 ) -> None:
     from pipeline.errors import CacheMismatchError
-    from pipeline.launcher import run_training
+    from pipeline.train.launcher import run_training
 
     cases = {
         "encoding.template.max_length": {"data.max_length": 384},
@@ -225,7 +225,7 @@ def test_cache_for_other_settings_is_refused_before_training(
 def test_on_policy_draws_follow_the_seeded_sequence(
     demo_assets: dict[str, Path], tiny_teacher: Path, default_cache: Path, tmp_path: Path
 ) -> None:
-    from pipeline.launcher import run_training
+    from pipeline.train.launcher import run_training
 
     cfg = _load(
         default_cache,
@@ -251,7 +251,7 @@ def test_on_policy_draws_follow_the_seeded_sequence(
 
 
 def test_resume_from_checkpoint_continues_the_run(default_cache: Path, tmp_path: Path) -> None:
-    from pipeline.launcher import run_training
+    from pipeline.train.launcher import run_training
 
     common = {
         "train.max_steps": 4,
@@ -288,8 +288,8 @@ def test_lmbda_one_is_fully_on_policy(
     default_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """lmbda=1: every step samples with the student and is scored by the live teacher (no CE term)."""
-    from pipeline.launcher import run_training
-    from pipeline.trainer import CachedGKDTrainer
+    from pipeline.train.launcher import run_training
+    from pipeline.train.trainer import CachedGKDTrainer
 
     seen: list[int] = []
     original = CachedGKDTrainer._on_policy_inputs

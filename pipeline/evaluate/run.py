@@ -41,9 +41,15 @@ from pipeline.demo.captions import (
 )
 from pipeline.encoding import EncodedRow, RowEncoder
 from pipeline.errors import CacheMismatchError, ConfigError, DataError
-from pipeline.losses import cross_entropy, gjsd_topk, renormalise_topk, supervised_logits, token_accuracy
-from pipeline.teacher import hidden_states, project_fp32
-from pipeline.train_data import cache_mismatch_field
+from pipeline.teacher.forward import hidden_states, project_fp32
+from pipeline.train.data import cache_mismatch_field
+from pipeline.train.losses import (
+    cross_entropy,
+    gjsd_topk,
+    renormalise_topk,
+    supervised_logits,
+    token_accuracy,
+)
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig

@@ -153,7 +153,7 @@ def cache_split(
 
     from pipeline.cache.writer import CacheWriter, merge_rank_manifests
     from pipeline.fingerprint import build_fingerprint
-    from pipeline.teacher import teacher_topk
+    from pipeline.teacher.forward import teacher_topk
 
     path = split_file(cfg, split)
     root = Path(cfg.custom.teacher_cache or "") / split
@@ -234,8 +234,8 @@ def run_caching(
     progress: bool = True,
 ) -> dict[str, Any]:
     """``distill cache``: compatibility check, then cache the train (and val) split."""
-    from pipeline.compat import check_pair
     from pipeline.encoding import RowEncoder
+    from pipeline.teacher.compat import check_pair
     from pipeline.versions import check_versions
 
     check_versions()

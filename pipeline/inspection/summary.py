@@ -6,8 +6,8 @@ argparse:
 
 - :func:`summarise` -> dict of counts, size, compression and teacher statistics;
 - :func:`sample_table` -> per-token text table of one sample;
-- :func:`pipeline.inspection_audit.audit` -> list of problems (empty when the cache is sound);
-- :func:`pipeline.inspection_html.write_html` -> a self-contained HTML page.
+- :func:`pipeline.inspection.audit.audit` -> list of problems (empty when the cache is sound);
+- :func:`pipeline.inspection.html.write_html` -> a self-contained HTML page.
 
 :func:`run_inspect` is what the CLI calls; it returns 1 when ``--audit`` finds a problem.
 """
@@ -281,8 +281,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     Returns 0, or 1 when the audit found problems. Errors are ``DistillError`` subclasses.
     """
-    from pipeline.inspection_audit import audit
-    from pipeline.inspection_html import write_html
+    from pipeline.inspection.audit import audit
+    from pipeline.inspection.html import write_html
 
     reader = open_cache(args.cache)
     cfg = None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.inspection import TOP_SHOWN, TokenText, iter_samples, token_stats, top_entries
+from pipeline.inspection.summary import TOP_SHOWN, TokenText, iter_samples, token_stats, top_entries
 
 DEFAULT_MAX_SAMPLES = 200
 

@@ -272,7 +272,7 @@ def bench_cache_format(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.cache.bench", description=__doc__.split("\n")[0]
+        prog="python -m pipeline.bench.cache_format", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--k", type=int, nargs="+", default=[16, 32, 64, 128])

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config import needs_live_teacher
 from pipeline.data import BadRow, Row, read_rows
 from pipeline.errors import CacheMismatchError, ConfigError, DataError
 from pipeline.versions import check_versions
@@ -86,8 +87,8 @@ def _make_pipeline_cls() -> type:
     from swift.pipelines import SwiftSft
 
     from pipeline.encoding import RowEncoder
-    from pipeline.train_data import EncodedDataset
-    from pipeline.trainer import DistillSettings, resolve_trainer_cls
+    from pipeline.train.data import EncodedDataset
+    from pipeline.train.trainer import DistillSettings, resolve_trainer_cls
 
     class DistillSft(SwiftSft):
         """ms-swift's SFT pipeline with our template, datasets, trainer and teacher."""
@@ -132,8 +133,8 @@ def _make_pipeline_cls() -> type:
             args.save_args()
             self.model = self.prepare_model(args, self.model, template=self.template, train_dataset=train_ds)
             teacher = None
-            if variant == "gkd_monitor" or (variant == "gkd_cached" and lmbda > 0):
-                from pipeline.compat import check_pair
+            if needs_live_teacher(self.cfg):
+                from pipeline.teacher.compat import check_pair
 
                 check_pair(cfg)
                 teacher = load_teacher(cfg)
@@ -148,7 +149,7 @@ def _make_pipeline_cls() -> type:
                 real_vocab=len(self.encoder.tokenizer),
                 seed=cfg.train.seed,
             )
-            from pipeline.telemetry import TelemetryCallback
+            from pipeline.train.telemetry import TelemetryCallback
 
             trainer = resolve_trainer_cls(variant)(
                 model=self.model,
@@ -183,17 +184,6 @@ def _make_pipeline_cls() -> type:
     return DistillSft
 
 
-def swift_run_args(cfg: DistillConfig, kind: str) -> Any:
-    """ms-swift's arguments for a run of ``cfg`` (``kind`` "sft" or "rlhf"), ready to train offline."""
-    from pipeline.config import to_swift_args
-
-    args = to_swift_args(cfg, kind=kind)
-    # ms-swift asks the model hub whether a local checkpoint is the latest release; offline that costs
-    # retries and time, and a local directory has nothing to check.
-    args.check_model = False
-    args.training_args.check_model = False
-    return args
-
 
 def run_training(cfg: DistillConfig) -> Any:
     """Train per ``cfg`` (SFT, cached GKD or live GKD); returns ms-swift's train message dict."""
@@ -201,6 +191,8 @@ def run_training(cfg: DistillConfig) -> Any:
     if cfg.custom.trainer_variant != "sft" and cfg.rlhf is not None and cfg.rlhf.seq_kd:
         raise ConfigError("rlhf.seq_kd: sequence-level KD is not supported")
     os.makedirs(cfg.train.output_dir, exist_ok=True)
+    from pipeline.train.swift_args import swift_run_args
+
     args = swift_run_args(cfg, "sft")
     # eval/sft_loss means the same for every variant: it selects the model (eval/loss would mix in KL).
     args.training_args.metric_for_best_model = "sft_loss"

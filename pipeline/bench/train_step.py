@@ -102,7 +102,8 @@ def _absolute_copy(src: str, out_dir: Path) -> Path:
 
 
 def _run_ours(cfg: DistillConfig, timer: Any) -> None:
-    from pipeline.launcher import _make_pipeline_cls, swift_run_args
+    from pipeline.train.launcher import _make_pipeline_cls
+    from pipeline.train.swift_args import swift_run_args
 
     args = swift_run_args(cfg, "sft")
     cls = _make_pipeline_cls()
@@ -119,7 +120,7 @@ def _run_stock_gkd(cfg: DistillConfig, timer: Any) -> None:
     from swift.pipelines.train.rlhf import SwiftRLHF
 
     from pipeline.encoding import fix_placeholder_ids
-    from pipeline.launcher import swift_run_args
+    from pipeline.train.swift_args import swift_run_args
 
     args = swift_run_args(cfg, "rlhf")
 
@@ -149,7 +150,7 @@ def bench_train_step(
         cmd = [
             sys.executable,
             "-m",
-            "pipeline.bench_train",
+            "pipeline.bench.train_step",
             str(config_path),
             mode,
             str(steps),

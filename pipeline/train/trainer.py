@@ -2,7 +2,7 @@
 
 Why the SFT trainer: ms-swift's ``GKDTrainer`` encodes every batch inside the training loop (~1.8x an
 SFT step on the tiny models even with a negligible teacher). Here encoding and cache reads run in
-dataloader workers (``pipeline.train_data``), and the step is an SFT step plus a sparse loss.
+dataloader workers (``pipeline.train.data``), and the step is an SFT step plus a sparse loss.
 
 Variants (``custom.trainer_variant``, see ``resolve_trainer_cls``):
 
@@ -29,10 +29,10 @@ import torch
 from swift.trainers import Seq2SeqTrainer
 from transformers import Trainer as HfTrainer
 
-from pipeline import losses
 from pipeline.errors import CacheMismatchError, ConfigError
-from pipeline.teacher import forward_context, hidden_states, project_fp32, supervised_index
-from pipeline.train_data import IDS_KEY, ROWS_KEY, TEACHER_KEY
+from pipeline.teacher.forward import forward_context, hidden_states, project_fp32, supervised_index
+from pipeline.train import losses
+from pipeline.train.data import IDS_KEY, ROWS_KEY, TEACHER_KEY
 
 # Canonical telemetry names. ms-swift / HF log raw keys ("loss", "eval_loss"); ``log`` renames them so
 # each quantity appears once under one name, in logging.jsonl, TensorBoard and DVCLive alike.
@@ -99,7 +99,7 @@ class _DistillTrainerBase(Seq2SeqTrainer):
 
     def _get_data_collator(self, args: Any, template: Any) -> Any:
         """Every variant collates through ``DistillCollator`` (our fields popped before the template's)."""
-        from pipeline.train_data import DistillCollator
+        from pipeline.train.data import DistillCollator
 
         return DistillCollator(super()._get_data_collator(args, template))
 
@@ -222,7 +222,7 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         return draw
 
     def _on_policy_inputs(self, model: Any, rows: list[Any] | None) -> dict[str, Any]:
-        from pipeline.onpolicy import sample_completions
+        from pipeline.train.onpolicy import sample_completions
 
         if rows is None:
             raise ConfigError("on-policy training needs the raw rows in the batch (dataset keep_rows)")
@@ -265,7 +265,7 @@ def live_teacher_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, distill: Dis
     """Per-token GJSD of the student [N, Vs] against full teacher logits [N, Vt] (fp32, up-cast).
 
     Both sides are restricted to the tokenizer's real ids (``real_vocab``) before the softmax, exactly
-    as the cache is (see ``pipeline.teacher.topk_from_logits``), so the live and cached paths agree.
+    as the cache is (see ``pipeline.teacher.forward.topk_from_logits``), so the live and cached paths agree.
     """
     v = distill.real_vocab or min(s_logits.shape[-1], t_logits.shape[-1])
     return losses.gjsd_full(

@@ -308,7 +308,7 @@ def audit(
 
 def _read_all(reader: Any, out: Findings) -> Iterable[CachedSample]:
     """Every readable sample; an unreadable batch becomes a finding instead of ending the audit."""
-    from pipeline.inspection import iter_samples
+    from pipeline.inspection.summary import iter_samples
 
     try:
         yield from iter_samples(reader)
