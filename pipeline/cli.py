@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import DistillError
+from pipeline.errors import exit_code
 
 
 def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "demo-assets":
-        from pipeline.demo import build_demo_assets
+        from pipeline.demo.assets import build_demo_assets
 
         kwargs = {k: getattr(args, k) for k in ("n_train", "n_val", "n_test") if getattr(args, k) is not None}
         paths = build_demo_assets(args.out, seed=args.seed, overwrite=args.overwrite, **kwargs)
@@ -170,11 +170,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _dispatch(args)
-    except DistillError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: _dispatch(args))
 
 
 if __name__ == "__main__":

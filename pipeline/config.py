@@ -55,8 +55,8 @@ __all__ = [
     "config_reference",
     "load_config",
     "load_yaml",
-    "parse_override",
     "needs_live_teacher",
+    "parse_override",
     "resolve_dict",
     "vision_env",
 ]

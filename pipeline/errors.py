@@ -7,6 +7,9 @@ standard library (``except ValueError``) still catch it.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class DistillError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -37,3 +40,19 @@ class CacheMismatchError(DistillError, ValueError):
 
 class CompatibilityError(DistillError, ValueError):
     """Teacher and student cannot be distilled together (tokenizer, template, processor)."""
+
+
+def exit_code(main: Callable[[], object]) -> int:
+    """Run ``main`` as a command: 0 when it returns (or its int), 2 after printing a ``DistillError`` as
+    one line on stderr. Any other exception is a bug and keeps its traceback. The CLI and every DVC
+    stage script go through here, so ``dvc repro`` shows the same one-line errors as ``distill``."""
+    try:
+        result = main()
+    except DistillError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+class CacheLockedError(DistillError, RuntimeError):
+    """Another writer holds a cache directory's lock; the message names its pid, host and launch."""

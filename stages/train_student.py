@@ -2,13 +2,16 @@
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+from pipeline.errors import exit_code
 from pipeline.stage_params import leave_marker, load_stage_config, write_resolved
 from pipeline.train.launcher import run_training
 
-if __name__ == "__main__":
+
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -25,3 +28,7 @@ if __name__ == "__main__":
         json.dumps({"train_wall_s": round(time.perf_counter() - t0, 2)}) + "\n"
     )
     leave_marker("train", config=str(a.config))
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code(main))

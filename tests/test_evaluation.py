@@ -49,7 +49,7 @@ def cfg(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Di
 
 @pytest.fixture(scope="module")
 def student(cfg: DistillConfig, assets: dict[str, Path]) -> tuple[Any, Any]:
-    model, encoder, _ = ev.load_model(cfg, assets["student"])
+    model, encoder, _ = ev.load_trained(cfg, assets["student"])
     return model, encoder
 
 

@@ -1,10 +1,5 @@
-"""Self-contained demo assets: tiny Qwen2.5-VL teacher and student models and a synthetic
-dense-captioning dataset, built offline and deterministically from a seed.
-
-``build_demo_assets`` writes everything; ``pipeline.demo.captions`` parses and scores captions and
-imports nothing heavy (torch and transformers load only when assets are built).
+"""Self-contained demo: tiny Qwen2.5-VL models and a synthetic dense-captioning dataset, built offline
+and deterministically from a seed (``pipeline.demo.assets.build_demo_assets``), plus the demo's caption
+metric (``pipeline.demo.captions``). Nothing in the library imports this package, and this file imports
+nothing, so importing one demo module never drags in the scene renderer or the model builders.
 """
-
-from .assets import DEFAULT_SPLIT_SIZES, build_demo_assets
-
-__all__ = ["DEFAULT_SPLIT_SIZES", "build_demo_assets"]

@@ -40,9 +40,10 @@ from pipeline.demo.captions import (
     sort_key,
 )
 from pipeline.encoding import EncodedRow, RowEncoder
-from pipeline.errors import CacheMismatchError, ConfigError, DataError
+from pipeline.errors import CacheMismatchError, DataError
+from pipeline.models import load_trained
+from pipeline.runs import CachePolicy, cache_mismatch_field, open_split_cache, split_path
 from pipeline.teacher.forward import hidden_states, project_fp32
-from pipeline.train.data import cache_mismatch_field
 from pipeline.train.losses import (
     cross_entropy,
     gjsd_topk,
@@ -66,75 +67,12 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # ----------------------------------------------------------------------------------- model, rows
 
 
-def resolve_checkpoint(cfg: DistillConfig, checkpoint: str | Path | None) -> Path:
-    """The model directory to evaluate.
-
-    ``checkpoint`` may be a model dir (``config.json`` or a LoRA ``adapter_config.json``) or a run
-    directory; ``None`` means ``cfg.train.output_dir``. In a run directory a ``final`` dir wins, else
-    the highest-numbered ``checkpoint-N`` (numerically: ms-swift keeps the last ``save_total_limit``).
-    """
-    root = Path(checkpoint if checkpoint is not None else cfg.train.output_dir)
-    if _is_model_dir(root):
-        return root
-    if (root / "final").is_dir() and _is_model_dir(root / "final"):
-        return root / "final"
-    steps = [(int(m.group(1)), p) for p in root.glob("checkpoint-*") if (m := _CHECKPOINT_RE.match(p.name))]
-    steps = [(n, p) for n, p in steps if _is_model_dir(p)]
-    if not steps:
-        raise ConfigError(
-            f"{root}: no model to evaluate (no config.json / adapter_config.json, no final/ or "
-            "checkpoint-N/ inside); pass --checkpoint or train first"
-        )
-    return max(steps)[1]
 
 
-def _is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
 
 
-def load_model(cfg: DistillConfig, checkpoint: str | Path | None) -> tuple[Any, RowEncoder, Path]:
-    """``(model in eval mode, encoder, resolved checkpoint dir)``.
-
-    A LoRA checkpoint is applied to ``cfg.model.model`` and merged, so the fp32 head path sees a plain
-    model. On CPU the weights load in float32 whatever ``model.torch_dtype`` says: CPU half-precision
-    matmuls are slow and evaluation on CPU is the tiny-model path.
-    """
-    from swift.model import get_model_processor
-
-    path = resolve_checkpoint(cfg, checkpoint)
-    cuda = torch.cuda.is_available()
-    dtype = getattr(torch, cfg.model.torch_dtype) if cuda else torch.float32
-    device_map = "cuda:0" if cuda else "cpu"
-    is_adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
-    base = cfg.model.model if is_adapter else str(path)
-    model, processor = get_model_processor(
-        base, model_type=cfg.model.model_type, torch_dtype=dtype, device_map=device_map
-    )
-    if is_adapter:
-        from swift.tuners import Swift
-
-        model = Swift.from_pretrained(model, str(path)).merge_and_unload()
-    model.eval()
-    encoder = RowEncoder.from_config(cfg, processor=processor)
-    # The Qwen-VL collator computes M-RoPE position ids with the model's own rope code.
-    encoder.template.model = model
-    return model, encoder, path
 
 
-def split_path(cfg: DistillConfig, split: str | Path) -> Path:
-    """``val`` -> ``data.val_dataset[0]``; ``test`` -> ``test.jsonl`` beside it; else a JSONL path."""
-    if str(split) in ("val", "test"):
-        if not cfg.data.val_dataset:
-            raise ConfigError(
-                "data.val_dataset: empty, so there is no val/test split to evaluate; pass a "
-                "JSONL path as the split"
-            )
-        val = Path(cfg.data.val_dataset[0])
-        return val if str(split) == "val" else val.with_name("test.jsonl")
-    path = Path(split)
-    if path.suffix != ".jsonl":
-        raise ConfigError(f"split {split!r}: expected 'val', 'test' or a path to a .jsonl file")
-    return path
 
 
 def derange_images(rows: Sequence[Row], seed: int) -> tuple[list[Row], int]:
@@ -255,37 +193,9 @@ def score_tokens(
     }
 
 
-def open_eval_cache(cfg: DistillConfig, split: str | Path) -> Any:
-    """The ``val`` teacher cache, or None when there is none (or the split is not ``val``).
-
-    Opened without the full fingerprint (that would hash the teacher's weights, which evaluation never
-    loads): per-row encoding hashes are checked instead, and the cache's loss temperature must match.
-    """
-    if str(split) != "val" or not cfg.custom.teacher_cache:
-        return None
-    root = Path(cfg.custom.teacher_cache) / "val"
-    manifest = root / "manifest.json"
-    if not manifest.is_file():
-        return None
-    from pipeline.cache.reader import CacheReader
-
-    cached_t = json.loads(manifest.read_text(encoding="utf-8")).get("fingerprint", {}).get("loss_temperature")
-    if cached_t is not None and float(cached_t) != float(cfg.custom.loss_temperature):
-        raise CacheMismatchError(
-            f"{root}: cache built at loss_temperature {cached_t}, config says {cfg.custom.loss_temperature}",
-            {"loss_temperature": (cfg.custom.loss_temperature, cached_t)},
-        )
-    return CacheReader(root)
 
 
 # -------------------------------------------------------------------------------------- captions
-
-
-def _prompt_only(row: Row) -> dict[str, Any]:
-    msgs = [dict(m) for m in row.messages]
-    if msgs and msgs[-1].get("role") == "assistant":
-        msgs = msgs[:-1]
-    return {"messages": msgs, "images": list(row.images)} if row.images else {"messages": msgs}
 
 
 @torch.no_grad()
@@ -298,45 +208,13 @@ def generate_captions(
 ) -> list[str]:
     """Greedy completions of each row's prompt, batched (decoded text per row, in order).
 
-    The template's inference mode pads on the left, so every row's new tokens start at the same column.
-    Each completion is cut at its first stop token (``<|im_end|>`` / eos): finished rows keep being fed
-    padding until the whole batch stops.
+    Runs the shared generation loop (``pipeline.generation``): left padding, stop at the template's
+    end-of-turn, each completion cut at its first stop token.
     """
-    template, tok = encoder.template, encoder.tokenizer
-    stop_ids = [
-        i
-        for i in (tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id)
-        if isinstance(i, int) and i >= 0
-    ]
-    device = next(model.parameters()).device
-    texts: list[str] = []
-    saved = template.mode
-    template.set_mode("transformers")
-    try:
-        for start in range(0, len(rows), batch_size):
-            encs = [template.encode(_prompt_only(r)) for r in rows[start : start + batch_size]]
-            batch = template.data_collator(encs)
-            gen_inputs = {
-                k: v.to(device)
-                for k, v in batch.items()
-                if k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
-            }
-            out = model.generate(
-                **gen_inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_k=None,
-                top_p=None,
-                eos_token_id=stop_ids,
-                pad_token_id=tok.pad_token_id,
-            )
-            for seq in out[:, gen_inputs["input_ids"].shape[1] :].tolist():
-                cut = next((i for i, t in enumerate(seq) if t in stop_ids), len(seq))
-                texts.append(str(tok.decode(seq[:cut], skip_special_tokens=True)).strip())
-    finally:
-        template.set_mode(saved)
-    return texts
+    from pipeline.generation import SamplingSettings, generate
+
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [c.text for c in generate(model, encoder, rows, settings)]
 
 
 def reference_objects(row: Row) -> list[DemoObject] | None:
@@ -426,7 +304,7 @@ def run_evaluation(
     t0 = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
     if model is None or encoder is None:
-        model, encoder, path = load_model(cfg, checkpoint)
+        model, encoder, path = load_trained(cfg, checkpoint)
         ckpt = str(path)
     else:
         ckpt = str(checkpoint) if checkpoint is not None else "<in memory>"
@@ -507,7 +385,7 @@ def compare_true_vs_shuffled(
     uses the image. Writes ``out`` (JSON) when given."""
     import tempfile
 
-    model, encoder, path = load_model(cfg, checkpoint)
+    model, encoder, path = load_trained(cfg, checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
             name: run_evaluation(
@@ -539,3 +417,11 @@ def compare_true_vs_shuffled(
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return result
+
+
+def open_eval_cache(cfg: DistillConfig, split: str | Path) -> Any:
+    """The ``val`` teacher cache under the encoding policy (evaluation never loads the teacher), or
+    None when there is none or the split is not ``val``."""
+    if str(split) != "val" or not cfg.custom.teacher_cache:
+        return None
+    return open_split_cache(cfg, "val", CachePolicy.ENCODING, required=False)

@@ -35,166 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cache.format import QUANTIZED, CachedSample, Layout
+from pipeline.cache.format import CachedSample
+from pipeline.cache.validation import Cells, Findings, check_sample
 from pipeline.errors import DistillError
+from pipeline.inspection.tokens import iter_samples
 
-MASS_TOL = 1e-4
 SHIFT_MIN_TOKENS = 200
 SHIFT_MARGIN = 0.1
 SHIFT_OWN_LOW = 0.5
-END_OF_TURN = "<|im_end|>"
-SHOWN_PER_CHECK = 10  # problems listed per check; the rest are counted in one line
-
-
-class Findings:
-    """Problems grouped by check, capped per check so a broken million-sample cache stays readable."""
-
-    def __init__(self, cap: int = SHOWN_PER_CHECK):
-        self.cap = cap
-        self._shown: dict[str, list[str]] = {}
-        self._count: dict[str, int] = {}
-
-    def add(self, check: str, message: str) -> None:
-        self._count[check] = self._count.get(check, 0) + 1
-        shown = self._shown.setdefault(check, [])
-        if len(shown) < self.cap:
-            shown.append(f"{check}: {message}")
-
-    def lines(self) -> list[str]:
-        out: list[str] = []
-        for check, shown in self._shown.items():
-            out.extend(shown)
-            if (rest := self._count[check] - len(shown)) > 0:
-                out.append(f"{check}: ... and {rest} more")
-        return out
-
-
-class Cells:
-    """Probability bounds of the quantiser cell each decoded value came from (``None`` layout: exact).
-
-    Built from the format's own quantiser (``Quantizer.table`` and ``Quantizer.cell_bounds``) rather
-    than a copy of its algebra; a decoded logprob is mapped back to its level by exact lookup in the
-    table. A value that is not in the table (a test's hand-made reader, a renormalising reader)
-    is taken as exact, which only makes the checks stricter.
-    """
-
-    def __init__(self, layout: dict[str, Any] | None):
-        self.table: np.ndarray | None = None
-        if not layout or layout.get("logprob_encoding") != QUANTIZED:
-            return
-        q = Layout.from_dict(layout).quantizer
-        self.table = q.table().astype(np.float64)  # [L]: ascending, -inf at level 0
-        lower, upper = q.cell_bounds()  # [L] exact probability bounds of each level's cell
-        self.lower = np.asarray(lower, dtype=np.float64)
-        self.upper = np.asarray(upper, dtype=np.float64)
-
-    def bounds(self, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(lower, upper) probability bounds (float64, shape of ``logprobs``)."""
-        lp = logprobs.astype(np.float64)
-        p = np.exp(lp)
-        if self.table is None:
-            return p, p
-        # Several top levels can decode to the same clipped logprob 0: take the union of their cells.
-        first = np.clip(np.searchsorted(self.table, lp, side="left"), 0, len(self.table) - 1)
-        last = np.clip(np.searchsorted(self.table, lp, side="right") - 1, 0, len(self.table) - 1)
-        exact = self.table[first] == lp
-        return np.where(exact, self.lower[first], p), np.where(exact, self.upper[last], p)
-
-
-def _first(mask: np.ndarray) -> int:
-    return int(np.argmax(mask))
-
-
-def check_sample(
-    s: CachedSample,
-    top_k: int,
-    vocab_size: int,
-    cells: Cells,
-    forbidden: dict[int, str],
-    out: Findings,
-) -> None:
-    """Structure, value, mass, target-consistency and special-target checks of one sample."""
-    sid = repr(s.sample_id)
-    pos, tgt, ids = s.positions, s.target_ids, s.topk_ids
-    if s.topk_ids.shape != (s.num_targets, top_k):
-        out.add("shape", f"sample {sid}: top-k block {s.topk_ids.shape}, expected ({s.num_targets}, {top_k})")
-        return
-    bad = (pos < 1) | (pos >= s.num_tokens)
-    if bad.any():
-        out.add(
-            "position",
-            f"sample {sid}: {int(bad.sum())} position(s) outside [1, {s.num_tokens}), "
-            f"first {int(pos[_first(bad)])}",
-        )
-    if pos.size > 1 and (np.diff(pos) <= 0).any():
-        out.add("position", f"sample {sid}: positions not strictly ascending")
-    for name, arr in (("target", tgt), ("top-k", ids)):
-        bad = (arr < 0) | (arr >= vocab_size)
-        if bad.any():
-            out.add("vocab", f"sample {sid}: {name} id {int(arr[bad][0])} outside [0, {vocab_size})")
-    srt = np.sort(ids, axis=1)
-    if top_k > 1 and (srt[:, 1:] == srt[:, :-1]).any(axis=1).any():
-        out.add("top-k", f"sample {sid}: an id appears twice in one position's top-k")
-    lps, tail, tlp = s.topk_logprobs, s.tail_logprobs, s.target_logprobs
-    with np.errstate(invalid="ignore"):
-        if top_k > 1 and (lps[:, 1:] > lps[:, :-1] + 1e-6).any():
-            out.add("top-k", f"sample {sid}: top-k not sorted by descending logprob")
-    for name, arr in (("top-k", lps), ("tail", tail), ("target", tlp)):
-        bad = np.isnan(arr) | np.isposinf(arr)
-        if bad.any():
-            at = int(pos[_first(bad.reshape(len(pos), -1).any(axis=1))]) if pos.size else -1
-            out.add("non-finite", f"sample {sid}: {name} logprob NaN or +inf at position {at}")
-            return  # the mass checks below would only repeat this
-    for name, arr in (("top-1", lps[:, 0] if top_k else np.zeros(0)), ("target", tlp)):
-        if np.isneginf(arr).any():
-            out.add(
-                "non-finite",
-                f"sample {sid}: {name} logprob -inf at position {int(pos[_first(np.isneginf(arr))])}",
-            )
-    lo, hi = cells.bounds(lps)
-    tail_lo, tail_hi = cells.bounds(tail)
-    top_lo, top_hi = lo.sum(axis=1), hi.sum(axis=1)
-    bad = np.isneginf(tail) & (top_hi < 1.0 - MASS_TOL)
-    if bad.any():
-        i = _first(bad)
-        out.add(
-            "mass",
-            f"sample {sid}: tail is -inf but the top-k holds only {top_hi[i]:.6f} at position {int(pos[i])}",
-        )
-    bad = (top_lo + tail_lo > 1.0 + MASS_TOL) | (top_hi + tail_hi < 1.0 - MASS_TOL)
-    if bad.any():
-        i = _first(bad)
-        mid = 0.5 * (top_lo[i] + top_hi[i] + tail_lo[i] + tail_hi[i])
-        out.add(
-            "mass",
-            f"sample {sid}: top-k + tail mass {mid:.6f} (off 1 by more than {MASS_TOL:g}) at "
-            f"position {int(pos[i])} ({int(bad.sum())} of {len(pos)} positions)",
-        )
-    match = ids == tgt[:, None]
-    inside = match.any(axis=1)
-    col = match.argmax(axis=1)
-    rows = np.arange(len(pos))
-    p_t = np.exp(tlp.astype(np.float64))
-    bad = inside & ((p_t < lo[rows, col] - MASS_TOL) | (p_t > hi[rows, col] + MASS_TOL))
-    bad |= ~inside & (p_t > tail_hi + MASS_TOL)
-    if bad.any():
-        i = _first(bad)
-        where = (
-            f"its top-k entry {float(np.exp(lps[i, col[i]])):.6f}" if inside[i] else f"tail {tail_hi[i]:.6f}"
-        )
-        out.add(
-            "target",
-            f"sample {sid}: target probability {p_t[i]:.6f} inconsistent with {where} at "
-            f"position {int(pos[i])}",
-        )
-    hits = [i for i, t in enumerate(tgt.tolist()) if t in forbidden]
-    if hits:
-        i = hits[0]
-        out.add(
-            "special-target",
-            f"sample {sid}: {len(hits)} target(s) are special or placeholder tokens, "
-            f"first {forbidden[int(tgt[i])]} (id {int(tgt[i])}) at position {int(pos[i])}",
-        )
+END_OF_TURN = "<|im_end|>"  # when the manifest's encoding settings name no template stop word
 
 
 class ShiftCounter:
@@ -308,8 +157,6 @@ def audit(
 
 def _read_all(reader: Any, out: Findings) -> Iterable[CachedSample]:
     """Every readable sample; an unreadable batch becomes a finding instead of ending the audit."""
-    from pipeline.inspection.summary import iter_samples
-
     try:
         yield from iter_samples(reader)
     except (DistillError, ValueError) as exc:
@@ -339,6 +186,7 @@ def reencode_check(
     from pipeline.cache.manifest import compare_fingerprints
     from pipeline.data import Row, read_rows
     from pipeline.encoding import RowEncoder
+    from pipeline.runs import encoding_differences
 
     if encoder is None:
         encoder = RowEncoder.from_config(cfg)
@@ -371,35 +219,3 @@ def reencode_check(
             out.add("re-encode", f"sample {sid!r}: {'; '.join(found)}")
     return encoder
 
-
-def encoding_differences(cached: CachedSample, enc: Any) -> list[str]:
-    """How ``cached`` differs from ``enc`` (an ``EncodedRow``): num_tokens, positions, targets, hash."""
-    diffs: list[str] = []
-    ids = enc.inputs["input_ids"]
-    if cached.num_tokens != len(ids):
-        diffs.append(f"num_tokens {cached.num_tokens} in the cache, {len(ids)} re-encoded")
-    want = np.asarray(enc.target_positions(), dtype=np.int64)
-    got = np.asarray(cached.positions, dtype=np.int64)
-    if want.size and (got.size == 0 or got[0] != want[0]):
-        diffs.append(
-            f"first supervised position (the first response token) is {want[0]} re-encoded, "
-            f"{int(got[0]) if got.size else 'none'} in the cache"
-        )
-    if got.shape != want.shape or (got != want).any():
-        n = min(len(got), len(want))
-        i = _first(got[:n] != want[:n]) if (got[:n] != want[:n]).any() else n
-        diffs.append(f"positions differ ({len(got)} cached, {len(want)} re-encoded; first at target {i})")
-    else:
-        labels = np.asarray(enc.inputs["labels"], dtype=np.int64)[want]
-        bad = labels != cached.target_ids
-        if bad.any():
-            i = _first(bad)
-            diffs.append(
-                f"{int(bad.sum())} target id(s) differ, first at position {int(want[i])}: "
-                f"cache {int(cached.target_ids[i])}, labels {int(labels[i])}"
-            )
-    if cached.encoding_hash != enc.encoding_hash:
-        diffs.append(
-            f"encoding hash differs (cache {cached.encoding_hash[:12]}, re-encoded {enc.encoding_hash[:12]})"
-        )
-    return diffs

@@ -81,7 +81,7 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
     from swift.model import get_processor
 
     from pipeline.encoding import RowEncoder
-    from pipeline.train.launcher import load_split_rows
+    from pipeline.runs import load_split_rows
 
     if cfg.rlhf is None or not cfg.rlhf.teacher_model:
         raise CompatibilityError("no teacher configured (rlhf.teacher_model)")

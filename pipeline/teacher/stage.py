@@ -21,21 +21,29 @@ import torch
 
 from pipeline.data import BadRow, Row, read_rows
 from pipeline.errors import ConfigError, DataError
+from pipeline.models import load_teacher, teacher_device_map
+from pipeline.runs import split_file
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
     from pipeline.encoding import RowEncoder
 
-SPLIT_KEYS = {"train": "dataset", "val": "val_dataset"}
 
 
-def split_file(cfg: DistillConfig, split: str) -> str:
-    files = getattr(cfg.data, SPLIT_KEYS[split])
-    if len(files) != 1:
-        raise ConfigError(
-            f"data.{SPLIT_KEYS[split]}: caching takes exactly one JSONL file per split, got {files}"
-        )
-    return files[0]
+
+
+def source_paths(cfg: DistillConfig, dataset_file: str) -> dict[str, Any]:
+    """Where this cache's inputs were: the manifest's ``sources``, outside the fingerprint (a path is
+    not content). ``distill inspect`` finds the tokenizer, images and config there while they last."""
+
+    def where(p: str) -> str:
+        return os.path.abspath(p) if Path(p).exists() else p  # a hub id stays as it is
+
+    return {
+        "tokenizer": where(cfg.model.model),
+        "dataset": where(dataset_file),
+        "config": [where(f) for f in cfg.source_files],
+    }
 
 
 def dist_info() -> tuple[int, int]:
@@ -50,29 +58,6 @@ def dist_info() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def load_teacher_for_cache(cfg: DistillConfig) -> Any:
-    """Teacher in eval mode; spread over the node's GPUs (``device_map='auto'``) when there are several."""
-    from swift.model import get_model_processor
-
-    from pipeline.fingerprint import teacher_path
-
-    dtype = getattr(torch, cfg.model.torch_dtype)
-    device_map: Any = None
-    if torch.cuda.is_available():
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        device_map = (
-            "auto"
-            if world == 1 and torch.cuda.device_count() > 1
-            else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        )
-    model, _ = get_model_processor(
-        teacher_path(cfg),
-        model_type=(cfg.rlhf.teacher_model_type if cfg.rlhf else None) or cfg.model.model_type,
-        torch_dtype=dtype,
-        device_map=device_map,
-    )
-    model.eval()
-    return model
 
 
 class _EncodeBatch:
@@ -178,6 +163,7 @@ def cache_split(
         logprob_encoding=cfg.custom.logprob_encoding,
         rank=rank,
         world_size=world,
+        extra_meta={"sources": source_paths(cfg, path)},
         **kwargs,
     ) as writer:
         done = writer.done_ids()
@@ -242,7 +228,7 @@ def run_caching(
     if cfg.custom.trainer_variant != "gkd_cached" or not cfg.custom.teacher_cache:
         raise ConfigError("distill cache needs custom.trainer_variant: gkd_cached and custom.teacher_cache")
     check_pair(cfg)
-    teacher = load_teacher_for_cache(cfg)
+    teacher = load_teacher(cfg, teacher_device_map())
     encoder = RowEncoder.from_config(cfg)
     if encoder.template.use_model:
         encoder.template.model = teacher  # the template computes rope position ids with the model
@@ -278,7 +264,7 @@ def bench_cache_write(cfg: DistillConfig, limit: int | None = None, rounds: int 
 
     from pipeline.encoding import RowEncoder
 
-    teacher = load_teacher_for_cache(cfg)
+    teacher = load_teacher(cfg, teacher_device_map())
     encoder = RowEncoder.from_config(cfg)
     if encoder.template.use_model:
         encoder.template.model = teacher

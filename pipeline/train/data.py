@@ -15,29 +15,15 @@ import numpy as np
 import torch
 
 from pipeline.data import Row
-from pipeline.encoding import EncodedRow, RowEncoder
+from pipeline.encoding import RowEncoder
 from pipeline.errors import CacheMismatchError
+from pipeline.runs import cache_mismatch_field
 
 TEACHER_KEY = "teacher"  # collated cached-teacher tensors
 ROWS_KEY = "rows"  # raw rows (for on-policy generation)
 IDS_KEY = "sample_ids"
 
 
-def cache_mismatch_field(enc: EncodedRow, cached: Any) -> str | None:
-    """Name the first field where an encoding disagrees with its cache row, or None if they agree."""
-    if enc.encoding_hash == cached.encoding_hash:
-        return None
-    n = len(enc.inputs["input_ids"])
-    if n != cached.num_tokens:
-        return f"input_ids length ({n} now, {cached.num_tokens} in cache)"
-    pos = enc.target_positions()
-    if len(pos) != len(cached.positions) or not np.array_equal(pos, cached.positions):
-        return "labels (supervised positions differ)"
-    ids = np.asarray(enc.inputs["labels"], dtype=np.int64)[pos]
-    if not np.array_equal(ids, cached.target_ids):
-        j = int(np.nonzero(ids != cached.target_ids)[0][0])
-        return f"input_ids at target {int(pos[j])} ({int(ids[j])} now, {int(cached.target_ids[j])} in cache)"
-    return "image_grid_thw or image bytes"
 
 
 class EncodedDataset(torch.utils.data.Dataset):

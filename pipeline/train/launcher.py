@@ -8,79 +8,26 @@ so training encodes exactly as caching did), strict datasets, the trainer class 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import needs_live_teacher
-from pipeline.data import BadRow, Row, read_rows
-from pipeline.errors import CacheMismatchError, ConfigError, DataError
+from pipeline.errors import CacheMismatchError, ConfigError
+from pipeline.models import load_teacher
+from pipeline.runs import CachePolicy, load_split_rows, open_split_cache, rows_for_cache
 from pipeline.versions import check_versions
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
 
 
-def load_split_rows(files: list[str]) -> list[Row]:
-    """Rows of the given JSONL files; an unparseable line is an error naming file and line."""
-    rows: list[Row] = []
-    for f in files:
-        for r in read_rows(f):
-            if isinstance(r, BadRow):
-                raise DataError(f"{r.source}: sample {r.sample_id!r}: {r.reason}: {r.detail}")
-            rows.append(r)
-    return rows
 
 
-def cache_split_dir(cfg: DistillConfig, split: str) -> Path:
-    if not cfg.custom.teacher_cache:
-        raise ConfigError("custom.teacher_cache is not set")
-    return Path(cfg.custom.teacher_cache) / split
 
 
-def open_cache(cfg: DistillConfig, encoder: Any, split: str, split_files: list[str], required: bool) -> Any:
-    """Open one split's cache, validated against the fingerprint this config would produce."""
-    from pipeline.cache.reader import CacheReader
-    from pipeline.fingerprint import build_fingerprint
-
-    root = cache_split_dir(cfg, split)
-    if not (root / "manifest.json").is_file():
-        if required:
-            raise CacheMismatchError(
-                f"{root}: no teacher cache here (run `distill cache --config ...` first)"
-            )
-        return None
-    if len(split_files) != 1:
-        raise ConfigError(
-            f"data.{'dataset' if split == 'train' else 'val_dataset'}: the cached variant takes "
-            f"exactly one file per split, got {split_files}"
-        )
-    return CacheReader(root, expected_fingerprint=build_fingerprint(cfg, encoder, split_files[0]))
 
 
-def rows_for_cache(rows: list[Row], cache: Any, split: str) -> list[Row]:
-    """Exactly the cached sample_ids: rows the cache skipped are dropped (with their recorded reason);
-    a cached id missing from the data is an error."""
-    by_id = {r.sample_id: r for r in rows}
-    missing = [sid for sid in cache.sample_ids if sid not in by_id]
-    if missing:
-        raise CacheMismatchError(
-            f"{split} cache has {len(missing)} sample_ids not in the dataset, e.g. {missing[:3]}"
-        )
-    return [by_id[sid] for sid in cache.sample_ids]
 
 
-def load_teacher(cfg: DistillConfig) -> Any:
-    """The live teacher (only for gkd_monitor, or gkd_cached with lmbda > 0)."""
-    import torch
-    from swift.model import get_model_processor
-
-    assert cfg.rlhf is not None and cfg.rlhf.teacher_model
-    model, _ = get_model_processor(
-        cfg.rlhf.teacher_model,
-        model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type,
-        torch_dtype=getattr(torch, cfg.model.torch_dtype),
-    )
-    return model
 
 
 def _make_pipeline_cls() -> type:
@@ -121,11 +68,13 @@ def _make_pipeline_cls() -> type:
             val_rows = load_split_rows(cfg.data.val_dataset) if cfg.data.val_dataset else []
             train_cache = eval_cache = None
             if variant == "gkd_cached":
-                train_cache = open_cache(cfg, self.encoder, "train", cfg.data.dataset, required=True)
+                train_cache = open_split_cache(cfg, "train", CachePolicy.FINGERPRINT, encoder=self.encoder)
                 train_rows = rows_for_cache(train_rows, train_cache, "train")
                 self._check_cache_vocab(train_cache)
             if variant != "sft" and val_rows and cfg.custom.teacher_cache:
-                eval_cache = open_cache(cfg, self.encoder, "val", cfg.data.val_dataset, required=False)
+                eval_cache = open_split_cache(
+                    cfg, "val", CachePolicy.FINGERPRINT, encoder=self.encoder, required=False
+                )
                 if eval_cache is not None:
                     val_rows = rows_for_cache(val_rows, eval_cache, "val")
             train_ds = EncodedDataset(train_rows, self.encoder, train_cache, keep_rows=lmbda > 0)

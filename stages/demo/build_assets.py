@@ -1,12 +1,15 @@
 """Demo-only DVC stage `demo_assets`: the tiny teacher/student and the synthetic captioning dataset."""
 
 import argparse
+import sys
 from pathlib import Path
 
-from pipeline.demo import build_demo_assets
+from pipeline.demo.assets import build_demo_assets
+from pipeline.errors import exit_code
 from pipeline.stage_params import leave_marker
 
-if __name__ == "__main__":
+
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -16,3 +19,7 @@ if __name__ == "__main__":
     a = p.parse_args()
     build_demo_assets(a.out, seed=a.seed, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, overwrite=True)
     leave_marker("demo_assets")
+
+
+if __name__ == "__main__":
+    sys.exit(exit_code(main))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.demo import build_demo_assets
+from pipeline.demo.assets import build_demo_assets
 from pipeline.demo.captions import objects_from_records, parse_caption
 from pipeline.demo.dataset import read_rows
 from pipeline.demo.models import STUDENT_SPEC, TEACHER_SPEC, mrope_section

@@ -28,10 +28,10 @@ def _load(path: Path) -> Any:
 def _live_logprobs(cfg: Any, rows: list[Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The teacher's full log-softmax at every supervised target, per sample (float32 [n, V_teacher])."""
     from pipeline.encoding import RowEncoder
+    from pipeline.models import load_teacher
     from pipeline.teacher.forward import full_logprobs, supervised_index
-    from pipeline.teacher.stage import load_teacher_for_cache
 
-    teacher = load_teacher_for_cache(cfg)
+    teacher = load_teacher(cfg)
     enc = RowEncoder.from_config(cfg)
     enc.template.model = teacher
     out, targets = {}, {}

@@ -53,8 +53,8 @@ def _load(path: Path, **overrides: Any) -> Any:
 def _batch(cfg: Any, cache_split: Path, n: int = 4) -> tuple[Any, dict[str, Any]]:
     from pipeline.cache.reader import CacheReader
     from pipeline.encoding import RowEncoder
+    from pipeline.runs import load_split_rows
     from pipeline.train.data import DistillCollator, EncodedDataset
-    from pipeline.train.launcher import load_split_rows
 
     enc = RowEncoder.from_config(cfg)
     reader = CacheReader(cache_split)
@@ -66,7 +66,7 @@ def _batch(cfg: Any, cache_split: Path, n: int = 4) -> tuple[Any, dict[str, Any]
 def _models(cfg: Any, lora: bool) -> tuple[Any, Any]:
     from swift.model import get_model_processor
 
-    from pipeline.teacher.stage import load_teacher_for_cache
+    from pipeline.models import load_teacher
 
     student, _ = get_model_processor(cfg.model.model, model_type="qwen2_5_vl", torch_dtype=torch.float32)
     if lora:
@@ -76,7 +76,7 @@ def _models(cfg: Any, lora: bool) -> tuple[Any, Any]:
             student,
             LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
         )
-    return student, load_teacher_for_cache(cfg)
+    return student, load_teacher(cfg)
 
 
 def _loss_and_grads(student: Any, inputs: dict[str, Any], kl_fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
