@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check teacher/student compatibility (tokenizer, template, processor)")
     _add_config(p)
 
+    p = sub.add_parser("init-student", help="write a student checkpoint initialised from the teacher")
+    p.add_argument("--teacher", type=Path, required=True, help="teacher model directory")
+    p.add_argument("--out", type=Path, required=True, help="student model directory to write")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--keep-layers", help="prune: teacher LLM layers to keep, e.g. 0,3")
+    g.add_argument("--num-layers", type=int, help="share: fresh LLM layers (tower, merger, embeddings copied)")
+    for name in ("hidden-size", "intermediate-size", "num-attention-heads", "num-key-value-heads"):
+        p.add_argument(f"--{name}", type=int, help="share: the student's LLM shape (default: the teacher's)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation of the fresh tensors")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
     p = sub.add_parser("cache", help="run the teacher once and cache its top-k distributions")
     _add_config(p)
     p.add_argument("--split", choices=["train", "val", "all"], default="all")
@@ -70,21 +81,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=_positive_int, default=None, help="cache only the first N rows of each split (N >= 1)"
     )
+    p.add_argument("--dry-run", action="store_true", help="predict rows, tokens, bytes, time; write nothing")
 
     p = sub.add_parser("inspect", help="summarise, audit or export a teacher cache")
     p.add_argument("cache", type=Path)
     p.add_argument("--sample", help="print a per-token table for this sample_id")
     p.add_argument("--audit", action="store_true", help="check alignment; exit non-zero on a problem")
-    p.add_argument("--config", type=Path, help="with --audit: re-encode rows with this config and compare")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="re-encode rows with this config (audit, report context; default: the recorded one)",
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a --config key")
     p.add_argument(
         "--tokenizer",
         type=Path,
-        help="tokenizer dir for token text (default: the --config student model, else raw ids)",
+        help="tokenizer dir for token text (default: the --config model, else the one recorded in the cache)",
     )
     p.add_argument(
-        "--html", type=Path, help="write a self-contained HTML page of tokens coloured by agreement"
+        "--html", type=Path, help="write a self-contained HTML report: index, histograms, images, tokens"
     )
-    p.add_argument("--export", type=Path, help="write a plain Parquet/Arrow copy with list columns")
+    p.add_argument("--figures", type=Path, help="write histograms.png and histograms.svg into this directory")
+    p.add_argument("--compare", type=Path, help="another cache split: summary and histograms side by side")
+    p.add_argument("--limit", type=_positive_int, default=50, help="rows shown in full in the --html report")
+    p.add_argument(
+        "--select",
+        help="report rows worst first by p_target (default), tail, entropy or outside; or sample ids a,b",
+    )
+    p.add_argument(
+        "--export", type=Path, help="write a plain copy: Parquet (.parquet) or an Arrow stream (datasets)"
+    )
 
     p = sub.add_parser("evaluate", help="evaluate a trained student (CE, KL to cache, caption F1)")
     _add_config(p)
@@ -130,6 +156,22 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_training(cfg)
         return 0
+    if cmd == "init-student":
+        from pipeline.teacher.student_init import StudentInitSpec, init_student, summary_line
+
+        keep = [int(x) for x in args.keep_layers.split(",")] if args.keep_layers else []
+        spec = StudentInitSpec(
+            mode="prune" if keep else "share",
+            keep_layers=keep,
+            num_layers=args.num_layers,
+            hidden_size=args.hidden_size,
+            intermediate_size=args.intermediate_size,
+            num_attention_heads=args.num_attention_heads,
+            num_key_value_heads=args.num_key_value_heads,
+            seed=args.seed,
+        )
+        print(summary_line(init_student(args.teacher, args.out, spec, overwrite=args.overwrite)))
+        return 0
     if cmd == "check":
         from pipeline.teacher.compat import check_config
 
@@ -138,12 +180,31 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "cache":
         from pipeline.teacher.stage import run_caching
 
+        if args.dry_run:
+            from pipeline.teacher.dry_run import run_dry_run
+
+            run_dry_run(cfg, split=args.split, limit=args.limit)
+            return 0
         run_caching(cfg, split=args.split, strict=args.strict, limit=args.limit)
         return 0
     if cmd == "inspect":
-        from pipeline.inspection.summary import run_inspect
+        from pipeline.config import load_config
+        from pipeline.inspection.command import run_inspect
 
-        return run_inspect(args)
+        cfg = load_config(args.config, overrides=_parse_sets(args.set)) if args.config else None
+        return run_inspect(
+            args.cache,
+            sample=args.sample,
+            audit=args.audit,
+            cfg=cfg,
+            tokenizer=args.tokenizer,
+            html=args.html,
+            figures=args.figures,
+            compare=args.compare,
+            export=args.export,
+            limit=args.limit,
+            select=args.select,
+        )
     if cmd == "evaluate":
         from pipeline.evaluate.run import run_evaluation
 
@@ -156,7 +217,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             bench_cache_format(top_ks=tuple(args.k), n=args.n, real_cache=args.cache)
             return 0
         if args.bench == "cache-write":
-            from pipeline.teacher.stage import bench_cache_write
+            from pipeline.bench.cache_write import bench_cache_write
 
             bench_cache_write(cfg)
             return 0

@@ -503,6 +503,15 @@ class CustomConfig(_Section):
             "another temperature is an error."
         },
     )
+    caption_metric: str | None = field(
+        default=None,
+        metadata={
+            "help": "Extra caption metric for `distill evaluate`, as `module:function` taking (rows, "
+            "generated texts) and returning a dict of scores (e.g. the demo's object F1, "
+            "`pipeline.demo.caption_metric:object_metrics`). BLEU-4, ROUGE-L and CIDEr against each "
+            "row's reference response are always reported."
+        },
+    )
     top_k: int = field(
         default=64,
         metadata={

@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline import evaluation as ev
-from pipeline.config_schema import DataConfig, DistillConfig, ModelConfig, TrainConfig
+from pipeline.config_schema import CustomConfig, DataConfig, DistillConfig, ModelConfig, TrainConfig
 from pipeline.data import Row, read_rows
+from pipeline.demo.caption_metric import constant_baseline, object_metrics
 from pipeline.demo.captions import DemoObject, format_caption
 from pipeline.errors import CacheMismatchError, ConfigError
+from pipeline.evaluate import run as ev
+from pipeline.models import resolve_checkpoint
+from pipeline.runs import split_path
 from pipeline.teacher.forward import teacher_topk
 
 N_VAL = 10
@@ -39,6 +42,7 @@ def make_cfg(assets: dict[str, Path], output_dir: Path) -> DistillConfig:
         ),
         data=DataConfig(dataset=[str(assets["train"])], val_dataset=[str(assets["val"])], max_length=512),
         train=TrainConfig(output_dir=str(output_dir), learning_rate=1e-4, num_train_epochs=1, seed=7),
+        custom=CustomConfig(caption_metric="pipeline.demo.caption_metric:object_metrics"),
     )
 
 
@@ -79,6 +83,9 @@ def test_run_evaluation_keys_and_sanity(true_run: dict[str, Any], student: tuple
         "tokens",
         "wall_s",
         "caption_examples",
+        "bleu4",
+        "rouge_l",
+        "cider",
     ):
         assert key in true_run, key
     assert "kl" not in true_run  # no teacher cache configured
@@ -285,13 +292,13 @@ def test_resolve_checkpoint(cfg: DistillConfig, tmp_path: Path) -> None:
         data=cfg.data,
         train=TrainConfig(output_dir=str(run), learning_rate=1e-4, num_train_epochs=1),
     )
-    assert ev.resolve_checkpoint(c, None) == run / "checkpoint-10"
+    assert resolve_checkpoint(c, None) == run / "checkpoint-10"
     (run / "final").mkdir()
     (run / "final" / "adapter_config.json").write_text("{}")
-    assert ev.resolve_checkpoint(c, run) == run / "final"
-    assert ev.resolve_checkpoint(c, run / "checkpoint-2") == run / "checkpoint-2"
+    assert resolve_checkpoint(c, run) == run / "final"
+    assert resolve_checkpoint(c, run / "checkpoint-2") == run / "checkpoint-2"
     with pytest.raises(ConfigError, match="no model"):
-        ev.resolve_checkpoint(c, tmp_path / "empty")
+        resolve_checkpoint(c, tmp_path / "empty")
 
 
 def test_lora_checkpoint_is_applied(
@@ -312,11 +319,11 @@ def test_lora_checkpoint_is_applied(
 
 
 def test_split_path(cfg: DistillConfig, assets: dict[str, Path]) -> None:
-    assert ev.split_path(cfg, "val") == Path(assets["val"])
-    assert ev.split_path(cfg, "test") == Path(assets["test"])
-    assert ev.split_path(cfg, str(assets["train"])) == Path(assets["train"])
+    assert split_path(cfg, "val") == Path(assets["val"])
+    assert split_path(cfg, "test") == Path(assets["test"])
+    assert split_path(cfg, str(assets["train"])) == Path(assets["train"])
     with pytest.raises(ConfigError):
-        ev.split_path(cfg, "train.csv")
+        split_path(cfg, "train.csv")
 
 
 # -------------------------------------------------------------------------------- pure helpers
@@ -365,16 +372,36 @@ def test_constant_baseline_and_caption_metrics(tmp_path: Path) -> None:
             for i, r in enumerate(recs)
         )
     )
-    baseline = ev.constant_baseline(train)
+    baseline = constant_baseline(train)
     assert baseline is not None and [o.shape for o in baseline] == ["circle", "square"]  # order-free count 2
-    assert ev.constant_baseline(tmp_path / "missing.jsonl") is None
+    assert constant_baseline(tmp_path / "missing.jsonl") is None
 
     rows = [Row("v0", [], ["x.png"], {"objects": [a]}), Row("v1", [], ["x.png"], {"objects": [b]})]
     perfect = [
         format_caption([DemoObject("circle", "red", "large", "top left")]),
         "a small blue square at the bottom right.",
     ]
-    m = ev.caption_metrics(rows, perfect, baseline)
+    m = object_metrics(rows, perfect, str(train))
     assert m["caption_f1"] == 1.0 and m["hallucination_rate"] == 0.0
     # Baseline predicts both objects on each row: 2 of 4 predictions match, recall 1.
     assert m["baseline_f1"] == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+
+
+def test_reference_metrics_score_any_captions() -> None:
+    from pipeline.evaluate.captions import caption_metrics, load_caption_metric, reference_metrics
+
+    refs = ["a large red circle at the top left.", "two small blue squares"]
+    perfect = reference_metrics(refs, list(refs))
+    assert perfect["bleu4"] == pytest.approx(1.0, abs=1e-6) and perfect["rouge_l"] == pytest.approx(1.0)
+    worse = reference_metrics(refs, ["a small red circle at the top right.", "nothing here"])
+    assert worse["bleu4"] < perfect["bleu4"] and worse["rouge_l"] < 1.0 and worse["cider"] < perfect["cider"]
+    assert reference_metrics([], []) == {"bleu4": None, "rouge_l": None, "cider": None}
+    empty = reference_metrics(refs, ["", ""])  # empty generations score zero, never crash
+    assert empty["bleu4"] == pytest.approx(0.0, abs=1e-6) and empty["rouge_l"] == 0.0
+    rows = [Row("r0", [{"role": "assistant", "content": refs[0]}], ["x.png"], {})]
+    m = caption_metrics(rows, [refs[0]])
+    assert m["caption_rows"] == 1 and m["caption_examples"][0]["generated"] == refs[0]
+    with pytest.raises(ConfigError, match="module:function"):
+        load_caption_metric("pipeline.demo.caption_metric")
+    with pytest.raises(ConfigError, match="cannot load"):
+        load_caption_metric("pipeline.demo.caption_metric:nope")

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import torch
 
-from pipeline import teacher as T
+from pipeline.teacher import forward as T
 
 
 def test_supervised_index_slices_without_wrapping() -> None:

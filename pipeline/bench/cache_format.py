@@ -13,7 +13,6 @@ The last printed line is one JSON object for k=64.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -268,20 +267,3 @@ def bench_cache_format(
     summary = {"k": key, "n": n, **{name: round(v, 9 if "kl" in name else 2) for name, v in summary.items()}}
     print(json.dumps(summary))
     return {**summary, "by_k": rows}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.bench.cache_format", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--n", type=int, default=50_000)
-    parser.add_argument("--k", type=int, nargs="+", default=[16, 32, 64, 128])
-    parser.add_argument("--out-dir", type=Path, default=None)
-    parser.add_argument("--cache", type=Path, default=None, help="also report a real cache directory")
-    args = parser.parse_args(argv)
-    bench_cache_format(tuple(args.k), args.n, args.out_dir, real_cache=args.cache)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,8 +8,9 @@ its reason, never replaced):
 - KL to the cached teacher when ``<custom.teacher_cache>/val`` exists and the split is ``val``: the
   per-token GJSD (``rlhf.beta``, forward KL without an rlhf block) over the cached top-k + tail, at
   ``custom.loss_temperature``. Every row's encoding hash must equal the cache's.
-- Dense-caption scores: greedy captions for rows with ground-truth ``objects`` (one or two images;
-  ``parse_caption`` reads ``image N:`` markers), micro precision / recall / F1 and hallucination rate.
+- Caption scores: greedy captions for every row with images and a reference response, scored with
+  BLEU-4, ROUGE-L and CIDEr (``pipeline.evaluate.captions``), plus the dataset's own metric when
+  ``custom.caption_metric`` names one (the demo's object F1 and hallucination rate).
 
 ``shuffle_images=True`` gives every row another row's images (a seeded derangement among rows with the
 same image count): the CE gap to the true-image run shows whether the model looks at the image.
@@ -30,17 +31,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pipeline.data import BadRow, Row, check_row, read_rows
-from pipeline.demo.captions import (
-    DemoObject,
-    corpus_object_f1,
-    format_caption,
-    object_f1,
-    objects_from_records,
-    parse_caption,
-    sort_key,
-)
 from pipeline.encoding import EncodedRow, RowEncoder
 from pipeline.errors import CacheMismatchError, DataError
+from pipeline.evaluate.captions import caption_metrics, caption_rows, load_caption_metric
 from pipeline.models import load_trained
 from pipeline.runs import CachePolicy, cache_mismatch_field, open_split_cache, split_path
 from pipeline.teacher.forward import hidden_states, project_fp32
@@ -58,7 +51,6 @@ if TYPE_CHECKING:
 BATCH_SIZE = 8  # rows per CE forward
 # Rows per generate call: on CPU each decoding step costs about the same for 1 or 32 rows.
 GENERATE_BATCH_SIZE = 32
-N_EXAMPLES = 5
 # Room past the longest reference caption, so a model that is right but wordier is never cut short.
 GENERATION_MARGIN = 16
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -217,57 +209,10 @@ def generate_captions(
     return [c.text for c in generate(model, encoder, rows, settings)]
 
 
-def reference_objects(row: Row) -> list[DemoObject] | None:
-    """Ground-truth objects of a caption row (``extra["objects"]``), None for other rows."""
-    records = row.extra.get("objects")
-    return objects_from_records(records) if records and row.images else None
 
 
-def constant_baseline(train_file: str | Path) -> list[DemoObject] | None:
-    """The most frequent ground-truth object list of the train split (first seen wins a tie).
-
-    Scored as the prediction for every row, it is what an image-blind model that memorised the most
-    common training caption would get: generated captions must beat it to show the model reads images.
-    None when the train data is not a local JSONL with ``objects``.
-    """
-    path = Path(train_file)
-    if path.suffix != ".jsonl" or not path.is_file():
-        return None
-    counts: Counter[tuple[DemoObject, ...]] = Counter()
-    for row in read_rows(path):
-        objs = reference_objects(row) if isinstance(row, Row) else None
-        if objs:
-            counts[tuple(sorted(objs, key=sort_key))] += 1
-    return list(counts.most_common(1)[0][0]) if counts else None
 
 
-def caption_metrics(
-    rows: Sequence[Row], generated: Sequence[str], baseline: list[DemoObject] | None
-) -> dict[str, Any]:
-    """Micro object scores of ``generated`` against each row's objects, the baseline's F1, examples."""
-    refs = [reference_objects(r) or [] for r in rows]
-    preds = [parse_caption(text) for text in generated]
-    scores = corpus_object_f1(zip(preds, refs, strict=True))
-    out: dict[str, Any] = {
-        "caption_rows": len(rows),
-        "caption_precision": scores["precision"],
-        "caption_recall": scores["recall"],
-        "caption_f1": scores["f1"],
-        "hallucination_rate": scores["hallucination_rate"],
-        "caption_examples": [
-            {
-                "sample_id": r.sample_id,
-                "reference": r.response(),
-                "generated": text,
-                "f1": object_f1(p, ref)[2],
-            }
-            for r, text, p, ref in list(zip(rows, generated, preds, refs, strict=True))[:N_EXAMPLES]
-        ],
-    }
-    if baseline is not None:
-        out["baseline_f1"] = corpus_object_f1((baseline, ref) for ref in refs)["f1"]
-        out["baseline_caption"] = format_caption(baseline)
-    return out
 
 
 # -------------------------------------------------------------------------------------- the stage
@@ -291,13 +236,14 @@ def run_evaluation(
 
     Keys: ``ce`` (nats/token), ``token_accuracy``, ``tokens``, ``rows_in`` = ``rows_scored`` +
     ``rows_skipped`` (``skip_reasons``); ``kl``, ``kl_rows``, ``kl_tokens`` with a ``val`` cache (not
-    with shuffled images, whose encodings are not the cached ones); with ``generate``:
-    ``caption_precision/recall/f1``, ``hallucination_rate``, ``caption_rows``, ``caption_examples``,
-    ``max_new_tokens`` and, when the train split has objects, ``baseline_f1``. Timings:
+    with shuffled images, whose encodings are not the cached ones); with ``generate``: ``bleu4``,
+    ``rouge_l``, ``cider``, ``caption_rows``, ``caption_examples``, ``max_new_tokens``, plus the keys
+    of ``custom.caption_metric`` (the demo's: ``caption_precision/recall/f1``, ``hallucination_rate``,
+    ``baseline_f1``). Timings:
     ``load_s``, ``score_s``, ``generate_s``, ``wall_s``.
 
     ``ce`` / ``token_accuracy`` / ``kl`` are None when no token was scored. With ``shuffle_images``,
-    captions generated from the wrong images are still scored against each row's own objects.
+    captions generated from the wrong images are still scored against each row's own reference.
     ``max_new_tokens`` None = the longest reference caption's token count + ``GENERATION_MARGIN``.
     ``model`` / ``encoder`` (both or neither) reuse an already loaded model.
     """
@@ -355,13 +301,15 @@ def run_evaluation(
     t_score = time.perf_counter()
 
     if generate:
-        cap_rows = [row for row, _ in encoded if reference_objects(row)]
+        cap_rows = caption_rows([row for row, _ in encoded])
         if max_new_tokens is None:
             longest = max((len(encoder.tokenizer.encode(r.response())) for r in cap_rows), default=0)
             max_new_tokens = longest + GENERATION_MARGIN
         texts = generate_captions(model, encoder, cap_rows, max_new_tokens) if cap_rows else []
         metrics["max_new_tokens"] = max_new_tokens
-        metrics.update(caption_metrics(cap_rows, texts, constant_baseline(cfg.data.dataset[0])))
+        extra = load_caption_metric(cfg.custom.caption_metric) if cfg.custom.caption_metric else None
+        train_file = cfg.data.dataset[0] if cfg.data.dataset else None
+        metrics.update(caption_metrics(cap_rows, texts, extra, train_file))
     t_end = time.perf_counter()
     metrics.update(
         load_s=t_load - t0, score_s=t_score - t_load, generate_s=t_end - t_score, wall_s=t_end - t0

@@ -2,8 +2,11 @@
 
 Rows are encoded by the shared ``RowEncoder`` (the student's template, exactly as training will) in
 dataloader workers; the teacher runs forward once per batch; every supervised target's top-k goes to
-the cache writer. Bad rows are skipped with a recorded reason (``--strict`` makes any skip an error),
-and rows in = cached + skipped always. The stage resumes after a kill: complete shards are kept and
+the cache writer. Bad rows are skipped with a recorded reason (``--strict`` or ``custom.strict`` makes
+any skip an error), and rows in = cached + skipped always. Before the teacher loads, a fast pass over
+every split (:func:`plan_split`) checks the paths, parses every line and opens every image, so a typo
+in the val path or a missing image is reported before any teacher forward; a split with no usable
+row is an error naming its file. One writer group per cache directory: :func:`writer_lock`. The stage resumes after a kill: complete shards are kept and
 only the samples not yet cached are processed. Under ``torchrun`` each rank caches ``rows[rank::world]``
 into its own shards and rank 0 merges one manifest.
 """
@@ -13,13 +16,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from pipeline.data import BadRow, Row, read_rows
+from pipeline.data import BadRow, Row, count_reasons, partition_rows, read_rows, require_rows
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import load_teacher, teacher_device_map
 from pipeline.runs import split_file
@@ -122,6 +127,82 @@ def split_samples(topk: Any, ids: list[tuple[str, str, int]]) -> list[Any]:
     return out
 
 
+@dataclass
+class SplitPlan:
+    """What one rank will do with one split, decided before the teacher loads.
+
+    ``rows_in``: this rank's share of the split's rows (after ``limit``); ``usable``: rows that
+    passed the fast checks (parsed, images readable, response present); ``unusable``: the others,
+    each with its reason, to be recorded as skipped.
+    """
+
+    split: str
+    path: str
+    rows_in: int
+    usable: list[Row]
+    unusable: list[BadRow]
+
+
+def plan_split(
+    cfg: DistillConfig, split: str, *, strict: bool = False, limit: int | None = None
+) -> SplitPlan:
+    """Read and check this rank's share of ``split`` (every image opened); raise when the split has no
+    usable row (``DataError`` naming the file) or, with ``strict``, at the first unusable row."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 (or None for every row), got {limit}")
+    path = split_file(cfg, split)
+    rank, world = dist_info()
+    mine = read_rows(path)[:limit][rank::world]
+    usable, unusable = partition_rows(mine, strict=strict)
+    require_rows(path, _sum_over_ranks(len(usable), world), unusable, f"usable rows for the {split} split")
+    return SplitPlan(split, path, len(mine), usable, unusable)
+
+
+def _sum_over_ranks(n: int, world: int) -> int:
+    if world == 1:
+        return n
+    import torch.distributed as dist
+
+    on_gpu = dist.get_backend() == "nccl"
+    t = torch.tensor([n], device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if on_gpu else "cpu")
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+@contextmanager
+def writer_lock(root: Path) -> Iterator[None]:
+    """Hold ``root``'s writer lock for this launch: rank 0 takes it, the other ranks check after a
+    barrier that their own rank 0 holds it (``CacheLockedError`` naming the holder otherwise)."""
+    from pipeline.cache.lock import CacheLock
+
+    rank, world = dist_info()
+    lock = CacheLock(root)
+    if rank == 0:
+        lock.acquire()
+    try:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            if rank != 0:
+                lock.join()
+        yield
+    finally:
+        lock.release()
+
+
+def _report_plan(plan: SplitPlan) -> None:
+    rank, world = dist_info()
+    if rank != 0:
+        return
+    share = " (rank 0's share)" if world > 1 else ""
+    reasons = ", ".join(f"{k}: {v}" for k, v in count_reasons(plan.unusable).items()) or "none"
+    print(
+        f"[cache {plan.split}] {plan.path}{share}: {plan.rows_in} rows, {len(plan.usable)} usable, "
+        f"{len(plan.unusable)} to skip ({reasons})"
+    )
+
+
 def cache_split(
     cfg: DistillConfig,
     split: str,
@@ -132,19 +213,38 @@ def cache_split(
     limit: int | None = None,
     progress: bool = True,
     shard_bytes: int | None = None,
+    plan: SplitPlan | None = None,
+    hold_lock: bool = True,
 ) -> dict[str, Any]:
-    """Cache one split into ``<teacher_cache>/<split>``; returns the writer's counts."""
+    """Cache one split into ``<teacher_cache>/<split>``; returns the writer's counts.
+
+    ``plan`` (from :func:`plan_split`) is made here when not given; ``hold_lock=False`` when the
+    caller already holds the directory's :func:`writer_lock`.
+    """
+    root = Path(cfg.custom.teacher_cache or "") / split
+    plan = plan or plan_split(cfg, split, strict=strict, limit=limit)
+    with writer_lock(root) if hold_lock else nullcontext():
+        return _cache_planned(cfg, plan, root, teacher, encoder, strict, progress, shard_bytes)
+
+
+def _cache_planned(
+    cfg: DistillConfig,
+    plan: SplitPlan,
+    root: Path,
+    teacher: Any,
+    encoder: RowEncoder,
+    strict: bool,
+    progress: bool,
+    shard_bytes: int | None,
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     from pipeline.cache.writer import CacheWriter, merge_rank_manifests
     from pipeline.fingerprint import build_fingerprint
     from pipeline.teacher.forward import teacher_topk
 
-    path = split_file(cfg, split)
-    root = Path(cfg.custom.teacher_cache or "") / split
+    split, path = plan.split, plan.path
     rank, world = dist_info()
-    all_rows = read_rows(path)[: limit or None]
-    mine = all_rows[rank::world]
     fingerprint = build_fingerprint(cfg, encoder, path)
     device = next(teacher.parameters()).device
     real_vocab = len(encoder.tokenizer)
@@ -167,16 +267,10 @@ def cache_split(
         **kwargs,
     ) as writer:
         done = writer.done_ids()
-        todo: list[Row] = []
-        for r in mine:
-            if r.sample_id in done:
-                continue
-            if isinstance(r, BadRow):
-                if strict:
-                    raise DataError(f"{r.source}: sample {r.sample_id!r}: {r.reason}: {r.detail}")
+        for r in plan.unusable:
+            if r.sample_id not in done:
                 writer.skip(r.sample_id, r.reason, f"{r.source}: {r.detail}")
-            else:
-                todo.append(r)
+        todo = [r for r in plan.usable if r.sample_id not in done]
         bar = tqdm(total=len(todo), desc=f"cache {split}", unit="sample", disable=not progress or rank != 0)
         n_tok, t0 = 0, time.perf_counter()
         for item in iterate_batches(
@@ -201,7 +295,7 @@ def cache_split(
             dt = max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(tokens_per_s=f"{n_tok / dt:.0f}")
         bar.close()
-        counts = writer.finalize(rows_in=len(mine))
+        counts = writer.finalize(rows_in=plan.rows_in)
     if world > 1:
         import torch.distributed as dist
 
@@ -227,88 +321,39 @@ def run_caching(
     check_versions()
     if cfg.custom.trainer_variant != "gkd_cached" or not cfg.custom.teacher_cache:
         raise ConfigError("distill cache needs custom.trainer_variant: gkd_cached and custom.teacher_cache")
-    check_pair(cfg)
-    teacher = load_teacher(cfg, teacher_device_map())
-    encoder = RowEncoder.from_config(cfg)
-    if encoder.template.use_model:
-        encoder.template.model = teacher  # the template computes rope position ids with the model
+    strict = strict or cfg.custom.strict  # `--strict` and custom.strict mean the same
     splits = ["train", "val"] if split == "all" else [split]
     if split == "all" and not cfg.data.val_dataset:
         splits = ["train"]
+    # Every split's path, lines and images before anything slow (teacher load, first forward).
+    plans = {s: plan_split(cfg, s, strict=strict, limit=limit) for s in splits}
+    for plan in plans.values():
+        _report_plan(plan)
     results = {}
-    for s in splits:
-        counts = cache_split(cfg, s, teacher, encoder, strict=strict, limit=limit, progress=progress)
-        results[s] = counts
-        rank, _ = dist_info()
-        if rank == 0:
-            reasons = ", ".join(f"{k}: {v}" for k, v in counts.get("skipped_by_reason", {}).items()) or "none"
-            print(
-                f"[cache {s}] rows in {counts.get('rows_in')}, cached {counts.get('cached')}, "
-                f"skipped {counts.get('skipped')} ({reasons})"
-            )
+    with ExitStack() as locks:
+        for s in splits:
+            locks.enter_context(writer_lock(Path(cfg.custom.teacher_cache) / s))
+        check_pair(cfg)
+        teacher = load_teacher(cfg, teacher_device_map())
+        encoder = RowEncoder.from_config(cfg)
+        if encoder.template.use_model:
+            encoder.template.model = teacher  # the template computes rope position ids with the model
+        for s in splits:
+            results[s] = _cache_and_report(cfg, plans[s], teacher, encoder, strict, progress)
     return results
 
 
-def bench_cache_write(cfg: DistillConfig, limit: int | None = None, rounds: int = 3) -> dict[str, Any]:
-    """``distill bench cache-write``: the full cache stage vs a bare teacher loop over the same rows.
-
-    The bare loop uses the same dataloader, encoding and teacher forward (``model(**batch)``, the
-    forward any teacher run pays) with no top-k extraction and no writing. Both run in this process,
-    alternately for ``rounds`` rounds after one warm-up batch; each side's median is reported. Prints one
-    JSON line last.
-    """
-    import json
-    import statistics
-    import tempfile
-    from dataclasses import replace
-
-    from pipeline.encoding import RowEncoder
-
-    teacher = load_teacher(cfg, teacher_device_map())
-    encoder = RowEncoder.from_config(cfg)
-    if encoder.template.use_model:
-        encoder.template.model = teacher
-    rows = [r for r in read_rows(split_file(cfg, "train"))[: limit or None] if isinstance(r, Row)]
-    device = next(teacher.parameters()).device
-    bs, workers = cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers
-
-    def bare(rows_: list[Row]) -> int:
-        n = 0
-        with torch.no_grad():
-            for item in iterate_batches(encoder, rows_, bs, workers):
-                if item["batch"] is not None:
-                    batch = _to_device(item["batch"], device)
-                    teacher(**{k: v for k, v in batch.items() if k not in ("labels", "text_position_ids")})
-                    n += int((batch["labels"][:, 1:] != -100).sum())
-        return n
-
-    def full() -> float:
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg_tmp = replace(cfg, custom=replace(cfg.custom, teacher_cache=tmp))
-            t0 = time.perf_counter()
-            cache_split(cfg_tmp, "train", teacher, encoder, limit=len(rows), progress=False)
-            return time.perf_counter() - t0
-
-    bare(rows[:bs])  # warm-up: allocator, kernels, lazy imports
-    # Alternate the two loops and keep each one's median, so drift in machine load hits both alike.
-    bare_times, cache_times, tokens = [], [], 0
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        tokens = bare(rows)
-        bare_times.append(time.perf_counter() - t0)
-        cache_times.append(full())
-    forward_s, cache_s = statistics.median(bare_times), statistics.median(cache_times)
-    out = {
-        "rows": len(rows),
-        "tokens": tokens,
-        "forward_s": round(forward_s, 3),
-        "cache_s": round(cache_s, 3),
-        "overhead_ratio": round(cache_s / forward_s, 4),
-        "tokens_per_s": round(tokens / cache_s, 1),
-    }
-    print(
-        f"bare teacher loop {forward_s:.2f} s | cache stage {cache_s:.2f} s | ratio {cache_s / forward_s:.3f} "
-        f"| {tokens} supervised tokens"
+def _cache_and_report(
+    cfg: DistillConfig, plan: SplitPlan, teacher: Any, encoder: RowEncoder, strict: bool, progress: bool
+) -> dict[str, Any]:
+    counts = cache_split(
+        cfg, plan.split, teacher, encoder, strict=strict, progress=progress, plan=plan, hold_lock=False
     )
-    print(json.dumps(out))
-    return out
+    rank, _ = dist_info()
+    if rank == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in counts.get("skipped_by_reason", {}).items()) or "none"
+        print(
+            f"[cache {plan.split}] rows in {counts.get('rows_in')}, cached {counts.get('cached')}, "
+            f"skipped {counts.get('skipped')} ({reasons})"
+        )
+    return counts

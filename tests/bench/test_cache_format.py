@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from pipeline.bench.cache_format import bench_cache_format, cut_topk, main, synthetic_topk
+from pipeline.bench.cache_format import bench_cache_format, cut_topk, synthetic_topk
+from pipeline.cli import main
 
 
 def reference_synthetic_topk(n=50_000, k=128, vocab=151_936, seed=0):  # verbatim from the issue
@@ -67,5 +68,5 @@ def test_bench_runs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert summary["bytes_per_token"] < summary["packed_bytes_per_token"]
     assert 0 < summary["kl_fidelity"] < 1e-4 and summary["decode_tokens_per_s"] > 0
     assert set(result["by_k"]) == {8, 64} and (tmp_path / "k64" / "manifest.json").exists()
-    assert main(["--n", "600", "--k", "4", "--cache", str(tmp_path / "k8")]) == 0
+    assert main(["bench", "cache-format", "--n", "600", "--k", "4", "--cache", str(tmp_path / "k8")]) == 0
     assert "real cache" in capsys.readouterr().out

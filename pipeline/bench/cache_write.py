@@ -1,0 +1,86 @@
+"""``distill bench cache-write``: what the cache stage costs over the teacher forward it cannot avoid.
+
+The bare loop uses the same dataloader, encoding and teacher forward (``model(**batch)``) with no top-k
+extraction and no writing; the full side is the cache stage itself (``cache_split``) into a temporary
+directory. Both alternate in one process for ``rounds`` rounds; the JSON line printed last holds each
+side's median and their ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pipeline.data import Row, read_rows
+from pipeline.encoding import RowEncoder
+from pipeline.models import load_teacher, teacher_device_map
+from pipeline.runs import split_file
+from pipeline.teacher.stage import _to_device, cache_split, iterate_batches
+
+if TYPE_CHECKING:
+    from pipeline.config import DistillConfig
+
+
+def bench_cache_write(cfg: DistillConfig, limit: int | None = None, rounds: int = 3) -> dict[str, Any]:
+    """``distill bench cache-write``: the full cache stage vs a bare teacher loop over the same rows.
+
+    The bare loop uses the same dataloader, encoding and teacher forward (``model(**batch)``, the
+    forward any teacher run pays) with no top-k extraction and no writing. Both run in this process,
+    alternately for ``rounds`` rounds after one warm-up batch; each side's median is reported. Prints one
+    JSON line last.
+    """
+
+    teacher = load_teacher(cfg, teacher_device_map())
+    encoder = RowEncoder.from_config(cfg)
+    if encoder.template.use_model:
+        encoder.template.model = teacher
+    rows = [r for r in read_rows(split_file(cfg, "train"))[: limit or None] if isinstance(r, Row)]
+    device = next(teacher.parameters()).device
+    bs, workers = cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers
+
+    def bare(rows_: list[Row]) -> int:
+        n = 0
+        with torch.no_grad():
+            for item in iterate_batches(encoder, rows_, bs, workers):
+                if item["batch"] is not None:
+                    batch = _to_device(item["batch"], device)
+                    teacher(**{k: v for k, v in batch.items() if k not in ("labels", "text_position_ids")})
+                    n += int((batch["labels"][:, 1:] != -100).sum())
+        return n
+
+    def full() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg_tmp = replace(cfg, custom=replace(cfg.custom, teacher_cache=tmp))
+            t0 = time.perf_counter()
+            cache_split(cfg_tmp, "train", teacher, encoder, limit=len(rows), progress=False)
+            return time.perf_counter() - t0
+
+    bare(rows[:bs])  # warm-up: allocator, kernels, lazy imports
+    # Alternate the two loops and keep each one's median, so drift in machine load hits both alike.
+    bare_times, cache_times, tokens = [], [], 0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        tokens = bare(rows)
+        bare_times.append(time.perf_counter() - t0)
+        cache_times.append(full())
+    forward_s, cache_s = statistics.median(bare_times), statistics.median(cache_times)
+    out = {
+        "rows": len(rows),
+        "tokens": tokens,
+        "forward_s": round(forward_s, 3),
+        "cache_s": round(cache_s, 3),
+        "overhead_ratio": round(cache_s / forward_s, 4),
+        "tokens_per_s": round(tokens / cache_s, 1),
+    }
+    print(
+        f"bare teacher loop {forward_s:.2f} s | cache stage {cache_s:.2f} s | ratio {cache_s / forward_s:.3f} "
+        f"| {tokens} supervised tokens"
+    )
+    print(json.dumps(out))
+    return out
