@@ -50,6 +50,8 @@ DEEPSPEED_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3
 TRAINER_VARIANTS = ("sft", "gkd_monitor", "gkd_cached")
 # pipeline.cache.format.LOGPROB_ENCODINGS (not imported: that module pulls in numpy and pyarrow).
 LOGPROB_ENCODINGS = ("quantized", "fp32")
+WRITTEN_MODES = ("off", "prompt_only", "all")  # custom.written_responses
+WRITTEN_UNFINISHED = ("skip", "keep")  # custom.written_unfinished
 
 # Environment variables that qwen_vl_utils reads for image sizes: owned by data.max_pixels/min_pixels.
 PIXEL_ENV_VARS = ("MAX_PIXELS", "MIN_PIXELS", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM")
@@ -336,8 +338,9 @@ class TrainConfig(_Section):
     extra: dict[str, Any] = field(
         default_factory=dict,
         metadata={
-            "help": "Any other ms-swift SftArguments / RLHFArguments field, passed through unchanged (e.g. "
-            "`vit_lr`, `save_only_model`, `gkd_logits_topk`). Keys that one of our fields owns are "
+            "help": "Any other ms-swift SftArguments field, passed through unchanged (e.g. `vit_lr`, "
+            "`aligner_lr`, `save_only_model`): every variant trains on ms-swift's SFT trainer, and the GKD "
+            "settings live in the rlhf: block. Keys that one of our fields owns are "
             "refused here; the others are checked against ms-swift's dataclass when the arguments "
             "are built."
         },
@@ -557,9 +560,42 @@ class CustomConfig(_Section):
         },
     )
 
+    written_responses: str = field(
+        default="off",
+        metadata={
+            "help": "Teacher-written responses in the cache (offline sequence-level KD): `off` (a row "
+            "without an assistant response is skipped as prompt_only_in_labelled_split), `prompt_only` "
+            "(the teacher writes the response of rows that have only a prompt, e.g. unlabelled images), "
+            "`all` (the teacher rewrites every row's response). Part of the cache fingerprint."
+        },
+    )
+    written_temperature: float = field(
+        default=0.0,
+        metadata={"help": "Sampling temperature of teacher-written responses; 0 = greedy (fingerprinted)."},
+    )
+    written_seed: int = field(
+        default=0, metadata={"help": "Seed of sampled teacher-written responses (fingerprinted)."}
+    )
+    written_max_new_tokens: int = field(
+        default=128,
+        metadata={"help": "Most tokens the teacher writes per response, stop token included (fingerprinted)."},
+    )
+    written_unfinished: str = field(
+        default="skip",
+        metadata={
+            "help": "A teacher-written response that hits written_max_new_tokens without its end-of-turn: "
+            "`skip` the row (counted as written_unfinished) or `keep` it as written (fingerprinted)."
+        },
+    )
+
     def __post_init__(self) -> None:
         self._choice("trainer_variant", TRAINER_VARIANTS)
         self._in_unit_interval("max_skipped_fraction", "a fraction of the split's rows")
+        self._choice("written_responses", WRITTEN_MODES)
+        self._choice("written_unfinished", WRITTEN_UNFINISHED)
+        self._positive("written_max_new_tokens")
+        if not self.written_temperature >= 0:
+            self._fail("written_temperature", f"must be >= 0 (0 = greedy), got {self.written_temperature}")
         self._choice("logprob_encoding", LOGPROB_ENCODINGS)
         self._positive("loss_temperature", "top_k", "cache_batch_size")
         if self.cache_shard_mb is not None:

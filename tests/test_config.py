@@ -30,7 +30,7 @@ from pipeline.config import (
 )
 from pipeline.config_schema import SECTIONS, SWIFT_NAMES_SET_BY_CONFIG
 from pipeline.errors import ConfigError
-from pipeline.train.swift_args import default_args_kind, swift_kwargs
+from pipeline.train.swift_args import swift_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").rglob("*.yaml"))
@@ -445,17 +445,16 @@ def test_swift_kwargs_map_every_field(write):
             "data.min_pixels": 3136,
         },
     )
-    assert default_args_kind(cfg) == "rlhf"
-    kw = swift_kwargs(cfg)
+    kw = swift_kwargs(cfg, "rlhf")
     assert kw["rlhf_type"] == "gkd" and kw["temperature"] == 0.9 and kw["lmbda"] == 0.0
     assert kw["teacher_model"] is None  # offline cached GKD: ms-swift must not load the teacher
-    assert swift_kwargs(load_config(path, {"rlhf.lmbda": 0.2}))["teacher_model"] == "/models/teacher"
+    assert swift_kwargs(load_config(path, {"rlhf.lmbda": 0.2}), "rlhf")["teacher_model"] == "/models/teacher"
     live = load_config(path, {"custom.trainer_variant": "gkd_monitor"})
-    assert swift_kwargs(live)["teacher_model"] == "/models/teacher"
+    assert swift_kwargs(live, "rlhf")["teacher_model"] == "/models/teacher"
     assert kw["max_pixels"] == 1003520 and kw["model_kwargs"] == {"MIN_PIXELS": "3136", "FPS": 2}
     assert kw["bf16"] is True and kw["fp16"] is False and kw["add_version"] is False
     assert kw["loss_scale"] == "default" and kw["vit_lr"] == 1e-6
-    sft = swift_kwargs(cfg, "sft")
+    sft = swift_kwargs(cfg)  # what training builds, for every variant
     assert "beta" not in sft and "teacher_model" not in sft
     owned = {k for k, v in SWIFT_NAMES_SET_BY_CONFIG.items() if " " not in v}
     assert owned - {"attn_impl", "system"} <= set(kw)
@@ -551,13 +550,14 @@ class TestMsSwiftContract:
         from pipeline.train.swift_args import check_extra_keys
 
         path = write("gkd.yaml", MINIMAL + GKD)
-        check_extra_keys(load_config(path, {"train.extra": {"vit_lr": 1e-6, "gkd_logits_topk": 8}}), "rlhf")
+        check_extra_keys(load_config(path, {"train.extra": {"vit_lr": 1e-6, "aligner_lr": 1e-5}}))
+        check_extra_keys(load_config(path, {"train.extra": {"gkd_logits_topk": 8}}), "rlhf")  # stock GKD bench
         with pytest.raises(
             ConfigError, match=r"train\.extra\.vit_lrr: is not an ms-swift argument; did you mean vit_lr"
         ):
             check_extra_keys(load_config(path, {"train.extra": {"vit_lrr": 1e-6}}))
         with pytest.raises(ConfigError, match=r"train\.extra\.gkd_logits_topk: is an RLHF-only argument"):
-            check_extra_keys(load_config(path, {"train.extra": {"gkd_logits_topk": 8}}), "sft")
+            check_extra_keys(load_config(path, {"train.extra": {"gkd_logits_topk": 8}}))
 
     def test_builds_real_arguments_from_demo_configs(
         self, tmp_path: Path, restore_environ, monkeypatch: pytest.MonkeyPatch
@@ -588,7 +588,8 @@ class TestMsSwiftContract:
                 "data.min_pixels": 3136,
             },
         )
-        args = to_swift_args(gkd_cfg)
+        assert type(to_swift_args(gkd_cfg)).__name__ == "SftArguments"  # training: the SFT trainer
+        args = to_swift_args(gkd_cfg, "rlhf")
         assert type(args).__name__ == "RLHFArguments"
         assert (args.rlhf_type, args.beta, args.sft_alpha, args.lmbda) == ("gkd", 0.5, 0.5, 0.5)
         assert (args.temperature, args.max_completion_length, args.seq_kd) == (0.9, 64, False)
@@ -601,3 +602,57 @@ class TestMsSwiftContract:
                 ConfigError, match=r"model\.model: model directory 'assets/demo/student-init'"
             ):
                 to_swift_args(missing)
+
+
+# ------------------------------------------------------------------ bad input: one-line errors
+
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    from pipeline.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("item", ["rlhf.beta=[1", "rlhf.beta={a: 1", "custom.top_k='8"])
+def test_unparseable_set_value_is_a_one_line_error(item, write, capsys):
+    path = write("c.yaml", MINIMAL + GKD)
+    err = _cli_error(["train", "--config", str(path), "--set", item], capsys)
+    assert err.startswith(f"error: ConfigError: --set {item!r}: the value is not valid YAML")
+
+
+def test_non_utf8_config_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(MINIMAL.encode() + b"# caf\xe9\n")
+    err = _cli_error(["train", "--config", str(path)], capsys)
+    assert "latin1.yaml: not UTF-8 text (byte b'\\xe9' at offset" in err
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_loss_temperature_must_be_finite(value, write):
+    path = write("c.yaml", MINIMAL + GKD)
+    err = _error(path, {"custom.loss_temperature": yaml.safe_load(value)})
+    assert "custom.loss_temperature: must be a finite number > 0" in err
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_max_skipped_fraction_is_a_fraction(value, write):
+    path = write("c.yaml", MINIMAL + GKD)
+    assert "custom.max_skipped_fraction: must be in [0, 1]" in _error(
+        path, {"custom.max_skipped_fraction": value}
+    )
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "two"])
+def test_cache_limit_must_be_a_positive_count(limit, write, capsys):
+    from pipeline.cli import main
+
+    path = write("c.yaml", MINIMAL + GKD)
+    with pytest.raises(SystemExit) as info:
+        main(["cache", "--config", str(path), "--limit", limit])
+    assert info.value.code == 2
+    assert f"argument --limit: expected an integer >= 1, got {limit if limit == 'two' else int(limit)}" in (
+        capsys.readouterr().err.replace("'two'", "two")
+    )

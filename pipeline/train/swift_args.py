@@ -17,15 +17,12 @@ from pipeline.config import apply_vision_env, needs_live_teacher, vision_env
 from pipeline.config_schema import DEEPSPEED_PRESETS, DistillConfig, TrainConfig
 from pipeline.errors import ConfigError
 
-
-def default_args_kind(cfg: DistillConfig) -> str:
-    """``"sft"`` for trainer_variant sft, ``"rlhf"`` (GKD arguments) for both GKD variants."""
-    return "sft" if cfg.custom.trainer_variant == "sft" else "rlhf"
+# Every training variant runs on ms-swift's SFT trainer; RLHF arguments serve only the stock-GKD bench.
+TRAINING_KIND = "sft"
 
 
-def swift_kwargs(cfg: DistillConfig, kind: str | None = None) -> dict[str, Any]:
+def swift_kwargs(cfg: DistillConfig, kind: str = TRAINING_KIND) -> dict[str, Any]:
     """The keyword arguments ``to_swift_args`` passes to ms-swift (pure: no import, no filesystem)."""
-    kind = kind or default_args_kind(cfg)
     if kind not in ("sft", "rlhf"):
         raise ConfigError(f"to_swift_args: kind must be 'sft' or 'rlhf', got {kind!r}")
     m, d, t = cfg.model, cfg.data, cfg.train
@@ -76,16 +73,18 @@ def _swift_class(kind: str) -> type:
     return RLHFArguments if kind == "rlhf" else SftArguments
 
 
-def check_extra_keys(cfg: DistillConfig, kind: str | None = None) -> None:
+def check_extra_keys(cfg: DistillConfig, kind: str = TRAINING_KIND) -> None:
     """Refuse ``train.extra`` keys that the ms-swift arguments class for ``kind`` does not have."""
-    kind = kind or default_args_kind(cfg)
     names = {f.name for f in dataclasses.fields(_swift_class(kind)) if f.init}
     rlhf_names = {f.name for f in dataclasses.fields(_swift_class("rlhf")) if f.init}
     for key in cfg.train.extra:
         if key in names:
             continue
         if key in rlhf_names:
-            why = "is an RLHF-only argument, but this run builds SFT arguments"
+            why = (
+                "is an RLHF-only argument: training runs on ms-swift's SFT trainer (GKD settings go in "
+                "the rlhf: block, the cache's k in custom.top_k)"
+            )
         else:
             close = difflib.get_close_matches(key, sorted(names), n=1)
             why = "is not an ms-swift argument" + (f"; did you mean {close[0]}?" if close else "")
@@ -97,9 +96,9 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or path.count("/") >= 2 or os.path.exists(path)
 
 
-def to_swift_args(cfg: DistillConfig, kind: str | None = None) -> Any:
+def to_swift_args(cfg: DistillConfig, kind: str = TRAINING_KIND) -> Any:
     """ms-swift's argument object for this config: ``SftArguments`` (kind ``"sft"``) or
-    ``RLHFArguments`` with ``rlhf_type="gkd"`` (kind ``"rlhf"``); default from trainer_variant.
+    ``RLHFArguments`` with ``rlhf_type="gkd"`` (kind ``"rlhf"``, ms-swift's stock GKD trainer only).
 
     Offline cached GKD (gkd_cached, lmbda 0) gets no ``teacher_model``: nothing in training asks
     the live teacher, and ms-swift would otherwise load it. Our trainer variant is not ms-swift's
@@ -111,7 +110,6 @@ def to_swift_args(cfg: DistillConfig, kind: str | None = None) -> Any:
     the first one's directory unless the caller resets it). Errors ms-swift raises about the values
     become ``ConfigError``.
     """
-    kind = kind or default_args_kind(cfg)
     kwargs = swift_kwargs(cfg, kind)
     where = cfg.config_path or "config"
     check_extra_keys(cfg, kind)
