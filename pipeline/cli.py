@@ -63,12 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check teacher/student compatibility (tokenizer, template, processor)")
     _add_config(p)
 
+    p = sub.add_parser(
+        "export-written", help="write a teacher-written cache's rows, responses filled in, as JSONL"
+    )
+    _add_config(p)
+    p.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+
     p = sub.add_parser("init-student", help="write a student checkpoint initialised from the teacher")
     p.add_argument("--teacher", type=Path, required=True, help="teacher model directory")
     p.add_argument("--out", type=Path, required=True, help="student model directory to write")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--keep-layers", help="prune: teacher LLM layers to keep, e.g. 0,3")
-    g.add_argument("--num-layers", type=int, help="share: fresh LLM layers (tower, merger, embeddings copied)")
+    g.add_argument(
+        "--num-layers", type=int, help="share: fresh LLM layers (tower, merger, embeddings copied)"
+    )
     for name in ("hidden-size", "intermediate-size", "num-attention-heads", "num-key-value-heads"):
         p.add_argument(f"--{name}", type=int, help="share: the student's LLM shape (default: the teacher's)")
     p.add_argument("--seed", type=int, default=0, help="initialisation of the fresh tensors")
@@ -129,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("train-step", help="SFT vs cached GKD vs live GKD step time and memory")
     _add_config(b)
     b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    b.add_argument("--out", type=Path, default=Path("runs/bench/train_step"), help="scratch run directory")
+    b = bsub.add_parser("student-step", help="student head + loss memory and time: dense vs fused")
+    b.add_argument("--hidden", type=int, default=2048)
+    b.add_argument("--vocab", type=int, default=151_936)
+    b.add_argument("--seq-len", type=int, default=1800)
+    b.add_argument("--supervised", type=int, default=500)
+    b.add_argument("--k", type=int, default=64)
+    b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    b.add_argument("--chunk-size", type=int, default=256, help="fused: rows per chunk")
+    b.add_argument("--vocab-block", type=int, default=8192, help="fused: vocabulary columns per block")
+    b.add_argument("--rounds", type=int, default=3)
     return parser
 
 
@@ -147,7 +167,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         prepare_splits(args.inputs, args.out)
         return 0
-    if cmd in ("train", "check", "cache", "evaluate") or (cmd == "bench" and args.bench != "cache-format"):
+    if cmd in ("train", "check", "cache", "evaluate", "export-written") or (
+        cmd == "bench" and args.bench not in ("cache-format", "student-step")
+    ):
         from pipeline.config import load_config
 
         cfg = load_config(args.config, overrides=_parse_sets(args.set))
@@ -155,6 +177,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.train.launcher import run_training
 
         run_training(cfg)
+        return 0
+    if cmd == "export-written":
+        from pipeline.teacher.written import export_written
+
+        counts = export_written(Path(cfg.custom.teacher_cache or "") / "train", cfg.data.dataset[0], args.out)
+        print(f"{counts['rows']} rows ({counts['teacher_written']} teacher-written) -> {args.out}")
         return 0
     if cmd == "init-student":
         from pipeline.teacher.student_init import StudentInitSpec, init_student, summary_line
@@ -224,7 +252,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.bench == "train-step":
             from pipeline.bench.train_step import bench_train_step
 
-            bench_train_step(cfg, steps=args.steps, config_path=args.config, overrides=_parse_sets(args.set))
+            bench_train_step(
+                cfg,
+                steps=args.steps,
+                config_path=args.config,
+                overrides=_parse_sets(args.set),
+                rounds=args.rounds,
+                out=args.out,
+            )
+            return 0
+        if args.bench == "student-step":
+            from pipeline.bench.student_step import StudentStepShape, bench_student_step
+
+            shape = StudentStepShape(
+                hidden=args.hidden,
+                vocab=args.vocab,
+                seq_len=args.seq_len,
+                supervised=args.supervised,
+                top_k=args.k,
+                dtype=args.dtype,
+                chunk_size=args.chunk_size,
+                vocab_block=args.vocab_block,
+            )
+            bench_student_step(shape, rounds=args.rounds)
             return 0
     raise AssertionError(f"unhandled command {cmd}")
 

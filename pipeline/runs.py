@@ -5,7 +5,8 @@ One home for each of these, so the cache stage, training, evaluation and inspect
 
 - ``split_file`` / ``split_path``: the JSONL behind ``train`` / ``val`` / ``test`` (or a path).
 - ``load_split_rows``: rows of a split; an unparseable line is an error naming file and line.
-- ``open_split_cache``: a split's cache under ONE explicit validation policy (``CachePolicy``).
+- ``open_cache_dir`` / ``open_split_cache``: a cache (by directory, or a config's split) under ONE
+  explicit validation policy (``CachePolicy``).
 - ``rows_for_cache``: the dataset rows bound to the cache's sample_ids.
 - ``encoding_differences``: every way a cached row differs from the row encoded now.
 """
@@ -88,6 +89,44 @@ def cache_split_dir(cfg: DistillConfig, split: str) -> Path:
     return Path(cfg.custom.teacher_cache) / split
 
 
+def open_cache_dir(
+    root: str | Path,
+    policy: CachePolicy = CachePolicy.FORMAT,
+    *,
+    expected_fingerprint: dict[str, Any] | None = None,
+    loss_temperature: float | None = None,
+) -> CacheReader:
+    """THE cache opener: a reader over the split directory ``root`` under ``policy``.
+
+    ``FINGERPRINT`` needs ``expected_fingerprint``; ``ENCODING`` checks ``loss_temperature`` (when
+    given) against the cache's. A directory that holds splits but no manifest of its own gets a hint.
+    """
+    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.reader import CacheReader
+    from pipeline.errors import CacheFormatError
+
+    root = Path(root)
+    if not (root / MANIFEST_NAME).is_file():
+        splits = (
+            sorted(p.name for p in root.iterdir() if (p / MANIFEST_NAME).is_file()) if root.is_dir() else []
+        )
+        hint = f" (it holds splits {splits}: pass e.g. {root / splits[0]})" if splits else ""
+        raise CacheFormatError(f"{root}: no {MANIFEST_NAME}, not a finished cache split{hint}")
+    if policy is CachePolicy.FINGERPRINT:
+        if expected_fingerprint is None:
+            raise ValueError("the fingerprint policy needs the fingerprint the run would produce")
+        return CacheReader(root, expected_fingerprint=expected_fingerprint)
+    reader = CacheReader(root)
+    if policy is CachePolicy.ENCODING and loss_temperature is not None:
+        cached_t = reader.manifest["fingerprint"].get("loss_temperature")
+        if cached_t is not None and float(cached_t) != float(loss_temperature):
+            raise CacheMismatchError(
+                f"{root}: cache built at loss_temperature {cached_t}, config says {loss_temperature}",
+                {"loss_temperature": (loss_temperature, cached_t)},
+            )
+    return reader
+
+
 def open_split_cache(
     cfg: DistillConfig,
     split: str,
@@ -96,30 +135,26 @@ def open_split_cache(
     encoder: RowEncoder | None = None,
     required: bool = True,
 ) -> CacheReader | None:
-    """Open ``split``'s cache under ``policy``; ``None`` when absent and not ``required``."""
+    """Open ``split``'s cache of ``cfg`` under ``policy``; ``None`` when absent and not ``required``."""
     from pipeline.cache.format import MANIFEST_NAME
-    from pipeline.cache.reader import CacheReader
 
     root = cache_split_dir(cfg, split)
     if not (root / MANIFEST_NAME).is_file():
         if required:
-            raise CacheMismatchError(f"{root}: no teacher cache here (run `distill cache --config ...` first)")
+            raise CacheMismatchError(
+                f"{root}: no teacher cache here (run `distill cache --config ...` first)"
+            )
         return None
+    expected = None
     if policy is CachePolicy.FINGERPRINT:
         from pipeline.fingerprint import build_fingerprint
 
         if encoder is None:
             raise ValueError("the fingerprint policy needs the encoder the run will use")
-        return CacheReader(root, expected_fingerprint=build_fingerprint(cfg, encoder, split_file(cfg, split)))
-    reader = CacheReader(root)
-    if policy is CachePolicy.ENCODING:
-        cached_t = reader.manifest["fingerprint"].get("loss_temperature")
-        if cached_t is not None and float(cached_t) != float(cfg.custom.loss_temperature):
-            raise CacheMismatchError(
-                f"{root}: cache built at loss_temperature {cached_t}, config says {cfg.custom.loss_temperature}",
-                {"loss_temperature": (cfg.custom.loss_temperature, cached_t)},
-            )
-    return reader
+        expected = build_fingerprint(cfg, encoder, split_file(cfg, split))
+    return open_cache_dir(
+        root, policy, expected_fingerprint=expected, loss_temperature=cfg.custom.loss_temperature
+    )
 
 
 def rows_for_cache(rows: list[Row], cache: Any, split: str) -> list[Row]:
@@ -154,7 +189,9 @@ def encoding_differences(cached: CachedSample, enc: EncodedRow) -> list[str]:
         n = min(len(got), len(want))
         neq = got[:n] != want[:n]
         i = int(np.argmax(neq)) if neq.any() else n
-        diffs.append(f"labels: supervised positions differ ({len(got)} cached, {len(want)} now; first at target {i})")
+        diffs.append(
+            f"labels: supervised positions differ ({len(got)} cached, {len(want)} now; first at target {i})"
+        )
     else:
         labels = np.asarray(enc.inputs["labels"], dtype=np.int64)[want]
         bad = labels != cached.target_ids

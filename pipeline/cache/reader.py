@@ -21,7 +21,13 @@ import pyarrow as pa
 
 from pipeline.cache.codec import Decoded, Decoder
 from pipeline.cache.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, CachedSample, Layout
-from pipeline.cache.manifest import compare_fingerprints, mismatch_error, read_json, sha256_file
+from pipeline.cache.manifest import (
+    compare_fingerprints,
+    mismatch_error,
+    read_json,
+    sha256_file,
+    shard_meta,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +46,14 @@ class _Block:
         self.num_tokens = batch.column("num_tokens").to_numpy()
         self.sample_ids = batch.column("sample_id").to_pylist()
         self.hashes = batch.column("encoding_hash").to_pylist()
+        # Teacher-written responses (columns absent in shards written before they existed).
+        names = batch.schema.names
+        n = batch.num_rows
+        self.written = (
+            batch.column("teacher_written").to_pylist() if "teacher_written" in names else [False] * n
+        )
+        self.written_text = batch.column("written_text").to_pylist() if "written_text" in names else [""] * n
+        self.written_ids = batch.column("written_ids").to_pylist() if "written_ids" in names else [[]] * n
         self.ragged: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in (*layout.plane_columns(), *_LIST_COLUMNS):
             arr = batch.column(name)
@@ -125,10 +139,18 @@ class CacheReader:
         for i in range(len(self._shards)):
             schema, batch_ids = self._guard(i, lambda i=i: _batch_ids(self.root / self._shards[i]["file"]))
             self._guard(i, lambda schema=schema: self._check_layout(schema))
+            self._check_shard(i, schema, batch_ids)
             for b, ids in enumerate(batch_ids):
                 for row, sid in enumerate(ids):
+                    if sid in self._index:
+                        first = self._shards[self._index[sid][0]]["file"]
+                        raise _format_error(
+                            f"{self.root}: sample {sid!r} is stored twice ({first} and "
+                            f"{self._shards[i]['file']}): a shard was copied or swapped; rebuild the cache"
+                        )
                     self._index[sid] = (i, b, row)
                 self.sample_ids.extend(ids)
+        self._check_counts()
 
     # -- shards ----------------------------------------------------------------------------------
 
@@ -141,6 +163,52 @@ class CacheReader:
                 f"shard {shard['file']} in {self.root}: checksum mismatch (corrupt; rebuild the cache)"
             )
         self._verified.add(i)
+
+    def _check_shard(self, i: int, schema: pa.Schema, batch_ids: list[list[str]]) -> None:
+        """A shard must carry the manifest's fingerprint (each shard stores its own, so an edited
+        manifest or a shard from another cache shows) and hold the rows the manifest lists."""
+        name = self._shards[i]["file"]
+        _, stored = shard_meta(schema, f"shard {name} in {self.root}")
+        diffs = compare_fingerprints(self.manifest.get("fingerprint"), stored)
+        if diffs:
+            raise _format_error(
+                f"shard {name} in {self.root}: its own fingerprint differs from {MANIFEST_NAME}'s in "
+                f"{', '.join(diffs)}: the manifest was edited or the shard belongs to another cache; "
+                "rebuild the cache"
+            )
+        rows = sum(len(ids) for ids in batch_ids)
+        if rows != self._shards[i].get("rows"):
+            raise _format_error(
+                f"shard {name} in {self.root}: holds {rows} rows, {MANIFEST_NAME} says "
+                f"{self._shards[i].get('rows')}"
+            )
+
+    def _check_counts(self) -> None:
+        """The manifest's counts agree with the shards, and no sample is both cached and skipped."""
+        counts = self.manifest.get("counts") or {}
+        if counts.get("cached") is not None and counts["cached"] != len(self.sample_ids):
+            raise _format_error(
+                f"{self.root / MANIFEST_NAME}: counts.cached is {counts['cached']} but the shards hold "
+                f"{len(self.sample_ids)} samples"
+            )
+        for rec in self.manifest.get("skipped") or []:
+            sid = rec.get("sample_id") if isinstance(rec, dict) else None
+            if sid in self._index:
+                raise _format_error(
+                    f"{self.root}: sample {sid!r} is both cached ({self._shards[self._index[sid][0]]['file']}) "
+                    f"and recorded as skipped ({rec.get('reason')})"
+                )
+
+    def skipped(self) -> dict[str, dict[str, str]]:
+        """sample_id -> ``{"reason", "detail"}`` for every row the cache stage recorded as skipped."""
+        out = {}
+        for rec in self.manifest.get("skipped") or []:
+            if isinstance(rec, dict) and isinstance(rec.get("sample_id"), str):
+                out[rec["sample_id"]] = {
+                    "reason": str(rec.get("reason", "")),
+                    "detail": str(rec.get("detail", "")),
+                }
+        return out
 
     def verify_all(self) -> None:
         """Check every shard's sha256 now (``distill inspect`` audits this way)."""
@@ -283,6 +351,9 @@ def _sample(block: _Block, r: int, d: Decoded, positions: np.ndarray, sl: slice)
         topk_logprobs=d.topk_logprobs[sl],
         tail_logprobs=d.tail_logprobs[sl],
         target_logprobs=d.target_logprobs[sl],
+        teacher_written=bool(block.written[r]),
+        written_text=block.written_text[r],
+        written_ids=np.asarray(block.written_ids[r], np.int64),
     )
 
 
@@ -303,7 +374,8 @@ def _format_error(message: str) -> Exception:
 
 
 def export_plain(cache_root: str | Path, out_path: str | Path) -> dict[str, int]:
-    """Write a plain copy of a cache (decoded values) with list columns; ``.parquet`` -> Parquet, else Arrow IPC.
+    """Write a plain copy of a cache (decoded values) with list columns; ``.parquet`` -> Parquet, else an
+    Arrow IPC *stream* (``pa.ipc.open_stream``; what ``datasets.Dataset.from_file`` reads).
 
     One row per sample: ``sample_id``, ``encoding_hash``, ``num_tokens`` and per-target lists ``positions``,
     ``target_ids``, ``target_logprobs``, ``tail_logprobs``, ``topk_ids`` (list of fixed-size lists of k
@@ -333,7 +405,7 @@ def export_plain(cache_root: str | Path, out_path: str | Path) -> dict[str, int]
 
         sink: Any = pq.ParquetWriter(str(out_path), schema, compression="zstd")
     else:
-        sink = pa.ipc.new_file(
+        sink = pa.ipc.new_stream(
             str(out_path), schema, options=pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd"))
         )
     with sink:

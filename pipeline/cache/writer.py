@@ -3,7 +3,9 @@
 Durability model (what survives an interruption at any point):
 
 - a shard is written as ``shard-rRR-IIIII.arrow.tmp-PID`` and renamed only once closed and fsynced, so a
-  ``.arrow`` file is complete by construction; tmp files are dead and removed on reopen or merge;
+  ``.arrow`` file is complete by construction; tmp files are dead and removed on reopen (a writer
+  removes only its own rank's) or merge. That they are dead is what the directory's writer lock
+  (:mod:`pipeline.cache.lock`) guarantees: a writer refuses to open while another launch holds it;
 - ``parts/rank-RR.json`` (fingerprint, layout, this rank's shards) is rewritten atomically after each
   rename; a shard renamed but not yet recorded is adopted from the file itself;
 - every skip is appended to ``parts/rank-RR.skips.jsonl`` and fsynced before ``skip`` returns.
@@ -34,6 +36,7 @@ from pipeline.cache.format import (
     Layout,
     shard_name,
 )
+from pipeline.cache.lock import CacheLock
 from pipeline.cache.manifest import (
     check_compatible,
     complete_shards,
@@ -75,6 +78,8 @@ class CacheWriter:
         shard_bytes: roll to a new shard once the current one reaches this many bytes on disk.
         rank, world_size: this writer's rank under torchrun (each rank writes its own shards).
         batch_bytes: packed bytes buffered per Arrow record batch (capped at ``shard_bytes``).
+        extra_meta: JSON-able top-level manifest entries outside the fingerprint (e.g. ``sources``,
+            where the inputs were on this machine): informative, never compared.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class CacheWriter:
         rank: int = 0,
         world_size: int = 1,
         batch_bytes: int = BATCH_BYTES,
+        extra_meta: dict[str, Any] | None = None,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
@@ -96,6 +102,7 @@ class CacheWriter:
             raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
         self.root = Path(root)
         self.fingerprint = json.loads(json.dumps(fingerprint))  # a JSON copy: what the manifest will hold
+        self.extra_meta = json.loads(json.dumps(extra_meta or {}))
         self.layout = Layout.create(top_k, vocab_size, logprob_encoding)
         self.rank, self.world_size = rank, world_size
         self.shard_bytes = shard_bytes
@@ -110,6 +117,7 @@ class CacheWriter:
         self._finalized: dict[str, Any] | None = None
         self._finalize_tried = False
         (self.root / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+        CacheLock(self.root).check_not_foreign()  # before recovery deletes any temporary shard
         self._done: set[str] = self._check_existing()
         self._shards: list[dict[str, Any]] = self._recover_own_shards()
         self._next_index = 1 + max(
@@ -175,6 +183,7 @@ class CacheWriter:
             "world_size": self.world_size,
             "rows_in": self._rows_in,
             "shards": self._shards,
+            "extra_meta": self.extra_meta,
         }
         write_json_atomic(part_path(self.root, self.rank), part)
 
@@ -199,6 +208,9 @@ class CacheWriter:
             num_tokens=int(sample.num_tokens),
             num_targets=sample.num_targets,
             positions=sample.positions.astype(np.int32),
+            teacher_written=bool(sample.teacher_written),
+            written_text=sample.written_text,
+            written_ids=np.asarray(sample.written_ids, np.int32),
         )
         self._rows.append(row)
         self._done.add(sample.sample_id)

@@ -218,4 +218,3 @@ def reencode_check(
         if found := encoding_differences(cached, enc):
             out.add("re-encode", f"sample {sid!r}: {'; '.join(found)}")
     return encoder
-

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pipeline.data import BadRow, Row, count_reasons, partition_rows, read_rows, require_rows
+from pipeline.data import BadRow, Row, count_reasons, read_rows, require_rows
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import load_teacher, teacher_device_map
 from pipeline.runs import split_file
+from pipeline.teacher.written import cache_written_rows, partition_for_written, split_written
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
@@ -153,7 +154,7 @@ def plan_split(
     path = split_file(cfg, split)
     rank, world = dist_info()
     mine = read_rows(path)[:limit][rank::world]
-    usable, unusable = partition_rows(mine, strict=strict)
+    usable, unusable = partition_for_written(mine, cfg.custom.written_responses, strict=strict)
     require_rows(path, _sum_over_ranks(len(usable), world), unusable, f"usable rows for the {split} split")
     return SplitPlan(split, path, len(mine), usable, unusable)
 
@@ -271,6 +272,7 @@ def _cache_planned(
             if r.sample_id not in done:
                 writer.skip(r.sample_id, r.reason, f"{r.source}: {r.detail}")
         todo = [r for r in plan.usable if r.sample_id not in done]
+        todo, to_write = split_written(todo, cfg.custom.written_responses)
         bar = tqdm(total=len(todo), desc=f"cache {split}", unit="sample", disable=not progress or rank != 0)
         n_tok, t0 = 0, time.perf_counter()
         for item in iterate_batches(
@@ -294,8 +296,21 @@ def _cache_planned(
             bar.update(len(item["ids"]) + len(item["skipped"]))
             dt = max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(tokens_per_s=f"{n_tok / dt:.0f}")
+
+        def forward(batch: dict[str, Any], ids: list[tuple[str, str, int]]) -> list[Any]:
+            t = teacher_topk(
+                teacher, _to_device(batch, device), top_k, real_vocab, cfg.custom.loss_temperature
+            )
+            return split_samples(t, ids)
+
+        written = cache_written_rows(
+            cfg, teacher, encoder, to_write, writer.add, writer.skip, forward,
+            strict=strict, progress=bar.update,
+        )
         bar.close()
         counts = writer.finalize(rows_in=plan.rows_in)
+        if to_write:
+            counts["teacher_written"] = written
     if world > 1:
         import torch.distributed as dist
 
@@ -356,4 +371,10 @@ def _cache_and_report(
             f"[cache {plan.split}] rows in {counts.get('rows_in')}, cached {counts.get('cached')}, "
             f"skipped {counts.get('skipped')} ({reasons})"
         )
+        if "teacher_written" in counts:
+            w = counts["teacher_written"]
+            print(
+                f"[cache {plan.split}] teacher-written {w['written']} (re-encoding changed the ids of "
+                f"{w['retokenized']}; unfinished kept {w['unfinished_kept']})"
+            )
     return counts

@@ -145,7 +145,7 @@ def test_shard_is_plain_arrow_and_export_has_list_columns(tmp_path: Path) -> Non
 
             plain = pq.read_table(out)
         else:
-            plain = pa.ipc.open_file(out).read_all()
+            plain = pa.ipc.open_stream(out).read_all()
         for row in plain.to_pylist():
             got = reader.get(row["sample_id"])
             assert row["positions"] == got.positions.tolist() and row["target_ids"] == got.target_ids.tolist()

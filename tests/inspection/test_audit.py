@@ -1,4 +1,4 @@
-"""``distill inspect``: summary numbers, per-token table, HTML, export, and every audit check.
+"""``distill inspect``: summary numbers, per-token table, export, the command, and every audit check.
 
 Synthetic caches are written with the real ``CacheWriter`` from teacher distributions that are a
 softmax over the demo vocabulary, peaked on a chosen id: the true target (a correct cache) or the next
@@ -8,7 +8,6 @@ the writer itself refuses (NaN, positions or ids out of range) are injected by w
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +23,8 @@ from pipeline.cache.format import CachedSample
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.writer import CacheWriter
 from pipeline.inspection.audit import audit, json_normal
-from pipeline.inspection.html import write_html
-from pipeline.inspection.summary import export_cache, run_inspect, sample_table, summarise
+from pipeline.inspection.command import export_cache, run_inspect
+from pipeline.inspection.summary import sample_table, summarise
 
 VOCAB = 422  # len() of the demo tokenizer: BPE ids < 400, then Qwen's added tokens
 IM_END, IMAGE_PAD, VIDEO_PAD, VISION_START = 402, 412, 413, 409
@@ -172,7 +171,7 @@ def test_weak_teacher_is_not_called_off_by_one(tmp_path: Path) -> None:
 
 
 def test_special_and_placeholder_targets_are_flagged(tmp_path: Path, demo_assets: dict[str, Path]) -> None:
-    from pipeline.inspection.summary import load_tokenizer
+    from pipeline.inspection.sources import load_tokenizer
 
     def edit(s: int, targets: np.ndarray, peaks: np.ndarray) -> None:
         if s == 3:
@@ -271,7 +270,7 @@ def test_summary_numbers(correct: CacheReader) -> None:
 
 
 def test_sample_table(correct: CacheReader, demo_assets: dict[str, Path]) -> None:
-    from pipeline.inspection.summary import load_tokenizer
+    from pipeline.inspection.sources import load_tokenizer
 
     plain = sample_table(correct, "s02")
     lines = plain.splitlines()
@@ -293,48 +292,41 @@ def test_sample_table_marks_target_outside_topk(correct: CacheReader) -> None:
     assert line.split()[2] == f">{K}"
 
 
-def test_html_is_self_contained(correct: CacheReader, tmp_path: Path) -> None:
-    out = tmp_path / "page" / "cache.html"
-    assert write_html(correct, out, max_samples=4) == 4
-    page = out.read_text()
-    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
-    assert all(f'id="s{i:02d}"' in page for i in range(4)) and 's04"' not in page
-    assert "http" not in page and "src=" not in page and "<script" not in page
-    assert page.count('class="t"') == 4 * N_TARGETS and "teacher top-5" in page
-
-
 @pytest.mark.parametrize("suffix", [".parquet", ".arrow"])
 def test_export(correct: CacheReader, tmp_path: Path, suffix: str) -> None:
     out = tmp_path / f"plain{suffix}"
-    export_cache(correct.root, out)
-    table = pq.read_table(out) if suffix == ".parquet" else pa.ipc.open_file(out).read_all()
+    assert export_cache(correct.root, out) == {"rows": N_SAMPLES, "targets": N_SAMPLES * N_TARGETS}
+    table = pq.read_table(out) if suffix == ".parquet" else pa.ipc.open_stream(out).read_all()
     assert table.num_rows == N_SAMPLES and "topk_logprobs" in table.column_names
+
+
+def test_export_opens_as_a_hugging_face_dataset(correct: CacheReader, tmp_path: Path) -> None:
+    """``datasets.Dataset.from_file`` reads the Arrow export as it is: no conversion step."""
+    from datasets import Dataset
+
+    out = tmp_path / "plain.arrow"
+    export_cache(correct.root, out)
+    ds = Dataset.from_file(str(out))
+    assert len(ds) == N_SAMPLES and ds[0]["sample_id"] == "s00"
+    first = correct.get("s00")
+    assert ds[0]["target_ids"] == first.target_ids.tolist()
+    np.testing.assert_array_equal(np.array(ds[0]["topk_ids"]), first.topk_ids)
+    np.testing.assert_array_equal(np.array(ds[0]["topk_logprobs"], np.float32), first.topk_logprobs)
 
 
 def test_run_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = synthetic(tmp_path / "good" / "train")
     bad = synthetic(tmp_path / "bad" / "train", shift=1)
 
-    def args(cache: Path, **kw: Any) -> argparse.Namespace:
-        base = {
-            "cache": cache,
-            "sample": None,
-            "audit": True,
-            "config": None,
-            "tokenizer": None,
-            "html": None,
-            "export": None,
-        }
-        return argparse.Namespace(**(base | kw))
-
-    assert run_inspect(args(good.root, sample="s01", html=tmp_path / "p.html")) == 0
+    assert run_inspect(good.root, sample="s01", audit=True, html=tmp_path / "p.html") == 0
     out = capsys.readouterr().out
     assert "top-1 agreement    1.0000" in out and "sample s01" in out and "audit: ok" in out
+    assert "manifest records no tokenizer location" in out  # written without sources: says what to pass
     assert (tmp_path / "p.html").is_file()
-    assert run_inspect(args(bad.root)) == 1
+    assert run_inspect(bad.root, audit=True) == 1
     assert "off-by-one" in capsys.readouterr().out
     with pytest.raises(ValueError, match="holds splits"):  # the cache root instead of a split
-        run_inspect(args(tmp_path / "good"))
+        run_inspect(tmp_path / "good")
 
 
 # -- audit --config: re-encoding with the real encoder ---------------------------------------------
