@@ -8,15 +8,23 @@ A row on disk::
      "images": ["images/train-00000.png"]}
 
 Image paths are relative to the JSONL file's directory (absolute paths are kept as they are), so a
-dataset directory can move between machines and DVC remotes. ``sample_id`` is optional on input;
-``prepare`` assigns a stable one from the row's content.
+dataset directory can move between machines and DVC remotes. URLs (``http://...``) are kept as they
+are and refused as ``remote_image``: nothing here downloads, and an image must be hashed into the
+cache fingerprint. ``sample_id`` is optional on input; ``prepare`` assigns a stable one from the
+row's content.
+
+Every stage starts with the same fast pass, :func:`partition_rows`: each line becomes a usable
+``Row`` or a ``BadRow`` with its reason (images opened, response present), and :func:`require_rows`
+refuses a split with no usable row, naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +41,14 @@ NON_UTF8 = "non_utf8"
 BAD_ROW = "bad_row"
 TRUNCATED = "truncated_by_max_length"
 ENCODE_FAILED = "encode_failed"
+REMOTE_IMAGE = "remote_image"
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path: str) -> bool:
+    """True for a URL such as ``http://host/x.png`` (never read from disk)."""
+    return bool(_URL.match(path))
 
 
 @dataclass
@@ -110,7 +126,12 @@ def iter_rows(path: str | Path, id_prefix: str | None = None) -> Iterator[Row | 
             images = obj.get("images") or []
             if isinstance(images, str):
                 images = [images]
-            resolved = [str(p) if Path(p).is_absolute() else str((base / p).resolve()) for p in images]
+            if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+                yield BadRow(sample_id, BAD_ROW, "field 'images' must be a list of image paths", source)
+                continue
+            resolved = [
+                p if is_remote(p) or Path(p).is_absolute() else str((base / p).resolve()) for p in images
+            ]
             extra = {k: v for k, v in obj.items() if k not in ("sample_id", "messages", "images")}
             yield Row(sample_id, obj["messages"], resolved, extra, source)
 
@@ -128,14 +149,24 @@ def read_rows(path: str | Path) -> list[Row | BadRow]:
     return rows
 
 
-def check_row(row: Row) -> tuple[str, str] | None:
-    """Return ``(reason, detail)`` if the row cannot be encoded, else None. Opens each image."""
-    if not row.response().strip():
+def check_row(row: Row, need_response: bool = True) -> tuple[str, str] | None:
+    """Return ``(reason, detail)`` if the row cannot be encoded, else None. Opens each image.
+
+    ``need_response=False`` accepts a row without an assistant response (one whose response the
+    teacher will write).
+    """
+    if need_response and not row.response().strip():
         return EMPTY_RESPONSE, "field 'messages[-1].content': empty assistant response"
     n_tags = sum(str(m.get("content") or "").count(IMAGE_TAG) for m in row.messages)
     if n_tags != len(row.images):
         return BAD_ROW, f"field 'images': {len(row.images)} images for {n_tags} <image> tags"
     for i, img in enumerate(row.images):
+        if is_remote(img):
+            return (
+                REMOTE_IMAGE,
+                f"field 'images[{i}]': {img}: remote images are not fetched; download the file and "
+                "give its path (relative to the JSONL file)",
+            )
         if not Path(img).is_file():
             return MISSING_IMAGE, f"field 'images[{i}]': file not found: {img}"
         try:
@@ -146,6 +177,45 @@ def check_row(row: Row) -> tuple[str, str] | None:
         except Exception as exc:  # PIL raises many types for a bad file
             return UNREADABLE_IMAGE, f"field 'images[{i}]': {img}: {type(exc).__name__}: {exc}"
     return None
+
+
+def partition_rows(
+    rows: Sequence[Row | BadRow], need_response: bool = True, strict: bool = False
+) -> tuple[list[Row], list[BadRow]]:
+    """Split rows into usable ``Row``s and ``BadRow``s carrying their reason (``check_row`` on each row).
+
+    With ``strict`` the first unusable row raises ``DataError`` naming its file, line and sample.
+    """
+    usable: list[Row] = []
+    bad: list[BadRow] = []
+    for r in rows:
+        if isinstance(r, Row):
+            problem = check_row(r, need_response=need_response)
+            if problem is None:
+                usable.append(r)
+                continue
+            r = BadRow(r.sample_id, problem[0], problem[1], r.source)
+        if strict:
+            raise DataError(f"{r.source}: sample {r.sample_id!r}: {r.reason}: {r.detail}")
+        bad.append(r)
+    return usable, bad
+
+
+def count_reasons(rows: Sequence[BadRow]) -> dict[str, int]:
+    """Reason code -> number of rows, sorted by code."""
+    return dict(sorted(Counter(r.reason for r in rows).items()))
+
+
+def require_rows(path: str | Path, usable: int, bad: Sequence[BadRow], what: str = "usable rows") -> None:
+    """Refuse a split with no usable row: ``DataError`` naming the file and why its lines were unusable."""
+    if usable:
+        return
+    if not bad:
+        raise DataError(f"{path}: no {what}: the file holds no rows")
+    reasons = ", ".join(f"{k}: {v}" for k, v in count_reasons(bad).items())
+    raise DataError(
+        f"{path}: no {what}: all {len(bad)} rows are unusable ({reasons}); first: {bad[0].source}"
+    )
 
 
 def file_sha256(path: str | Path) -> str:

@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from pipeline.config import DistillConfig
     from pipeline.encoding import RowEncoder
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# What a checkpoint's weights are stored as (transformers' two naming schemes, sharded or not). Other
+# files a trainer saves beside them (training_args.bin, optimizer.pt, rng_state.pth, ...) do not change
+# the teacher's logits, so they stay out of the fingerprint: re-saving trainer state keeps the cache.
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
 
 @lru_cache(maxsize=64)
@@ -30,15 +33,25 @@ def _file_hash(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(path)
 
 
+def weight_files(model_dir: Path) -> list[Path]:
+    """The weight files of a checkpoint directory, in name order: ``*.safetensors`` when there are any
+    (a directory holding both formats loads those), else ``pytorch_model*.bin``."""
+    for pattern in _WEIGHT_PATTERNS:
+        files = sorted(p for p in model_dir.glob(pattern) if p.is_file())
+        if files:
+            return files
+    return []
+
+
 def model_dir_hash(model_dir: str | Path) -> dict[str, str]:
-    """sha256 of a checkpoint's config and of its weights (all weight files, in name order)."""
+    """sha256 of a checkpoint's ``config.json`` and of its weight files (nothing else in the directory)."""
     d = Path(model_dir)
     if not d.is_dir():
         raise ConfigError(f"model directory not found: {d}")
     weights = hashlib.sha256()
-    files = sorted(p for p in d.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    files = weight_files(d)
     if not files:
-        raise ConfigError(f"{d}: no weight files ({', '.join(_WEIGHT_SUFFIXES)})")
+        raise ConfigError(f"{d}: no weight files ({' or '.join(_WEIGHT_PATTERNS)})")
     for p in files:
         st = p.stat()
         weights.update(p.name.encode())
@@ -74,8 +87,23 @@ def teacher_path(cfg: DistillConfig) -> str:
 
 
 def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder, split_file: str | Path) -> dict[str, Any]:
-    """The fingerprint of the cache for one split of ``cfg``'s data, encoded by ``encoder``."""
+    """The fingerprint of the cache for one split of ``cfg``'s data, encoded by ``encoder``.
+
+    Teacher-written responses add their generation settings (absent when off, so caches built
+    without them keep their fingerprint).
+    """
+    written = {}
+    if cfg.custom.written_responses != "off":
+        c = cfg.custom
+        written["written_responses"] = {
+            "mode": c.written_responses,
+            "temperature": c.written_temperature,
+            "seed": c.written_seed if c.written_temperature > 0 else None,
+            "max_new_tokens": c.written_max_new_tokens,
+            "unfinished": c.written_unfinished,
+        }
     return {
+        **written,
         "teacher": model_dir_hash(teacher_path(cfg)),
         "teacher_dtype": cfg.model.torch_dtype,
         "tokenizer": tokenizer_hash(encoder.tokenizer),

@@ -4,7 +4,8 @@ Each input JSONL becomes ``<out>/<same name>`` holding the usable rows, each wit
 (kept when given, else derived from the row's content, so it is stable across runs) and image paths
 relative to the output file. Unusable rows (not JSON, missing or unreadable image, empty response,
 image/tag count mismatch, non-UTF-8 text) are left out and recorded with file, line and reason in
-``<out>/prepare_report.json``: rows in = kept + dropped, per split.
+``<out>/prepare_report.json``: rows in = kept + dropped, per split. A split with no usable row (an
+empty file, or every line unusable) is an error naming the file.
 """
 
 from __future__ import annotations
@@ -14,21 +15,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import BadRow, Row, check_row, read_rows, write_rows
+from pipeline.data import partition_rows, read_rows, require_rows, write_rows
 
 
 def prepare_split(src: Path, dst: Path) -> dict[str, Any]:
-    kept: list[Row] = []
-    dropped: list[dict[str, str]] = []
-    for r in read_rows(src):
-        problem = (r.reason, r.detail) if isinstance(r, BadRow) else check_row(r)
-        if problem is None:
-            assert isinstance(r, Row)
-            kept.append(r)
-        else:
-            dropped.append(
-                {"sample_id": r.sample_id, "source": r.source, "reason": problem[0], "detail": problem[1]}
-            )
+    """Prepare one file; ``DataError`` naming it when no row is usable (nothing is written then)."""
+    kept, bad = partition_rows(read_rows(src))
+    require_rows(src, len(kept), bad)
+    dropped = [
+        {"sample_id": r.sample_id, "source": r.source, "reason": r.reason, "detail": r.detail} for r in bad
+    ]
     write_rows(kept, dst)
     n_in = len(kept) + len(dropped)
     return {

@@ -599,7 +599,7 @@ class TestMsSwiftContract:
         missing = load_config("configs/demo/student_sft.yaml", {"train.output_dir": str(tmp_path / "x")})
         if not Path(missing.model.model).exists():
             with pytest.raises(
-                ConfigError, match=r"model\.model: model directory 'assets/demo/student-init'"
+                ConfigError, match=r"model\.model: model directory 'runs/demo/student-init'"
             ):
                 to_swift_args(missing)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.data import BadRow, Row, check_row, read_rows
+from pipeline.data import BadRow, Row, check_row, count_reasons, partition_rows, read_rows, require_rows
 from pipeline.errors import DataError
 from pipeline.prepare import prepare_splits
 
@@ -77,3 +77,48 @@ def test_duplicate_sample_ids_name_both_lines(tmp_path: Path) -> None:
     path.write_text(json.dumps(_row("x", [])) + "\n" + json.dumps(_row("x", [])) + "\n")
     with pytest.raises(DataError, match=r"d.jsonl:2.*'x'.*d.jsonl:1"):
         read_rows(path)
+
+
+def test_remote_image_is_refused_with_its_url(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(_row("web", ["http://example.com/cat.png"])) + "\n")
+    (row,) = read_rows(path)
+    assert isinstance(row, Row) and row.images == ["http://example.com/cat.png"]  # not joined to a path
+    reason, detail = check_row(row) or ("", "")
+    assert reason == "remote_image"
+    assert "http://example.com/cat.png: remote images are not fetched" in detail
+
+
+def test_images_that_are_not_paths_are_a_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({**_row("odd", []), "images": [{"url": "x"}]}) + "\n")
+    (row,) = read_rows(path)
+    assert isinstance(row, BadRow) and row.reason == "bad_row" and "field 'images'" in row.detail
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n", b"not json\n"])
+def test_prepare_refuses_a_file_without_usable_rows(tmp_path: Path, content: bytes) -> None:
+    src = tmp_path / "train.jsonl"
+    src.write_bytes(content)
+    with pytest.raises(DataError, match=r"train.jsonl: no usable rows"):
+        prepare_splits([src], tmp_path / "out")
+    assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
+def test_partition_rows_gives_every_reason_and_strict_stops_at_the_first(tmp_path: Path) -> None:
+    rows = read_rows(_dataset(tmp_path))
+    usable, bad = partition_rows(rows)
+    assert [r.sample_id for r in usable] == ["ok"]
+    assert count_reasons(bad) == {
+        "bad_row": 2,
+        "empty_response": 1,
+        "missing_image": 1,
+        "non_utf8": 1,
+        "unreadable_image": 1,
+    }
+    with pytest.raises(DataError, match=r"train.jsonl:2: sample 'missing': missing_image"):
+        partition_rows(rows, strict=True)
+    with pytest.raises(
+        DataError, match=r"x.jsonl: no usable rows for the val split: all 6 rows are unusable \(bad_row: 2"
+    ):
+        require_rows("x.jsonl", 0, bad, "usable rows for the val split")

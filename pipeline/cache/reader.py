@@ -169,7 +169,7 @@ class CacheReader:
         manifest or a shard from another cache shows) and hold the rows the manifest lists."""
         name = self._shards[i]["file"]
         _, stored = shard_meta(schema, f"shard {name} in {self.root}")
-        diffs = compare_fingerprints(self.manifest.get("fingerprint"), stored)
+        diffs = compare_fingerprints(self.manifest.get("fingerprint") or {}, stored)
         if diffs:
             raise _format_error(
                 f"shard {name} in {self.root}: its own fingerprint differs from {MANIFEST_NAME}'s in "

@@ -80,8 +80,8 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
     """Raise ``CompatibilityError`` unless teacher and student can be distilled together. Returns a report."""
     from swift.model import get_processor
 
+    from pipeline.data import Row, read_rows
     from pipeline.encoding import RowEncoder
-    from pipeline.runs import load_split_rows
 
     if cfg.rlhf is None or not cfg.rlhf.teacher_model:
         raise CompatibilityError("no teacher configured (rlhf.teacher_model)")
@@ -100,7 +100,9 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
     t_enc = RowEncoder.from_config(cfg, processor=t_proc)
     s_enc = RowEncoder.from_config(cfg, processor=s_proc)
     checked = 0
-    for row in load_split_rows(cfg.data.dataset)[: max(n_rows * 4, n_rows)]:
+    # Parseable rows only: an unparseable line is the cache stage's to skip (or refuse with --strict).
+    rows = [r for f in cfg.data.dataset for r in read_rows(f) if isinstance(r, Row)]
+    for row in rows[: max(n_rows * 4, n_rows)]:
         try:
             a = s_enc.encode(row)
         except DataError:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config import needs_live_teacher
 from pipeline.errors import CacheMismatchError, ConfigError
 from pipeline.models import load_teacher
-from pipeline.runs import CachePolicy, load_split_rows, open_split_cache, rows_for_cache
+from pipeline.runs import CachePolicy, open_split_cache
+from pipeline.train.coverage import SplitRows, bind_to_cache, check_left_out, load_split, write_report
 from pipeline.versions import check_versions
 
 if TYPE_CHECKING:
@@ -43,8 +44,9 @@ def _make_pipeline_cls() -> type:
         model: Any
         processor: Any
 
-        def __init__(self, args: Any, cfg: DistillConfig):
+        def __init__(self, args: Any, cfg: DistillConfig, splits: list[SplitRows]):
             self.cfg = cfg
+            self.splits = splits  # checked before the model loads (run_training)
             super().__init__(args)
 
         def _prepare_template(self) -> None:
@@ -64,19 +66,24 @@ def _make_pipeline_cls() -> type:
             cfg, args = self.cfg, self.args
             variant = cfg.custom.trainer_variant
             lmbda = cfg.rlhf.lmbda if cfg.rlhf is not None else 0.0
-            train_rows = load_split_rows(cfg.data.dataset)
-            val_rows = load_split_rows(cfg.data.val_dataset) if cfg.data.val_dataset else []
+            train_split, *val_split = self.splits
+            partial = cfg.custom.allow_partial_cache
             train_cache = eval_cache = None
             if variant == "gkd_cached":
                 train_cache = open_split_cache(cfg, "train", CachePolicy.FINGERPRINT, encoder=self.encoder)
-                train_rows = rows_for_cache(train_rows, train_cache, "train")
+                train_split = bind_to_cache(train_split, train_cache, allow_partial=partial)
                 self._check_cache_vocab(train_cache)
-            if variant != "sft" and val_rows and cfg.custom.teacher_cache:
+            if variant != "sft" and val_split and cfg.custom.teacher_cache:
                 eval_cache = open_split_cache(
                     cfg, "val", CachePolicy.FINGERPRINT, encoder=self.encoder, required=False
                 )
                 if eval_cache is not None:
-                    val_rows = rows_for_cache(val_rows, eval_cache, "val")
+                    val_split = [bind_to_cache(val_split[0], eval_cache, allow_partial=partial)]
+            for split in (train_split, *val_split):
+                check_left_out(split, cfg.custom.max_skipped_fraction, strict=cfg.custom.strict)
+            write_report([train_split, *val_split], args.output_dir)
+            train_rows = train_split.rows
+            val_rows = val_split[0].rows if val_split else []
             train_ds = EncodedDataset(train_rows, self.encoder, train_cache, keep_rows=lmbda > 0)
             val_ds = EncodedDataset(val_rows, self.encoder, eval_cache) if val_rows else None
             args.save_args()
@@ -146,8 +153,23 @@ def run_training(cfg: DistillConfig) -> Any:
     # eval/sft_loss means the same for every variant: it selects the model (eval/loss would mix in KL).
     args.training_args.metric_for_best_model = "sft_loss"
     args.training_args.greater_is_better = False
-    pipeline = _make_pipeline_cls()(args, cfg)
+    pipeline = _make_pipeline_cls()(args, cfg, training_splits(cfg))
     return pipeline.main()
+
+
+def training_splits(cfg: DistillConfig) -> list[SplitRows]:
+    """The train split (and the val split, when configured), every row checked: a missing file, a
+    split with no usable row, or (custom.strict) one bad row fails here, before the model loads."""
+    strict = cfg.custom.strict
+    # Rows without a response are usable when the cache holds a teacher-written one for them.
+    written = cfg.custom.trainer_variant == "gkd_cached" and cfg.custom.written_responses != "off"
+    splits = [load_split("train", cfg.data.dataset, strict=strict, need_response=not written)]
+    if cfg.data.val_dataset:
+        splits.append(load_split("val", cfg.data.val_dataset, strict=strict))
+    if cfg.custom.trainer_variant != "gkd_cached":  # the cached variant checks once bound to its cache
+        for split in splits:
+            check_left_out(split, cfg.custom.max_skipped_fraction, strict=strict)
+    return splits
 
 
 FINAL_DIR = (

@@ -230,3 +230,163 @@ def test_data_parallel_caching_matches_single_process(
         np.testing.assert_allclose(x.topk_logprobs, y.topk_logprobs, atol=1e-5)
         np.testing.assert_allclose(x.tail_logprobs, y.tail_logprobs, atol=1e-5)
     assert torch is not None
+
+
+# ---- reliability: bad lines, empty and mistyped splits, one writer per directory, partial caches ----
+
+
+def _small_config(
+    tmp_path: Path, assets: dict[str, Path], teacher: Path, lines: list[bytes], **custom: Any
+) -> Path:
+    """A config whose train split is ``lines`` (written beside the demo images), no val split."""
+    data = tmp_path / "data"
+    shutil.copytree(Path(assets["train"]).parent, data)
+    (data / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    cfg = gkd_config(assets, teacher, tmp_path / "cache", tmp_path / "run", custom=custom or None)
+    cfg["data"]["dataset"] = [str(data / "train.jsonl")]
+    cfg["data"]["val_dataset"] = []
+    return write_config(tmp_path / "cfg.yaml", cfg)
+
+
+def _demo_lines(assets: dict[str, Path], n: int) -> list[bytes]:
+    return Path(assets["train"]).read_bytes().splitlines()[:n]
+
+
+@pytest.fixture
+def no_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the cache stage gets as far as loading the teacher."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the teacher was loaded before the problem was reported")
+
+    monkeypatch.setattr("pipeline.teacher.stage.load_teacher", refuse)
+
+
+def test_unparseable_and_non_utf8_lines_are_skipped_unless_strict(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path
+) -> None:
+    from pipeline.errors import DataError
+    from pipeline.teacher.stage import run_caching
+
+    lines = [*_demo_lines(demo_assets, 6), b'{"messages": "caf\xe9"}', b"{not json"]
+    path = _small_config(tmp_path, demo_assets, tiny_teacher, lines)
+    counts = run_caching(_load(path), progress=False)["train"]
+    assert counts["rows_in"] == 8 and counts["cached"] == 6
+    assert counts["skipped_by_reason"] == {"bad_row": 1, "non_utf8": 1}
+    # custom.strict in the config and --strict on the command line refuse the same line.
+    strict_cfg = _load(path)
+    strict_cfg.custom.strict = True
+    for cfg, flag in ((strict_cfg, False), (_load(path), True)):
+        cfg.custom.teacher_cache = str(tmp_path / "cache_strict")
+        with pytest.raises(DataError, match=r"train.jsonl:7: sample 'train-line000007': non_utf8"):
+            run_caching(cfg, strict=flag, progress=False)
+
+
+def test_empty_split_fails_before_the_teacher_loads(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, no_teacher: None
+) -> None:
+    from pipeline.errors import DataError
+    from pipeline.teacher.stage import run_caching
+
+    path = _small_config(tmp_path, demo_assets, tiny_teacher, [b""])
+    with pytest.raises(
+        DataError, match=r"train.jsonl: no usable rows for the train split: the file holds no rows"
+    ):
+        run_caching(_load(path), progress=False)
+
+
+def test_val_problems_are_reported_before_the_train_split_is_cached(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, no_teacher: None
+) -> None:
+    from pipeline.errors import DataError
+    from pipeline.teacher.stage import run_caching
+
+    cfg = _load(_small_config(tmp_path, demo_assets, tiny_teacher, _demo_lines(demo_assets, 4)))
+    cfg.data.val_dataset = [str(tmp_path / "data" / "vall.jsonl")]  # a typo
+    with pytest.raises(DataError, match=r"vall.jsonl: dataset file not found"):
+        run_caching(cfg, progress=False)
+    val = [json.loads(x) for x in _demo_lines(demo_assets, 3)]
+    img = next(r for r in val if r.get("images"))
+    img["images"] = ["images/not-there.png"]
+    (tmp_path / "data" / "vall.jsonl").write_text("\n".join(json.dumps(r) for r in val) + "\n")
+    with pytest.raises(DataError, match=rf"vall.jsonl:\d: sample '{img['sample_id']}': missing_image"):
+        run_caching(cfg, strict=True, progress=False)
+    assert not list((tmp_path / "cache").rglob("shard-*.arrow"))
+
+
+def test_second_cache_run_on_one_directory_is_refused(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, no_teacher: None
+) -> None:
+    from pipeline.errors import CacheLockedError
+    from pipeline.teacher.stage import run_caching
+
+    path = _small_config(tmp_path, demo_assets, tiny_teacher, _demo_lines(demo_assets, 4))
+    code = (
+        "import time; from pipeline.cache.lock import CacheLock\n"
+        f"CacheLock({str(tmp_path / 'cache' / 'train')!r}).acquire(); print('held', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            CacheLockedError, match=rf"another cache writer is running here: pid {holder.pid} on host"
+        ):
+            run_caching(_load(path), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_training_refuses_a_partial_cache_unless_opted_in(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path
+) -> None:
+    from pipeline.errors import CacheMismatchError
+    from pipeline.teacher.stage import run_caching
+    from pipeline.train.coverage import REPORT_NAME
+    from pipeline.train.launcher import run_training
+
+    path = _small_config(tmp_path, demo_assets, tiny_teacher, _demo_lines(demo_assets, 16))
+    run_caching(_load(path), limit=6, progress=False)  # `distill cache --limit 6`
+    cfg = _load(path)
+    cfg.train.max_steps = 1
+    with pytest.raises(
+        CacheMismatchError, match=r"covers 6 of the 16 rows .*: 10 rows are neither cached nor recorded"
+    ):
+        run_training(cfg)
+    cfg.custom.allow_partial_cache = True
+    run_training(cfg)
+    report = json.loads((Path(cfg.train.output_dir) / REPORT_NAME).read_text())["train"]
+    assert report["rows_in"] == 16 and report["rows_used"] == 6
+    assert report["excluded_by_reason"] == {"not_cached": 10}
+
+
+def test_training_data_is_checked_before_the_model_loads(
+    demo_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    from pipeline.errors import DataError
+    from pipeline.train.launcher import training_splits
+    from tests.conftest import base_config
+
+    cfg_dict = base_config(demo_assets, tmp_path / "run")
+    rows = [json.loads(x) for x in _demo_lines(demo_assets, 8)]
+    img = next(r for r in rows if r.get("images"))
+    img["images"] = ["http://example.com/a.png"]
+    shutil.copytree(Path(demo_assets["train"]).parent, tmp_path / "data")
+    data = tmp_path / "data" / "sft.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg_dict["data"]["dataset"] = [str(data)]
+    cfg = _load(write_config(tmp_path / "sft.yaml", cfg_dict))
+    with pytest.raises(
+        DataError, match=r"1 of 8 rows \(12.5%\) of the train split are unusable \(remote_image: 1\)"
+    ):
+        training_splits(cfg)
+    cfg.custom.max_skipped_fraction = 0.2
+    assert len(training_splits(cfg)[0].rows) == 7
+    cfg.custom.strict = True
+    with pytest.raises(
+        DataError, match=r"remote_image: field 'images\[0\]': http://example.com/a.png: remote images"
+    ):
+        training_splits(cfg)
+    data.write_text("")
+    with pytest.raises(DataError, match=r"sft.jsonl: no usable rows for the train split"):
+        training_splits(cfg)

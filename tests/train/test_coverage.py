@@ -1,0 +1,132 @@
+"""Training never uses a partial, over-skipped or empty split silently; it records what it left out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline.errors import CacheMismatchError, DataError
+from pipeline.train.coverage import (
+    NOT_CACHED,
+    REPORT_NAME,
+    bind_to_cache,
+    check_left_out,
+    load_split,
+    write_report,
+)
+
+N_ROWS = 40  # 2 of them unusable (missing image, not JSON): 5% of the split
+BAD_LINE = "train-line000010"  # the id a line that is not JSON gets (file stem and line number)
+
+
+class FakeCache:
+    """What ``bind_to_cache`` reads from a ``CacheReader``: sample ids, skip records, root."""
+
+    def __init__(self, root: Path, cached: list[str], skipped: dict[str, str]):
+        self.root, self.sample_ids = root, cached
+        self._skipped = {sid: {"reason": r, "detail": f"{sid}: {r}"} for sid, r in skipped.items()}
+
+    def skipped(self) -> dict[str, dict[str, str]]:
+        return self._skipped
+
+
+def _dataset(tmp: Path, n: int = N_ROWS) -> Path:
+    Image.new("RGB", (28, 28), (0, 90, 200)).save(tmp / "ok.png")
+    lines = []
+    for i in range(n):
+        image = "gone.png" if i == 5 else "ok.png"
+        row = {
+            "sample_id": f"r{i:02d}",
+            "images": [image],
+            "messages": [
+                {"role": "user", "content": "<image>Describe."},
+                {"role": "assistant", "content": "a small blue square."},
+            ],
+        }
+        lines.append("{not json" if i == 9 else json.dumps(row))
+    path = tmp / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_load_split_checks_images_before_training(tmp_path: Path) -> None:
+    split = load_split("train", [str(_dataset(tmp_path))])
+    assert split.rows_in == N_ROWS and len(split.rows) == N_ROWS - 2
+    assert {r.reason for r in split.excluded} == {"missing_image", "bad_row"}
+    with pytest.raises(DataError, match=r"train.jsonl:6: sample 'r05': missing_image: field 'images\[0\]'"):
+        load_split("train", [str(_dataset(tmp_path))], strict=True)
+
+
+def test_empty_split_is_refused_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "val.jsonl").write_text("")
+    with pytest.raises(
+        DataError, match=r"val.jsonl: no usable rows for the val split: the file holds no rows"
+    ):
+        load_split("val", [str(tmp_path / "val.jsonl")])
+
+
+def test_partial_cache_is_refused_unless_opted_in(tmp_path: Path) -> None:
+    split = load_split("train", [str(_dataset(tmp_path))])
+    cached = [f"r{i:02d}" for i in range(12) if i not in (5, 9)]  # as `distill cache --limit 12` leaves it
+    limited = FakeCache(tmp_path / "cache", cached, {"r05": "missing_image", BAD_LINE: "bad_row"})
+    with pytest.raises(
+        CacheMismatchError, match=r"covers 12 of the 40 rows .*: 28 rows are neither cached nor recorded"
+    ):
+        bind_to_cache(split, limited)
+    bound = bind_to_cache(split, limited, allow_partial=True)
+    assert [r.sample_id for r in bound.rows] == cached
+    reasons = [r.reason for r in bound.excluded]
+    assert (
+        reasons.count(NOT_CACHED) == 28
+        and reasons.count("missing_image") == 1
+        and reasons.count("bad_row") == 1
+    )
+    check_left_out(bound, 0.05)  # partial-cache rows were opted into; 2 of 40 unusable is 5%
+
+
+def test_full_cache_binds_with_the_recorded_skip_reasons(tmp_path: Path) -> None:
+    split = load_split("train", [str(_dataset(tmp_path))])
+    ids = [f"r{i:02d}" for i in range(N_ROWS)]
+    cache = FakeCache(
+        tmp_path / "cache",
+        [s for s in ids if s not in ("r05", "r09", "r20")],
+        {"r05": "missing_image", BAD_LINE: "bad_row", "r20": "truncated_by_max_length"},
+    )
+    bound = bind_to_cache(split, cache)
+    assert len(bound.rows) == N_ROWS - 3 and bound.rows_in == N_ROWS
+    assert sorted(r.reason for r in bound.excluded) == ["bad_row", "missing_image", "truncated_by_max_length"]
+    with pytest.raises(
+        DataError,
+        match=r"3 of 40 rows \(7.5%\) of the train split are unusable .* custom.max_skipped_fraction = 0.05",
+    ):
+        check_left_out(bound, 0.05)
+    check_left_out(bound, 0.1)
+    with pytest.raises(DataError, match=r"sample 'r05': missing_image: .* \(custom.strict\)"):
+        check_left_out(bound, 0.1, strict=True)
+
+
+def test_cache_with_foreign_ids_is_refused(tmp_path: Path) -> None:
+    split = load_split("train", [str(_dataset(tmp_path))])
+    with pytest.raises(
+        CacheMismatchError, match=r"holds 1 sample_ids that .*train.jsonl does not, e.g. \['zz'\]"
+    ):
+        bind_to_cache(split, FakeCache(tmp_path, ["r00", "zz"], {}))
+
+
+def test_report_records_rows_used_and_every_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    split = load_split("train", [str(_dataset(tmp_path))])
+    path = write_report([split], tmp_path / "run")
+    assert path == tmp_path / "run" / REPORT_NAME
+    report = json.loads(path.read_text())["train"]
+    assert report["rows_in"] == N_ROWS and report["rows_used"] == N_ROWS - 2
+    assert report["excluded_by_reason"] == {"bad_row": 1, "missing_image": 1}
+    assert {r["sample_id"] for r in report["excluded_rows"]} == {"r05", BAD_LINE}
+    assert (
+        f"{N_ROWS} rows, using {N_ROWS - 2}, left out 2 (bad_row: 1, missing_image: 1)"
+        in capsys.readouterr().out
+    )
