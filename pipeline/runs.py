@@ -1,13 +1,12 @@
-"""Run plumbing shared by every stage: which file a split is, its rows, its teacher cache, and how a
-cached row is bound to (and compared with) the row encoded now.
-
-One home for each of these, so the cache stage, training, evaluation and inspection cannot drift:
+"""Run plumbing shared by every stage: which file a split is, its teacher cache, and how a cached row
+compares with the row encoded now.
+One home for each of these, so the cache stage, training, evaluation and inspection cannot drift
+(which rows a training run uses, and binding them to a cache with every other row accounted for, is
+``pipeline.train.coverage``):
 
 - ``split_file`` / ``split_path``: the JSONL behind ``train`` / ``val`` / ``test`` (or a path).
-- ``load_split_rows``: rows of a split; an unparseable line is an error naming file and line.
 - ``open_cache_dir`` / ``open_split_cache``: a cache (by directory, or a config's split) under ONE
   explicit validation policy (``CachePolicy``).
-- ``rows_for_cache``: the dataset rows bound to the cache's sample_ids.
 - ``encoding_differences``: every way a cached row differs from the row encoded now.
 """
 
@@ -19,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.data import BadRow, Row, read_rows
-from pipeline.errors import CacheMismatchError, ConfigError, DataError
+from pipeline.errors import CacheMismatchError, ConfigError
 
 if TYPE_CHECKING:
     from pipeline.cache.format import CachedSample
@@ -72,15 +70,6 @@ def split_path(cfg: DistillConfig, split: str | Path) -> Path:
     return path
 
 
-def load_split_rows(files: list[str] | list[Path]) -> list[Row]:
-    """Rows of the given JSONL files; an unparseable line is an error naming file and line."""
-    rows: list[Row] = []
-    for f in files:
-        for r in read_rows(f):
-            if isinstance(r, BadRow):
-                raise DataError(f"{r.source}: sample {r.sample_id!r}: {r.reason}: {r.detail}")
-            rows.append(r)
-    return rows
 
 
 def cache_split_dir(cfg: DistillConfig, split: str) -> Path:
@@ -157,15 +146,6 @@ def open_split_cache(
     )
 
 
-def rows_for_cache(rows: list[Row], cache: Any, split: str) -> list[Row]:
-    """Exactly the cached sample_ids, in cache order; a cached id missing from the data is an error."""
-    by_id = {r.sample_id: r for r in rows}
-    missing = [sid for sid in cache.sample_ids if sid not in by_id]
-    if missing:
-        raise CacheMismatchError(
-            f"{split} cache has {len(missing)} sample_ids not in the dataset, e.g. {missing[:3]}"
-        )
-    return [by_id[sid] for sid in cache.sample_ids]
 
 
 def encoding_differences(cached: CachedSample, enc: EncodedRow) -> list[str]:

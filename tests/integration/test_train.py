@@ -53,12 +53,12 @@ def _load(path: Path, **overrides: Any) -> Any:
 def _batch(cfg: Any, cache_split: Path, n: int = 4) -> tuple[Any, dict[str, Any]]:
     from pipeline.cache.reader import CacheReader
     from pipeline.encoding import RowEncoder
-    from pipeline.runs import load_split_rows
+    from pipeline.train.coverage import load_split
     from pipeline.train.data import DistillCollator, EncodedDataset
 
     enc = RowEncoder.from_config(cfg)
     reader = CacheReader(cache_split)
-    rows = [r for r in load_split_rows(cfg.data.dataset) if r.sample_id in reader][:n]
+    rows = [r for r in load_split("train", cfg.data.dataset).rows if r.sample_id in reader][:n]
     ds = EncodedDataset(rows, enc, reader)
     return enc, DistillCollator(enc.template.data_collator)([ds[i] for i in range(len(ds))])
 
@@ -79,13 +79,27 @@ def _models(cfg: Any, lora: bool) -> tuple[Any, Any]:
     return student, load_teacher(cfg)
 
 
-def _loss_and_grads(student: Any, inputs: dict[str, Any], kl_fn: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    from pipeline.train import losses
+def _bare_trainer(cls: type, settings: Any, teacher: Any = None) -> Any:
+    """A trainer instance with only what ``compute_loss`` reads (no ms-swift setup, no data)."""
+    from collections import defaultdict
+    from types import SimpleNamespace
 
+    from swift.metrics.utils import MeanMetric
+
+    trainer = cls.__new__(cls)
+    trainer.distill, trainer.teacher_model, trainer.on_policy_draws = settings, teacher, []
+    trainer.args = SimpleNamespace(average_tokens_across_devices=False)
+    trainer.custom_metrics = {
+        m: defaultdict(lambda: MeanMetric(nan_value=None, device="cpu")) for m in ("train", "eval")
+    }
+    return trainer
+
+
+def _loss_and_grads(trainer: Any, student: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training ``compute_loss`` + backward of the real trainer on a copy of the batch."""
+    student.train()
     student.zero_grad()
-    out = student(**{k: v for k, v in inputs.items() if k != "labels"})
-    s, t = losses.supervised_logits(out.logits, inputs["labels"])
-    loss = losses.normalise(kl_fn(s, t).sum(), t.numel())
+    loss = trainer.compute_loss(student, dict(batch))
     loss.backward()
     grads = torch.cat(
         [p.grad.flatten() for p in student.parameters() if p.requires_grad and p.grad is not None]
@@ -95,25 +109,23 @@ def _loss_and_grads(student: Any, inputs: dict[str, Any], kl_fn: Any) -> tuple[t
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_cached_path_equals_live_path_with_exact_cache(exact_cache: Path, lora: bool) -> None:
-    from pipeline.teacher.forward import hidden_states, project_fp32
-    from pipeline.train.trainer import DistillSettings, cached_teacher_kl, live_teacher_kl
+    """CachedGKDTrainer (k = whole vocabulary, fp32 cache) and LiveGKDTrainer give the same loss and
+    gradients through their own ``compute_loss`` (fused head + loss), for every beta."""
+    from pipeline.train.trainer import CachedGKDTrainer, DistillSettings, LiveGKDTrainer
 
     cfg = _load(exact_cache)
     enc, batch = _batch(cfg, Path(cfg.custom.teacher_cache) / "train")
-    inputs = {k: v for k, v in batch.items() if k not in ("teacher", "sample_ids")}
+    batch.pop("sample_ids", None)
     base, teacher = _models(cfg, lora)
     enc.template.model = base
-    b, j = (inputs["labels"][:, 1:] != -100).nonzero(as_tuple=True)
-    with torch.no_grad():
-        t_logits = project_fp32(teacher, hidden_states(teacher, inputs)[b, j])
     for beta in (0.0, 0.5, 1.0):
         st = DistillSettings(beta=beta, real_vocab=len(enc.tokenizer))
+        cached_tr = _bare_trainer(CachedGKDTrainer, st)
+        live_tr = _bare_trainer(LiveGKDTrainer, st, teacher)
         cached, live = copy.deepcopy(base), copy.deepcopy(base)
         for _ in range(2):  # the first steps: each copy takes an SGD step with its own gradient
-            lc, gc = _loss_and_grads(
-                cached, inputs, lambda s, t, st=st: cached_teacher_kl(batch["teacher"], s, t, st)
-            )
-            ll, gl = _loss_and_grads(live, inputs, lambda s, t, st=st: live_teacher_kl(s, t_logits, st))
+            lc, gc = _loss_and_grads(cached_tr, cached, batch)
+            ll, gl = _loss_and_grads(live_tr, live, batch)
             assert abs(float(lc - ll)) <= 1e-4 * abs(float(ll)) + 1e-9, (beta, float(lc), float(ll))
             assert float((gc - gl).norm() / gl.norm()) <= 1e-4, beta
             with torch.no_grad():
@@ -121,28 +133,53 @@ def test_cached_path_equals_live_path_with_exact_cache(exact_cache: Path, lora: 
                     for p in m.parameters():
                         if p.grad is not None:
                             p -= 0.5 * p.grad
+        assert cached_tr.custom_metrics["train"]["kl_loss"].count > 0
+
+
+def test_fused_student_scores_equal_the_dense_head(default_cache: Path) -> None:
+    """The hidden states the fused path reads give the model's own logits (ms-swift forward, real model)."""
+    from pipeline.train import losses
+    from pipeline.train.student_forward import student_token_scores
+
+    cfg = _load(default_cache)
+    enc, batch = _batch(cfg, Path(cfg.custom.teacher_cache) / "train")
+    inputs = {k: v for k, v in batch.items() if k not in ("teacher", "sample_ids")}
+    student, _ = _models(cfg, lora=False)
+    real = len(enc.tokenizer)
+    with torch.no_grad():
+        dense, targets = losses.supervised_logits(
+            student(**{k: v for k, v in inputs.items() if k != "labels"}).logits, inputs["labels"]
+        )
+        scores = student_token_scores(student, inputs, real_vocab=real)
+    assert torch.equal(scores.targets, targets) and targets.numel() > 0
+    ce = losses.cross_entropy(dense[:, :real], targets, reduction="none")
+    torch.testing.assert_close(scores.tokens.ce, ce, rtol=1e-5, atol=1e-5)
+    assert torch.equal(scores.tokens.correct, dense[:, :real].argmax(-1) == targets)
+    assert scores.outputs.logits.shape[1] == 1  # the model's own head ran on one position per row
+    assert "hidden_states" not in scores.outputs  # callers (prediction_step) never gather them
 
 
 def test_topk16_loss_never_exceeds_live(default_cache: Path, record_property: Any) -> None:
     from pipeline.teacher.forward import hidden_states, project_fp32
-    from pipeline.train.trainer import DistillSettings, cached_teacher_kl, live_teacher_kl
+    from pipeline.train.student_forward import student_token_scores
+    from pipeline.train.trainer import DistillSettings, cached_teacher_topk
 
     cfg = _load(default_cache)
     enc, batch = _batch(cfg, Path(cfg.custom.teacher_cache) / "train", n=8)
     inputs = {k: v for k, v in batch.items() if k not in ("teacher", "sample_ids")}
     student, teacher = _models(cfg, lora=False)
     b, j = (inputs["labels"][:, 1:] != -100).nonzero(as_tuple=True)
+    targets = inputs["labels"][:, 1:][inputs["labels"][:, 1:] != -100]
     with torch.no_grad():
         t_logits = project_fp32(teacher, hidden_states(teacher, inputs)[b, j])
-        s_logits = student(**{k: v for k, v in inputs.items() if k != "labels"}).logits[:, :-1][
-            inputs["labels"][:, 1:] != -100
-        ]
-        targets = inputs["labels"][:, 1:][inputs["labels"][:, 1:] != -100]
     gaps = []
     for beta in (0.0, 0.5, 1.0):
         st = DistillSettings(beta=beta, real_vocab=len(enc.tokenizer))
-        sparse = cached_teacher_kl(batch["teacher"], s_logits, targets, st)
-        full = live_teacher_kl(s_logits, t_logits, st)
+        kw = dict(real_vocab=st.real_vocab, beta=beta)
+        with torch.no_grad():
+            topk = cached_teacher_topk(batch["teacher"], targets, st)
+            sparse = student_token_scores(student, inputs, topk=topk, **kw).tokens.kl
+            full = student_token_scores(student, inputs, teacher_logits=t_logits, **kw).tokens.kl
         # the loss (mean over the batch's tokens) never exceeds the live loss
         assert float(sparse.mean()) <= float(full.mean()) + 1e-6, beta
         # per token too, up to the default encoding's quantisation of the teacher values
@@ -166,7 +203,7 @@ def test_cached_run_telemetry_lora_and_no_teacher(
         raise AssertionError("the cached variant with lmbda=0 must not load a teacher")
 
     monkeypatch.setattr(launcher, "load_teacher", no_teacher)
-    monkeypatch.setattr(CachedGKDTrainer, "_live_kl", no_teacher)
+    monkeypatch.setattr(CachedGKDTrainer, "_live_teacher_logits", no_teacher)
     out = tmp_path / "run"
     launcher.run_training(
         _load(
