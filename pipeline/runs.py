@@ -1,5 +1,6 @@
 """Run plumbing shared by every stage: which file a split is, its teacher cache, and how a cached row
 compares with the row encoded now.
+
 One home for each of these, so the cache stage, training, evaluation and inspection cannot drift
 (which rows a training run uses, and binding them to a cache with every other row accounted for, is
 ``pipeline.train.coverage``):
