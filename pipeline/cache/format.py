@@ -4,7 +4,7 @@ One shard is an Arrow IPC *file* (random access by record batch) with zstd-compr
 one row per sample. The top-k block is packed into byte planes (``binary`` columns): at k=64 the
 packed block costs 133 bytes per supervised target where plain list columns holding the very same
 decoded values cost 206 (Arrow IPC, zstd; measured). The exact packing is in ``docs/cache_format.md``
-and :mod:`pipeline.cache.codec`; :func:`pipeline.cache.reader.export_plain` writes a plain copy.
+and :mod:`pipeline.cache.codec`; :func:`pipeline.cache.export.export_plain` writes a plain copy.
 
 This module knows nothing of models or torch.
 """

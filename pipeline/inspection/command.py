@@ -41,7 +41,7 @@ def parse_select(select: str | None) -> tuple[str, list[str] | None]:
 def export_cache(cache: Path, out: Path) -> dict[str, int]:
     """A plain copy with list columns: Parquet (``.parquet``) or an Arrow stream, which
     ``datasets.Dataset.from_file`` opens directly (any other suffix)."""
-    from pipeline.cache.reader import export_plain
+    from pipeline.cache.export import export_plain
 
     return export_plain(cache, out)
 

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.cache.export import export_plain
 from pipeline.cache.format import FP32, QUANTIZED
-from pipeline.cache.reader import CacheReader, export_plain
+from pipeline.cache.reader import CacheReader
 from pipeline.cache.writer import CacheWriter
 from tests.cache.helpers import FINGERPRINT, assert_decoded_close, assert_same_sample, kl_rows, random_sample
 

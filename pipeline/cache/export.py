@@ -1,0 +1,86 @@
+"""Plain copies of a cache for tools that do not speak its codec (``distill inspect --export``).
+
+The shards store id-sorted delta planes and quantised levels; this writes the decoded values as plain
+list columns, as Parquet or as an Arrow IPC stream (what ``datasets.Dataset.from_file`` reads).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.cache.reader import CacheReader
+
+
+def export_plain(cache_root: str | Path, out_path: str | Path) -> dict[str, int]:
+    """Write a plain copy of a cache (decoded values) with list columns; ``.parquet`` -> Parquet, else an
+    Arrow IPC *stream* (``pa.ipc.open_stream``; what ``datasets.Dataset.from_file`` reads).
+
+    One row per sample: ``sample_id``, ``encoding_hash``, ``num_tokens`` and per-target lists ``positions``,
+    ``target_ids``, ``target_logprobs``, ``tail_logprobs``, ``topk_ids`` (list of fixed-size lists of k
+    int32), ``topk_logprobs`` (same, float32). Returns ``{"rows", "targets"}``.
+    """
+    reader = CacheReader(cache_root, verify="lazy")
+    k = reader.top_k
+    schema = pa.schema(
+        [
+            ("sample_id", pa.string()),
+            ("encoding_hash", pa.string()),
+            ("num_tokens", pa.int32()),
+            ("positions", pa.list_(pa.int32())),
+            ("target_ids", pa.list_(pa.int32())),
+            ("target_logprobs", pa.list_(pa.float32())),
+            ("tail_logprobs", pa.list_(pa.float32())),
+            ("topk_ids", pa.list_(pa.list_(pa.int32(), k))),
+            ("topk_logprobs", pa.list_(pa.list_(pa.float32(), k))),
+        ],
+        metadata={b"vlm_distill.manifest": _manifest_json(reader.manifest)},
+    )
+    out_path = Path(out_path)
+    rows = targets = 0
+    parquet = out_path.suffix == ".parquet"
+    if parquet:
+        import pyarrow.parquet as pq
+
+        sink: Any = pq.ParquetWriter(str(out_path), schema, compression="zstd")
+    else:
+        sink = pa.ipc.new_stream(
+            str(out_path), schema, options=pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd"))
+        )
+    with sink:
+        for block, d, positions in reader.iter_blocks():
+            offsets = pa.array(np.concatenate([[0], np.cumsum(block.num_targets)]).astype(np.int32))
+
+            def lst(values: np.ndarray, offsets: pa.Array = offsets) -> pa.Array:
+                return pa.ListArray.from_arrays(offsets, pa.array(values))
+
+            def fixed(values: np.ndarray, offsets: pa.Array = offsets) -> pa.Array:
+                inner = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k)
+                return pa.ListArray.from_arrays(offsets, inner)
+
+            batch = pa.RecordBatch.from_arrays(
+                [
+                    pa.array(block.sample_ids, pa.string()),
+                    pa.array(block.hashes, pa.string()),
+                    pa.array(block.num_tokens, pa.int32()),
+                    lst(positions.astype(np.int32)),
+                    lst(d.target_ids.astype(np.int32)),
+                    lst(d.target_logprobs),
+                    lst(d.tail_logprobs),
+                    fixed(d.topk_ids.astype(np.int32)),
+                    fixed(d.topk_logprobs),
+                ],
+                schema=schema,
+            )
+            sink.write_batch(batch)
+            rows += batch.num_rows
+            targets += len(d.target_ids)
+    return {"rows": rows, "targets": targets}
+
+
+def _manifest_json(manifest: dict[str, Any]) -> bytes:
+    return json.dumps(manifest, sort_keys=True).encode()
