@@ -25,7 +25,7 @@ commands (appended last, so they win over the doc's own values):
                           per-device batch 4 train / 8 eval; rlhf.max_completion_length 16 if rlhf)
     bench cache-format    --n 2000
     bench cache-write     --set data.dataset=[data/prepared/val.jsonl]
-    bench train-step      --steps 2
+    bench train-step      --steps 2 --rounds 1
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ SIZE_ARGS: dict[tuple[str, ...], list[str]] = {
     ("demo-assets",): DEMO_SIZES,
     ("bench", "cache-format"): ["--n", "2000"],
     ("bench", "cache-write"): ["--set", "data.dataset=[data/prepared/val.jsonl]"],
-    ("bench", "train-step"): ["--steps", "2"],
+    ("bench", "train-step"): ["--steps", "2", "--rounds", "1"],
 }
 
 

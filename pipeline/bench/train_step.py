@@ -1,14 +1,18 @@
 """``distill bench train-step``: optimizer-step time and peak memory of SFT, cached GKD and live GKD.
 
-One subprocess per mode (peak RSS only grows within a process), same student, data, batch size,
-dataloader settings, seed and number of steps:
+One subprocess per mode and round (peak RSS only grows within a process), same student, data, batch
+size, dataloader settings, seed and number of steps:
 
 - ``sft``: our CE trainer (ms-swift's SFT trainer path);
 - ``cached``: GKD against the teacher cache, ``lmbda = 0`` (the teacher is never loaded);
 - ``live``: stock ms-swift ``GKDTrainer`` with the same teacher, ``lmbda = 0`` (only the template's
   image placeholder ids are set from the tokenizer, as everywhere in this project).
 
-The median step time skips the first ``warmup`` steps. The last line printed is one JSON object.
+The modes alternate over ``rounds`` (round r runs them in the order rotated by r), so a slow phase of
+a shared machine falls on every mode alike; each run's step time is its median after ``warmup`` steps,
+the reported times are medians over rounds and the ratios are medians of the per-round ratios.
+Outputs go to ``--out`` (default ``runs/bench/train_step``, not a DVC output). The last line printed
+is one JSON object.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from pipeline.config import DistillConfig
 
 MODES = ("sft", "cached", "live")
+DEFAULT_OUT = Path("runs/bench/train_step")  # not a DVC output: benches never touch stage outputs
 
 
 def _step_timer() -> Any:
@@ -141,46 +146,62 @@ def bench_train_step(
     steps: int = 20,
     config_path: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    rounds: int = 3,
+    out: Path = DEFAULT_OUT,
 ) -> dict[str, Any]:
-    """Run every mode in its own subprocess and print a side-by-side table and one JSON line."""
+    """Run every mode in its own subprocess, alternating over rounds; print a table and one JSON line."""
     config_path = Path(config_path or cfg.source_files[-1])
-    base_out = Path(cfg.train.output_dir) / "bench_train_step"
-    results: dict[str, dict[str, Any]] = {}
-    for mode in MODES:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pipeline.bench.train_step",
-            str(config_path),
-            mode,
-            str(steps),
-            str(base_out / mode),
-            json.dumps(overrides or {}),
-        ]
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{") and '"mode"' in ln]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"bench mode {mode} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-        results[mode] = json.loads(lines[-1])
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    for r in range(rounds):
+        for mode in MODES[r % len(MODES) :] + MODES[: r % len(MODES)]:
+            runs[mode].append(
+                _run_subprocess(config_path, mode, steps, Path(out) / f"r{r}" / mode, overrides)
+            )
     for m in MODES:
-        r = results[m]
-        print(
-            f"{m:7s} median step {r['step_s']:.4f} s   peak RSS {r['peak_rss_mb']:.0f} MB   ({r['steps']} steps)"
-        )
+        times = " ".join(f"{x['step_s']:.4f}" for x in runs[m])
+        rss = statistics.median(x["peak_rss_mb"] for x in runs[m])
+        print(f"{m:7s} step s per round [{times}]   median peak RSS {rss:.0f} MB")
+
+    def med(mode: str, key: str) -> float:
+        return statistics.median(x[key] for x in runs[mode])
+
+    def ratio(a: str, b: str) -> list[float]:
+        return [x["step_s"] / y["step_s"] for x, y in zip(runs[a], runs[b], strict=True)]
+
     summary = {
-        "sft_step_s": results["sft"]["step_s"],
-        "cached_step_s": results["cached"]["step_s"],
-        "live_step_s": results["live"]["step_s"],
-        "cached_over_sft": results["cached"]["step_s"] / results["sft"]["step_s"],
-        "live_over_cached": results["live"]["step_s"] / results["cached"]["step_s"],
-        "sft_peak_rss_mb": results["sft"]["peak_rss_mb"],
-        "cached_peak_rss_mb": results["cached"]["peak_rss_mb"],
-        "live_peak_rss_mb": results["live"]["peak_rss_mb"],
+        "sft_step_s": med("sft", "step_s"),
+        "cached_step_s": med("cached", "step_s"),
+        "live_step_s": med("live", "step_s"),
+        "cached_over_sft": statistics.median(ratio("cached", "sft")),
+        "live_over_cached": statistics.median(ratio("live", "cached")),
+        "sft_peak_rss_mb": med("sft", "peak_rss_mb"),
+        "cached_peak_rss_mb": med("cached", "peak_rss_mb"),
+        "live_peak_rss_mb": med("live", "peak_rss_mb"),
+        "cached_over_sft_rounds": ratio("cached", "sft"),
+        "rounds": rounds,
     }
     print(json.dumps(summary))
     return summary
+
+
+def _run_subprocess(
+    config_path: Path, mode: str, steps: int, out: Path, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.bench.train_step",
+        str(config_path),
+        mode,
+        str(steps),
+        str(out),
+        json.dumps(overrides or {}),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{") and '"mode"' in ln]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"bench mode {mode} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return dict(json.loads(lines[-1]))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,13 @@ on dataset batches (never on student-sampled ones), divided by the step's superv
 (``num_items_in_batch``), so gradient accumulation equals one large batch. Evaluation never runs the
 live teacher: ``eval/sft_loss`` (CE) is the model-selection metric for every variant, ``eval/kl_loss``
 comes from the cached eval split when there is one.
+
+Student step: every variant (SFT, cached, live, on-policy, evaluation) goes through
+``pipeline.train.student_forward.student_token_scores``: the whole model is called with
+``output_hidden_states=True, logits_to_keep=1`` (so ms-swift's template hook, peft, DDP and DeepSpeed
+all see an ordinary forward; the module docstring there says why this hook), and the head + loss run
+fused at the supervised positions only (``pipeline.train.fused``): no ``[B, L, V]`` logits, one
+``[c, Vb]`` fp32 block at a time, the head gradient accumulated in place.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pipeline.errors import CacheMismatchError, ConfigError
 from pipeline.teacher.forward import forward_context, hidden_states, project_fp32, supervised_index
 from pipeline.train import losses
 from pipeline.train.data import IDS_KEY, ROWS_KEY, TEACHER_KEY
+from pipeline.train.student_forward import output_head, student_token_scores
 
 # Canonical telemetry names. ms-swift / HF log raw keys ("loss", "eval_loss"); ``log`` renames them so
 # each quantity appears once under one name, in logging.jsonl, TensorBoard and DVCLive alike.
@@ -146,9 +154,24 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         self.custom_metrics[mode][name].update(value)
 
     # ---- loss --------------------------------------------------------------------------------------
+    def get_use_logits_to_keep(self, default_value: bool = True) -> bool:
+        """Never let ms-swift compress the labels to ``logits_to_keep`` positions.
+
+        The fused loss applies the head itself at the supervised positions of the full hidden states
+        (``pipeline.train.student_forward``); ms-swift's compression would rewrite ``labels`` and
+        misalign them with those states.
+        """
+        return False
+
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
+        """Fused head + loss at the supervised positions (``student_token_scores``), every variant.
+
+        ``return_outputs=True`` (ms-swift's ``prediction_step``) returns the model outputs without
+        hidden states; their ``logits`` cover the last position only (``[B, 1, V]``): evaluation
+        metrics are recorded here (``eval/sft_loss``, ``eval/token_accuracy``, ``eval/kl_loss``).
+        """
         mode = "train" if model.training else "eval"
         for key in ("compute_loss_func", "loss_scale", "text_position_ids", "channel", IDS_KEY):
             inputs.pop(key, None)
@@ -160,19 +183,23 @@ class _DistillTrainerBase(Seq2SeqTrainer):
             teacher = None
             num_items_in_batch = None  # the sampled completions have their own token count
         labels = inputs["labels"]
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-        s_logits, targets = losses.supervised_logits(outputs.logits, labels)
-        n_local = targets.numel()
-        denom = num_items_in_batch if num_items_in_batch is not None else n_local
-
-        ce_tok = losses.cross_entropy(s_logits, targets, reduction="none")
-        correct, total = losses.token_accuracy(s_logits, targets)
-        kl_tok = None
-        if on_policy or (mode == "train" and self.teacher_source == "live"):
-            kl_tok = self._live_kl(inputs, labels, s_logits)
+        topk = t_logits = None
+        if on_policy or (mode == "train" and self.uses_teacher and self.teacher_source == "live"):
+            t_logits = self._live_teacher_logits(inputs, labels)
         elif teacher is not None and self.uses_teacher:
-            kl_tok = self._cached_kl(teacher, s_logits, targets)
-
+            b, j = supervised_index(labels)
+            topk = cached_teacher_topk(teacher, labels[b, j], self.distill)
+        scores = student_token_scores(
+            model,
+            inputs,
+            real_vocab=self._real_vocab(model),
+            topk=topk,
+            teacher_logits=t_logits,
+            beta=self.distill.beta,
+            loss_temperature=self.distill.loss_temperature,
+        )
+        ce_tok, kl_tok, correct = scores.tokens.ce, scores.tokens.kl, scores.tokens.correct
+        denom = num_items_in_batch if num_items_in_batch is not None else ce_tok.numel()
         if kl_tok is None:
             loss_sum = ce_tok.sum()
         else:
@@ -185,21 +212,19 @@ class _DistillTrainerBase(Seq2SeqTrainer):
 
         if not on_policy:
             self._record(mode, "sft_loss", ce_tok)
-            if total:
-                self._record(mode, "token_accuracy", torch.tensor([correct.item() / total] * total))
+            if correct.numel():
+                self._record(mode, "token_accuracy", correct.float())
         if kl_tok is not None:
             self._record(mode, "kl_loss", kl_tok)
         if mode == "train" and self.uses_teacher:
             self._record(mode, "live_fraction", 1.0 if on_policy else 0.0)
-        return (loss, outputs) if return_outputs else loss
+        return (loss, scores.outputs) if return_outputs else loss
 
-    def _cached_kl(
-        self, teacher: dict[str, torch.Tensor], s_logits: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        return cached_teacher_kl(teacher, s_logits, targets, self.distill)
+    def _real_vocab(self, model: Any) -> int:
+        return self.distill.real_vocab or int(output_head(model)[0].shape[0])
 
-    def _live_kl(self, inputs: dict[str, Any], labels: torch.Tensor, s_logits: torch.Tensor) -> torch.Tensor:
-        """GJSD against the live teacher's full distribution (fp32; padded rows form one bucket)."""
+    def _live_teacher_logits(self, inputs: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+        """The live teacher's fp32 logits ``[N, Vt]`` at the batch's supervised targets (no grad)."""
         if self.teacher_model is None:
             raise ConfigError(
                 "a live teacher is needed (lmbda > 0 or gkd_monitor) but none was loaded; "
@@ -208,8 +233,7 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         b, j = supervised_index(labels)
         with torch.no_grad(), forward_context(self.teacher_model, None):
             h = hidden_states(self.teacher_model, {k: v for k, v in inputs.items()})
-            t_logits = project_fp32(self.teacher_model, h[b, j - 1])  # up-cast, never down-cast
-        return live_teacher_kl(s_logits, t_logits, self.distill)
+            return project_fp32(self.teacher_model, h[b, j - 1])  # up-cast, never down-cast
 
     # ---- on-policy ---------------------------------------------------------------------------------
     def _draw_on_policy(self) -> bool:
@@ -229,52 +253,29 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         return sample_completions(self, model, rows)
 
 
-def cached_teacher_kl(
-    teacher: dict[str, torch.Tensor], s_logits: torch.Tensor, targets: torch.Tensor, distill: DistillSettings
-) -> torch.Tensor:
-    """Per-token GJSD of the student [N, V] against the batch's cached top-k + tail (float32 [N]).
+def cached_teacher_topk(
+    teacher: dict[str, torch.Tensor], targets: torch.Tensor, distill: DistillSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's cached top-k, checked and normalised: ``(ids [N, k] int64, logprobs [N, k], tail [N])``.
 
-    The batch's supervised targets must be the cached ones, in the same order: this is the cheap
-    per-batch half of the alignment check (the encoding hash is the per-sample half).
+    The batch's supervised targets ``[N]`` must be the cached ones, in the same order: this is the
+    cheap per-batch half of the alignment check (the encoding hash is the per-sample half). Cached ids
+    must be real token ids (``< real_vocab``; the fused loss checks it again on the device).
     """
-    t = {k: v.to(s_logits.device) for k, v in teacher.items()}
+    t = {k: v.to(targets.device) for k, v in teacher.items()}
     if t["target_ids"].shape != targets.shape or not torch.equal(t["target_ids"], targets):
         raise CacheMismatchError(
             f"batch targets disagree with the cache ({targets.numel()} supervised tokens in the batch, "
             f"{t['target_ids'].numel()} in the cache): the collator or template changed the labels"
         )
-    if t["topk_ids"].numel() and int(t["topk_ids"].max()) >= s_logits.shape[-1]:
+    if distill.real_vocab and t["topk_ids"].numel() and int(t["topk_ids"].max()) >= distill.real_vocab:
         raise CacheMismatchError(
-            f"cached id {int(t['topk_ids'].max())} is outside the student's vocabulary ({s_logits.shape[-1]})"
+            f"cached id {int(t['topk_ids'].max())} is outside the student's real vocabulary "
+            f"({distill.real_vocab})"
         )
-    v = distill.real_vocab or s_logits.shape[-1]
     # the default encoding decodes values to their cell centres: compare normalised distributions
     lp, tail = losses.renormalise_topk(t["topk_logprobs"], t["tail_logprobs"])
-    return losses.gjsd_topk(
-        s_logits[:, :v],
-        t["topk_ids"],
-        lp,
-        tail,
-        beta=distill.beta,
-        temperature=distill.loss_temperature,
-        reduction="none",
-    )
-
-
-def live_teacher_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, distill: DistillSettings) -> torch.Tensor:
-    """Per-token GJSD of the student [N, Vs] against full teacher logits [N, Vt] (fp32, up-cast).
-
-    Both sides are restricted to the tokenizer's real ids (``real_vocab``) before the softmax, exactly
-    as the cache is (see ``pipeline.teacher.forward.topk_from_logits``), so the live and cached paths agree.
-    """
-    v = distill.real_vocab or min(s_logits.shape[-1], t_logits.shape[-1])
-    return losses.gjsd_full(
-        s_logits[:, :v],
-        t_logits[:, :v].float(),
-        beta=distill.beta,
-        temperature=distill.loss_temperature,
-        reduction="none",
-    )
+    return t["topk_ids"], lp, tail
 
 
 class CETrainer(_DistillTrainerBase):
