@@ -3,8 +3,8 @@
 Three measurements, each on the rows that encode (a row that does not is counted as skipped, with
 its reason, never replaced):
 
-- CE (nats per supervised token) and token accuracy, aligned by slicing exactly like training
-  (``losses.supervised_logits``); the output projection runs in fp32 on supervised positions only.
+- CE (nats per supervised token) and token accuracy over the tokenizer's real ids, scored by the
+  student step's own function (slicing alignment, fp32 head on supervised positions only).
 - KL to the cached teacher when ``<custom.teacher_cache>/val`` exists and the split is ``val``: the
   per-token GJSD (``rlhf.beta``, forward KL without an rlhf block) over the cached top-k + tail, at
   ``custom.loss_temperature``. Every row's encoding hash must equal the cache's.
@@ -19,6 +19,7 @@ same image count): the CE gap to the true-image run shows whether the model look
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import time
@@ -36,13 +37,8 @@ from pipeline.errors import CacheMismatchError, DataError
 from pipeline.evaluate.captions import caption_metrics, caption_rows, load_caption_metric
 from pipeline.models import load_trained
 from pipeline.runs import CachePolicy, cache_mismatch_field, open_split_cache, split_path
-from pipeline.teacher.forward import hidden_states, project_fp32
 from pipeline.train.losses import (
-    cross_entropy,
-    gjsd_topk,
     renormalise_topk,
-    supervised_logits,
-    token_accuracy,
 )
 
 if TYPE_CHECKING:
@@ -127,15 +123,18 @@ def score_tokens(
 ) -> dict[str, float]:
     """Summed CE, correct-token count and (with ``cache``) GJSD over every supervised target.
 
-    Per batch: backbone hidden states ``[B, L, H]`` -> ``supervised_logits`` (slicing: the state at
-    ``j-1`` predicts target ``j``) -> ``[N, H]`` -> per row, fp32 head ``[n_i, V]``. Full-vocabulary
-    logits exist for one row's targets at a time, never for the whole ``[B, L, V]`` batch.
+    The student step's own scoring (``pipeline.train.student_forward.student_token_scores``): the
+    head runs in fp32 on supervised positions only, in row chunks, so full-vocabulary logits never
+    exist for the whole ``[B, L, V]`` batch, and evaluation measures exactly what training optimises.
 
     ``cache`` is duck-typed (``sample_ids``, ``get(id)`` -> numpy ``topk_ids [n, k]``,
     ``topk_logprobs [n, k]``, ``tail_logprobs [n]``, ``encoding_hash``...); rows it lacks are left out
     of the KL only. A row whose encoding differs from its cache row raises ``CacheMismatchError``.
     """
+    from pipeline.train.student_forward import student_token_scores
+
     device = next(model.parameters()).device
+    real_vocab = len(encoder.tokenizer)
     cached_ids = set(cache.sample_ids) if cache is not None else set()
     ce_sum = correct = tokens = 0.0
     kl_sum = kl_tokens = kl_rows = 0.0
@@ -143,38 +142,19 @@ def score_tokens(
         chunk = encoded[start : start + batch_size]
         batch = encoder.template.data_collator([dict(enc.inputs) for _, enc in chunk])
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        labels = batch["labels"]
-        h, targets = supervised_logits(hidden_states(model, batch), labels)
-        counts = (labels[:, 1:] != -100).sum(dim=1).tolist()
-        for (row, enc), h_row, y_row in zip(chunk, h.split(counts), targets.split(counts), strict=True):
-            logits = project_fp32(model, h_row)  # float32 [n_i, V]
-            ce_sum += float(cross_entropy(logits, y_row))
-            correct += float(token_accuracy(logits, y_row)[0])
-            tokens += y_row.numel()
-            if row.sample_id not in cached_ids:
-                continue
-            cached = cache.get(row.sample_id)
-            bad = cache_mismatch_field(enc, cached)
-            if bad is not None:
-                raise CacheMismatchError(
-                    f"{row.source}: sample {row.sample_id!r}: encoding differs from the teacher "
-                    f"cache (first difference: {bad}); rebuild the cache or fix the settings"
-                )
-            kl_sum += float(
-                gjsd_topk(
-                    # the KL compares distributions over the tokenizer's real ids (padded rows excluded)
-                    logits[:, : len(encoder.tokenizer)],
-                    torch.as_tensor(cached.topk_ids, dtype=torch.int64, device=device),
-                    *renormalise_topk(
-                        torch.as_tensor(cached.topk_logprobs, dtype=torch.float32, device=device),
-                        torch.as_tensor(cached.tail_logprobs, dtype=torch.float32, device=device),
-                    ),
-                    beta,
-                    loss_temperature,
-                )
-            )
-            kl_tokens += y_row.numel()
-            kl_rows += 1
+        counts = [int(n) for n in (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()]
+        topk, in_cache = _cached_targets(chunk, counts, cache, cached_ids, device)
+        scores = student_token_scores(
+            model, batch, real_vocab=real_vocab, topk=topk, beta=beta, loss_temperature=loss_temperature
+        )
+        t = scores.tokens
+        ce_sum += float(t.ce.sum())
+        correct += float(t.correct.sum())
+        tokens += scores.targets.numel()
+        if t.kl is not None:
+            kl_sum += float(t.kl[in_cache].sum())
+            kl_tokens += int(in_cache.sum())
+            kl_rows += sum(1 for row, _ in chunk if row.sample_id in cached_ids)
     return {
         "ce_sum": ce_sum,
         "correct": correct,
@@ -185,6 +165,50 @@ def score_tokens(
     }
 
 
+def _cached_targets(
+    chunk: Sequence[tuple[Row, EncodedRow]],
+    counts: Sequence[int],
+    cache: Any,
+    cached_ids: set[str],
+    device: torch.device,
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, torch.Tensor]:
+    """The batch's cached top-k + tail (renormalised), and which of its N targets are cached (bool [N]).
+
+    Rows the cache lacks get a uniform placeholder distribution whose KL is never counted. None when
+    no row of the batch is cached.
+    """
+    n = sum(counts)
+    in_cache = torch.zeros(n, dtype=torch.bool, device=device)
+    if not any(row.sample_id in cached_ids for row, _ in chunk):
+        return None, in_cache
+    samples = {}
+    for row, enc in chunk:
+        if row.sample_id not in cached_ids:
+            continue
+        cached = samples[row.sample_id] = cache.get(row.sample_id)
+        bad = cache_mismatch_field(enc, cached)
+        if bad is not None:
+            raise CacheMismatchError(
+                f"{row.source}: sample {row.sample_id!r}: encoding differs from the teacher "
+                f"cache (first difference: {bad}); rebuild the cache or fix the settings"
+            )
+    k = next(iter(samples.values())).topk_ids.shape[1]
+    ids, lps, tails = [], [], []
+    start = 0
+    for (row, _), c in zip(chunk, counts, strict=True):
+        if row.sample_id in samples:
+            cached = samples[row.sample_id]
+            ids.append(torch.as_tensor(cached.topk_ids, dtype=torch.int64))
+            lps.append(torch.as_tensor(cached.topk_logprobs, dtype=torch.float32))
+            tails.append(torch.as_tensor(cached.tail_logprobs, dtype=torch.float32))
+            in_cache[start : start + c] = True
+        else:
+            ids.append(torch.arange(k, dtype=torch.int64).expand(c, k))
+            lps.append(torch.full((c, k), -math.log(k + 1)))
+            tails.append(torch.full((c,), -math.log(k + 1)))
+        start += c
+    lp, tail = renormalise_topk(torch.cat(lps).to(device), torch.cat(tails).to(device))
+    return (torch.cat(ids).to(device), lp, tail), in_cache
 
 
 # -------------------------------------------------------------------------------------- captions
