@@ -11,7 +11,7 @@ within a row chunk over vocabulary blocks of ``Vb`` columns:
   online log-sum-exp OUTSIDE the top-k ids (so the student's tail ``log(1 - sum)`` is
   ``lse_outside - lse``, without cancellation, exactly as ``losses.gjsd_topk``), and the running
   argmax (token accuracy). Against live teacher logits a second pass sums the full divergence.
-- the divergence itself is ``losses._gjsd_rows`` on the small ``[c, k+1]`` (or ``[c, Vb]``) log-prob
+- the divergence itself is ``losses.gjsd_rows`` on the small ``[c, k+1]`` (or ``[c, Vb]``) log-prob
   tensors, the same core as the dense losses, so the two paths cannot drift; its derivative with
   respect to the student log-probs is taken there and saved (``[N, k+1]``, or ``[N]`` for live).
 - backward (custom ``autograd.Function``): one more pass, vocabulary blocks outside and row chunks
@@ -100,7 +100,7 @@ def fused_token_losses(
         ``TokenLosses``; gradients flow to ``h``, ``weight`` and ``bias`` only (teacher tensors are
         constants and must not require grad).
     """
-    losses._check_common(beta, temperature, "none", chunk_size)
+    losses.check_common(beta, temperature, "none", chunk_size)
     if vocab_block < 1:
         raise ValueError(f"vocab_block must be >= 1, got {vocab_block}")
     if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:
@@ -116,7 +116,7 @@ def fused_token_losses(
         raise ValueError(f"bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
     if topk is not None and teacher_logits is not None:
         raise ValueError("pass either topk (cached teacher) or teacher_logits (live teacher), not both")
-    losses._check_ids(targets.unsqueeze(-1), real_vocab, name="targets")
+    losses.check_ids(targets.unsqueeze(-1), real_vocab, name="targets")
     teacher: tuple[torch.Tensor, ...] = ()
     if topk is not None:
         ids, lp, tail = topk
@@ -127,7 +127,7 @@ def fused_token_losses(
             )
         if ids.dtype != torch.int64:
             raise TypeError(f"topk_ids must be int64, got {ids.dtype}")
-        losses._check_ids(ids, real_vocab)
+        losses.check_ids(ids, real_vocab)
         teacher = (ids, lp, tail)
     elif teacher_logits is not None:
         if teacher_logits.dim() != 2 or teacher_logits.shape[0] != n or teacher_logits.shape[1] < real_vocab:
@@ -344,10 +344,10 @@ def _chunk_forward(
 def _gjsd_and_grad(
     log_t: torch.Tensor, log_s: torch.Tensor, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``losses._gjsd_rows`` per row (``[c]``) and its derivative w.r.t. ``log_s`` (``[c, C]``)."""
+    """``losses.gjsd_rows`` per row (``[c]``) and its derivative w.r.t. ``log_s`` (``[c, C]``)."""
     with torch.enable_grad():
         leaf = log_s.detach().requires_grad_(True)
-        rows = losses._gjsd_rows(log_t, leaf, beta)
+        rows = losses.gjsd_rows(log_t, leaf, beta)
         (grad,) = torch.autograd.grad(rows.sum(), leaf)
     return rows.detach(), grad
 

@@ -126,7 +126,7 @@ def gjsd_full(
     Returns:
         fp32 (or fp64) divergences, summed or ``[N]``.
     """
-    _check_common(beta, temperature, reduction, chunk_size)
+    check_common(beta, temperature, reduction, chunk_size)
     if student_logits.dim() != 2 or teacher_logits.dim() != 2:
         raise ValueError("student_logits and teacher_logits must be [N, V]")
     if student_logits.shape[0] != teacher_logits.shape[0]:
@@ -150,7 +150,7 @@ def gjsd_full(
     def rows(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         log_s = torch.log_softmax(s.to(dtype) / temperature, dim=-1)
         log_t = torch.log_softmax(t.to(dtype) / temperature, dim=-1)
-        return _gjsd_rows(log_t, log_s, beta)
+        return gjsd_rows(log_t, log_s, beta)
 
     return _reduce(_rowwise(rows, (student_logits, teacher_logits), chunk_size), reduction)
 
@@ -185,7 +185,7 @@ def gjsd_topk(
     Returns:
         fp32 (or fp64) divergences, summed or ``[N]``.
     """
-    _check_common(beta, temperature, reduction, chunk_size)
+    check_common(beta, temperature, reduction, chunk_size)
     if student_logits.dim() != 2 or topk_ids.dim() != 2:
         raise ValueError(
             f"expected student_logits [N, V] and topk_ids [N, k], got "
@@ -199,7 +199,7 @@ def gjsd_topk(
         )
     if topk_ids.dtype != torch.int64:
         raise TypeError(f"topk_ids must be int64, got {topk_ids.dtype}")
-    _check_ids(topk_ids, vocab)
+    check_ids(topk_ids, vocab)
     dtype = _compute_dtype(student_logits, topk_logprobs, tail_logprobs)
 
     def rows(s: torch.Tensor, ids: torch.Tensor, t_top: torch.Tensor, t_tail: torch.Tensor) -> torch.Tensor:
@@ -214,7 +214,7 @@ def gjsd_topk(
         s_tail = torch.where(empty, _NEG_INF, lse_out - lse)
         log_s = torch.cat([s_top, s_tail], dim=-1)
         log_t = torch.cat([t_top.to(dtype), t_tail.to(dtype).unsqueeze(-1)], dim=-1)
-        return _gjsd_rows(log_t, log_s, beta)
+        return gjsd_rows(log_t, log_s, beta)
 
     per_row = _rowwise(rows, (student_logits, topk_ids, topk_logprobs, tail_logprobs), chunk_size)
     return _reduce(per_row, reduction)
@@ -243,7 +243,7 @@ def cross_entropy(
             f"expected student_logits [N, V] and targets [N], got "
             f"{tuple(student_logits.shape)} and {tuple(targets.shape)}"
         )
-    _check_ids(targets.unsqueeze(-1), student_logits.shape[1], name="targets")
+    check_ids(targets.unsqueeze(-1), student_logits.shape[1], name="targets")
     dtype = _compute_dtype(student_logits)
 
     def rows(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -276,7 +276,7 @@ def token_accuracy(student_logits: torch.Tensor, targets: torch.Tensor) -> tuple
 # --------------------------------------------------------------------------- internals
 
 
-def _gjsd_rows(log_t: torch.Tensor, log_s: torch.Tensor, beta: float) -> torch.Tensor:
+def gjsd_rows(log_t: torch.Tensor, log_s: torch.Tensor, beta: float) -> torch.Tensor:
     """``[n, C]`` teacher and student log-probs over the same categories -> ``[n]`` divergences."""
     if beta == 0.0:
         return _kl_rows(log_t, log_s)
@@ -331,7 +331,7 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _check_ids(ids: torch.Tensor, vocab: int, name: str = "topk_ids") -> None:
+def check_ids(ids: torch.Tensor, vocab: int, name: str = "topk_ids") -> None:
     """Raise unless every id is in ``[0, vocab)`` and ids are distinct within a row (one host sync)."""
     if ids.numel() == 0:
         return
@@ -354,7 +354,7 @@ def _check_reduction_and_chunk(reduction: str, chunk_size: int | None) -> None:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
 
 
-def _check_common(beta: float, temperature: float, reduction: str, chunk_size: int | None) -> None:
+def check_common(beta: float, temperature: float, reduction: str, chunk_size: int | None) -> None:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     if not (math.isfinite(temperature) and temperature > 0.0):
