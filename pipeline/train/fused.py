@@ -26,7 +26,9 @@ within a row chunk over vocabulary blocks of ``Vb`` columns:
 Columns ``>= real_vocab`` (padded embedding rows) take part in no softmax and get zero gradient.
 Everything accumulates in fp32 (fp64 when ``h`` or the weight is fp64) whatever the weight dtype.
 Under DeepSpeed ZeRO-3 the caller passes ``gather``: a context-manager factory that materialises the
-(partitioned) weight; it is entered in the forward and again in the backward pass.
+(partitioned) weight; it is entered in the forward and again in the backward pass. A weight (or bias)
+that has its full shape only inside ``gather`` gets its gradient written into ``.grad`` there: autograd
+would accumulate a returned one after the release, against the ``[0]``-shaped partition, and fail.
 
 Reference designs: Liger-Kernel's fused linear cross-entropy / JSD and chunked distillation base
 (https://github.com/linkedin/Liger-Kernel), which also accumulate the head gradient in place; neither
@@ -192,8 +194,12 @@ class _FusedHeadLoss(torch.autograd.Function):
         teacher, saved = rest[: ctx.n_teacher], rest[ctx.n_teacher :]
         dt = spec.dtype
         need_h, need_w, need_b = ctx.needs_input_grad[1:4]
+        outside = (w.shape, None if b is None else b.shape)  # a ZeRO-3 parameter is [0] outside gather
         # the whole pass inside gather: under ZeRO-3 the weight has its full shape only there
         with torch.no_grad(), spec.gather():
+            # autograd accumulates returned gradients after gather has partitioned the parameters
+            # again: a parameter materialised here gets its gradient written to .grad here instead
+            install_w, install_b = w.shape != outside[0], b is not None and b.shape != outside[1]
             chunks = [
                 _ChunkGrad.of(spec, h[s : s + spec.chunk_size], targets[s : s + spec.chunk_size],
                               [t[s : s + spec.chunk_size] for t in teacher], saved[4 * i : 4 * i + 4],
@@ -201,12 +207,15 @@ class _FusedHeadLoss(torch.autograd.Function):
                 for i, s in enumerate(range(0, h.shape[0], spec.chunk_size))
             ]  # fmt: skip
             dh = torch.zeros(h.shape, dtype=dt, device=h.device) if need_h else None
-            dw, in_place = _weight_grad_destination(w) if need_w else (None, False)
+            dw, in_place = _weight_grad_destination(w, install_w) if need_w else (None, False)
             db = torch.zeros(w.shape[:1], dtype=dt, device=w.device) if need_b and ctx.has_bias else None
             for v0 in _blocks(spec):
                 _block_backward(spec, v0, w, b, chunks, dh, dw, db)
+            full = w.shape
+            if db is not None and install_b:
+                db = _add_to_grad(b, db.to(b.dtype))
         if in_place:  # already added to w.grad; a zero-stride zero keeps autograd's hooks firing
-            dw = torch.zeros((), dtype=w.dtype, device=w.device).expand(w.shape)
+            dw = torch.zeros((), dtype=w.dtype, device=w.device).expand(full)
         return (
             None,
             None if dh is None else dh.to(h.dtype),
@@ -217,25 +226,39 @@ class _FusedHeadLoss(torch.autograd.Function):
         )
 
 
-def _weight_grad_destination(w: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def _weight_grad_destination(w: torch.Tensor, install: bool) -> tuple[torch.Tensor, bool]:
     """Where the head gradient is accumulated block by block, and whether that is ``w.grad`` itself.
 
     An existing dense ``w.grad`` (gradient accumulation) is added to in place, so no ``[V, H]``
     temporary exists; otherwise a zero buffer of the weight's dtype is returned, which autograd then
-    installs as ``w.grad`` without a copy. (fp32 accumulation happens per block, see ``_block_backward``.)
+    installs as ``w.grad`` without a copy. With ``install`` (a weight ``gather`` materialised, which is
+    partitioned again before autograd would accumulate it) the buffer becomes ``w.grad`` here instead.
+    (fp32 accumulation happens per block, see ``_block_backward``.)
     """
     g = w.grad if w.is_leaf else None
+    if install and g is None:
+        w.grad = torch.zeros(w.shape, dtype=w.dtype, device=w.device)
+        return w.grad, True
     if (
         g is not None
         and g.layout == torch.strided
         and g.shape == w.shape
         and g.dtype == w.dtype
         and g.is_contiguous()
-        and not torch.is_grad_enabled()
-        and not getattr(w, "_backward_hooks", None)  # tensor hooks would see the zero placeholder
+        # tensor hooks would see the zero placeholder
+        and (install or (not torch.is_grad_enabled() and not getattr(w, "_backward_hooks", None)))
     ):
         return g, True
     return torch.zeros(w.shape, dtype=w.dtype, device=w.device), False
+
+
+def _add_to_grad(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Add ``g`` into ``p.grad`` (installing it when there is none); return the zero-stride zero for autograd."""
+    if p.grad is None:
+        p.grad = g
+    else:
+        p.grad += g
+    return torch.zeros((), dtype=p.dtype, device=p.device).expand(p.shape)
 
 
 @dataclass

@@ -21,8 +21,10 @@ or untied, a peft ``modules_to_save`` copy (its wrapper forwards ``weight`` to t
 a LoRA-adapted head (refused: the fused loss reads ``weight`` and would ignore the adapter). Under
 DeepSpeed ZeRO-3 the weight is partitioned (``ds_status`` NOT_AVAILABLE outside its module's forward);
 ``head_gather`` materialises it read-only (``GatheredParameters(..., modifier_rank=None)``) in the
-fused forward and again in its backward, and the full-shape gradient goes to the parameter through
-autograd as for any ZeRO-3 module.
+fused forward and again in its backward. The fused backward writes the full-shape gradient into
+``weight.grad`` while the weight is gathered (autograd's own accumulation would run after the release,
+against the ``[0]``-shaped partition), and DeepSpeed's post-accumulate hook reduces it as for any
+ZeRO-3 parameter. ``tests/train/test_zero3_cpu.py`` runs a real 2-rank ZeRO-3 step, tied and untied.
 """
 
 from __future__ import annotations
