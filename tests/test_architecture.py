@@ -204,7 +204,8 @@ def _stages() -> list[tuple[str, dict]]:
         doc = yaml.safe_load(dvc_file.read_text())
         for name, stage in doc["stages"].items():
             body = stage.get("do", stage)
-            out.append((f"{dvc_file.relative_to(ROOT)}:{name}", {**body, "_wdir": dvc_file.parent}))
+            wdir = (dvc_file.parent / stage.get("wdir", ".")).resolve()
+            out.append((f"{dvc_file.relative_to(ROOT)}:{name}", {**body, "_wdir": wdir}))
     return out
 
 
