@@ -258,6 +258,29 @@ class RowEncoder:
     def image_hashes(self, row: Row) -> list[str]:
         return [file_sha256(p) for p in row.images]
 
+    def encode_prompt(self, row: Row) -> dict[str, Any]:
+        """Generation inputs: the row without its final assistant turn, ending in the generation prefix.
+
+        Same template and settings as ``encode`` (images expand identically), in the template's
+        inference mode: no labels, and its collator pads on the left. Raises ``DataError`` when the
+        template cannot encode the prompt.
+        """
+        msgs = [dict(m) for m in row.messages]
+        if msgs and msgs[-1].get("role") == "assistant":
+            msgs = msgs[:-1]
+        inputs: dict[str, Any] = {"messages": msgs}
+        if row.images:
+            inputs["images"] = list(row.images)
+        saved = self.template.mode
+        self.template.set_mode("transformers")
+        try:
+            return self.template.encode(inputs)
+        except Exception as exc:  # ms-swift raises MaxLengthError (a ValueError) and others
+            reason = TRUNCATED if type(exc).__name__ == "MaxLengthError" else ENCODE_FAILED
+            raise _row_error(row, reason, f"field 'messages' (prompt): {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.template.set_mode(saved)
+
 
 def _row_error(row: Row, reason: str, detail: str) -> DataError:
     err = DataError(f"{row.source}: sample {row.sample_id!r}: {reason}: {detail}")

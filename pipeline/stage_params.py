@@ -27,6 +27,7 @@ PARAM_TO_CONFIG = {
     "student.model": "model.model",
     "student.learning_rate": "train.learning_rate",
     "student.max_steps": "train.max_steps",
+    "student.seed": "train.seed",
     "student.beta": "rlhf.beta",
     "student.sft_alpha": "rlhf.sft_alpha",
     "student.lmbda": "rlhf.lmbda",

@@ -1,10 +1,11 @@
-"""DVC stage `compare`: one table (markdown + CSV for `dvc plots`) of every evaluated run."""
+"""DVC stage `compare`: one table (markdown + CSV for `dvc plots`) and a static PNG of every evaluated run."""
 
 import argparse
 import sys
 from pathlib import Path
 
 from pipeline.errors import exit_code
+from pipeline.evaluate.plot import plot_comparison
 from pipeline.evaluate.report import compare_runs
 
 
@@ -15,6 +16,7 @@ def main() -> None:
     a = p.parse_args()
     for row in compare_runs(a.metrics, a.out):
         print(row)
+    plot_comparison(a.out / "comparison.csv", a.out / "comparison.png", "demo test split")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ Layout under ``out_dir``::
     teacher-init/     Qwen2.5-VL, random init: model.safetensors, config, processor, tokenizer
     student-init/     smaller Qwen2.5-VL, same tokenizer/processor files
     data/{train,val,test}.jsonl, data/images/*.png
+    data/labelled.jsonl      a few dozen captioned rows: all the labels the student's project has
+    data/pool.jsonl          uncaptioned images (prompt only): what the teacher can write captions for
+    data/labelled_pool.jsonl labelled rows followed by the pool rows (the student's one train file)
     demo_assets.json  what was built (seed, sizes, parameter counts, special-token ids)
 
 Everything is a pure function of the arguments: the same seed gives byte-identical files.
@@ -30,7 +33,7 @@ from ..errors import ConfigError
 from .dataset import build_split
 from .models import STUDENT_SPEC, TEACHER_SPEC, ModelSpec
 
-DEFAULT_SPLIT_SIZES = {"train": 2000, "val": 128, "test": 128}
+DEFAULT_SPLIT_SIZES = {"train": 2000, "val": 128, "test": 128, "labelled": 32, "pool": 200}
 # Paths this builder owns under out_dir; only these are replaced when overwriting.
 _OWNED = ("teacher-init", "student-init", "data", "demo_assets.json")
 
@@ -41,6 +44,8 @@ def build_demo_assets(
     n_train: int = DEFAULT_SPLIT_SIZES["train"],
     n_val: int = DEFAULT_SPLIT_SIZES["val"],
     n_test: int = DEFAULT_SPLIT_SIZES["test"],
+    n_labelled: int = DEFAULT_SPLIT_SIZES["labelled"],
+    n_pool: int = DEFAULT_SPLIT_SIZES["pool"],
     *,
     overwrite: bool = False,
     teacher_spec: ModelSpec = TEACHER_SPEC,
@@ -49,7 +54,8 @@ def build_demo_assets(
     """Write the demo models and dataset to ``out_dir`` and return their paths.
 
     Returned keys: ``root``, ``teacher``, ``student`` (model dirs), ``data`` (dataset dir),
-    ``train``, ``val``, ``test`` (jsonl files), ``summary`` (``demo_assets.json``).
+    ``train`` (the teacher's own training data), ``val``, ``test``, ``labelled``, ``pool`` and
+    ``labelled_pool`` (jsonl files), ``summary`` (``demo_assets.json``).
 
     Raises ``ConfigError`` if ``out_dir`` already holds demo assets and ``overwrite`` is false, or if
     the teacher is not at least 4x the student (the demo exists to show a real size gap).
@@ -58,7 +64,7 @@ def build_demo_assets(
     from .models import build_model, count_parameters, save_model_dir
     from .tokenizer import build_processor, build_tokenizer, special_token_config
 
-    for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+    for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("n_labelled", n_labelled)):
         if n < 1:
             raise ConfigError(f"{name} must be >= 1, got {n}")
     out_dir = Path(out_dir)
@@ -78,6 +84,11 @@ def build_demo_assets(
     data_dir = out_dir / "data"
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     splits = {split: build_split(split, n, seed, data_dir) for split, n in sizes.items()}
+    splits["labelled"] = build_split("labelled", n_labelled, seed, data_dir)
+    splits["pool"] = build_split("pool", n_pool, seed, data_dir, prompt_only=True)
+    splits["labelled_pool"] = data_dir / "labelled_pool.jsonl"
+    splits["labelled_pool"].write_bytes(splits["labelled"].read_bytes() + splits["pool"].read_bytes())
+    sizes.update(labelled=n_labelled, pool=n_pool)
 
     summary: dict[str, Any] = {
         "seed": seed,

@@ -76,10 +76,12 @@ def corpus_texts() -> list[str]:
     return texts
 
 
-def build_split(split: str, n_rows: int, seed: int, out_dir: Path) -> Path:
+def build_split(split: str, n_rows: int, seed: int, out_dir: Path, *, prompt_only: bool = False) -> Path:
     """Write ``out_dir/{split}.jsonl`` and its PNGs under ``out_dir/images``; return the jsonl path.
 
     The split's rng is seeded from ``(seed, split)`` so splits are independent of each other's sizes.
+    ``prompt_only``: an unlabelled pool, each row holding only its user turn and images (no assistant
+    turn, no ``objects``), as uncaptioned images arrive in a real project.
     """
     rng = random.Random(f"demo-{seed}-{split}")  # str seeds hash with sha512: stable across runs
     image_dir = out_dir / "images"
@@ -104,6 +106,10 @@ def build_split(split: str, n_rows: int, seed: int, out_dir: Path) -> Path:
             images.append(f"images/{name}")
         task, prompt = ("caption", CAPTION_PROMPT) if n_images == 1 else ("multi_caption", MULTI_PROMPT)
         rows.append(_row(sample_id, task, prompt, format_caption(objects, n_images), images, objects))
+    if prompt_only:
+        for row in rows:
+            row["messages"] = row["messages"][:1]
+            del row["objects"]
     path = out_dir / f"{split}.jsonl"
     with path.open("w", encoding="utf-8", newline="\n") as f:
         for row in rows:

@@ -16,8 +16,19 @@ def main() -> None:
     p.add_argument("--n-train", type=int, required=True)
     p.add_argument("--n-val", type=int, required=True)
     p.add_argument("--n-test", type=int, required=True)
+    p.add_argument("--n-labelled", type=int, required=True)
+    p.add_argument("--n-pool", type=int, required=True)
     a = p.parse_args()
-    build_demo_assets(a.out, seed=a.seed, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, overwrite=True)
+    build_demo_assets(
+        a.out,
+        seed=a.seed,
+        n_train=a.n_train,
+        n_val=a.n_val,
+        n_test=a.n_test,
+        n_labelled=a.n_labelled,
+        n_pool=a.n_pool,
+        overwrite=True,
+    )
     leave_marker("demo_assets")
 
 

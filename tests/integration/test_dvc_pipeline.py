@@ -1,5 +1,7 @@
-"""The demo DVC pipeline end to end in a temporary git repo, at a reduced size: `dvc repro`, then a
-student sweep with `dvc exp run -S` that must reuse the teacher cache."""
+"""The demo DVC pipeline end to end in a temporary git repo, at a reduced size: `dvc repro` (student
+initialised from the teacher, both caches, teacher-written pool captions, five students, evaluation on
+the test split, comparison table and PNG), then a student sweep with `dvc exp run -S` that must reuse
+the teacher caches and the teacher-written captions."""
 
 from __future__ import annotations
 
@@ -14,6 +16,14 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+RUNS = (
+    "teacher",
+    "student_sft",
+    "student_gkd_cached",
+    "student_gkd_written",
+    "student_sft_written",
+    "student_gkd_live",
+)
 METRIC_KEYS = {
     "ce",
     "token_accuracy",
@@ -38,10 +48,14 @@ def test_demo_pipeline_repro_and_sweep_reuse_the_cache(tmp_path: Path) -> None:
     for name in ("stages", "configs", "pipeline"):
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["demo"].update(n_train=24, n_val=8, n_test=8)
+    params["demo"].update(n_train=24, n_val=8, n_test=8, n_labelled=8, n_pool=8)
     params["teacher"]["max_steps"] = 3
     params["student"]["max_steps"] = 2
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # A teacher trained 3 steps rarely stops within a few tokens: keep its unfinished captions.
+    written = work / "configs" / "demo" / "student_gkd_written.yaml"
+    text = written.read_text().replace("written_max_new_tokens: 64", "written_max_new_tokens: 6")
+    written.write_text(text.replace("written_unfinished: skip", "written_unfinished: keep"))
 
     bin_dir = str(Path(sys.executable).parent)
     markers = tmp_path / "markers.jsonl"
@@ -73,15 +87,20 @@ def test_demo_pipeline_repro_and_sweep_reuse_the_cache(tmp_path: Path) -> None:
         json.loads(x)["stage"] + ":" + json.loads(x).get("config", "")
         for x in markers.read_text().splitlines()
     )
-    assert runs["cache:"] == 1, runs
+    assert runs["cache:"] == 2, runs  # the labelled cache and the teacher-written one, never re-run
+    assert runs["export_written:"] == 1 and runs["init_student:"] == 1, runs
     assert runs["demo_assets:"] == 1 and runs["prepare:"] == 1, runs
     assert runs["train:configs/demo/teacher_sft.yaml"] == 1, runs
-    assert runs["train:configs/demo/student_gkd_cached.yaml"] == 2, runs  # baseline + one sweep value
-    assert runs["train:configs/demo/student_sft.yaml"] == 1, runs  # reads no GKD knob
-    for name in ("teacher", "student_sft", "student_gkd_cached", "student_gkd_live"):
+    for gkd in ("student_gkd_cached", "student_gkd_written", "student_gkd_live"):
+        assert runs[f"train:configs/demo/{gkd}.yaml"] == 2, runs  # baseline + one sweep value
+    for sft in ("student_sft", "student_sft_written"):
+        assert runs[f"train:configs/demo/{sft}.yaml"] == 1, runs  # reads no GKD knob
+    for name in RUNS:
         m = json.loads((work / "metrics" / f"{name}.json").read_text())
         assert set(m) >= METRIC_KEYS, (name, set(m))
-    assert "kl" in json.loads((work / "metrics" / "student_gkd_cached.json").read_text())
-    assert (work / "metrics" / "comparison" / "comparison.md").is_file()
+    assert {json.loads((work / "metrics" / f"{n}.json").read_text())["split"] for n in RUNS} == {"test"}
+    table = (work / "metrics" / "comparison" / "comparison.md").read_text()
+    assert all(f"| {name} |" in table for name in RUNS), table
+    assert (work / "metrics" / "comparison" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     status = _run(["dvc", "status"], work, env)
     assert "up to date" in status.lower() or not status.strip(), status
