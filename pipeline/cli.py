@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=50, help="rows shown in full in the --html report")
     p.add_argument(
         "--select",
-        help="report rows worst first by p_target (default), tail, entropy or outside; or sample ids a,b",
+        help="report rows worst first by p_target (default), tail, entropy, outside, written_limit "
+        "(teacher-written rows that hit max_new_tokens) or ids_changed; or sample ids a,b",
     )
     p.add_argument(
         "--export", type=Path, help="write a plain copy: Parquet (.parquet) or an Arrow stream (datasets)"

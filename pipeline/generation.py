@@ -82,11 +82,27 @@ def stop_token_ids(encoder: RowEncoder) -> list[int]:
     ms-swift's template meta resolves its suffix (Qwen: ``<|im_end|>``) to ``stop_token_id``; stop
     words that are one token in this tokenizer are added, multi-token ones cannot stop ``generate``.
     """
-    tok, meta = encoder.tokenizer, encoder.template.template_meta
-    vocab = tok.get_vocab()
+    meta = encoder.template.template_meta
+    ids = resolve_stop_ids(encoder.tokenizer, meta.stop_words, getattr(meta, "stop_token_id", None))
+    if not ids:
+        raise ConfigError(
+            f"template {type(encoder.template).__name__}: no stop token id found in the tokenizer"
+        )
+    return ids
+
+
+def resolve_stop_ids(
+    tokenizer: Any, stop_words: Sequence[Any] | None, stop_token_id: Any = None
+) -> list[int]:
+    """``stop_token_id`` (the template's end-of-turn), then each stop word that is one token in
+    ``tokenizer`` (a string looked up in its vocabulary, or a one-id list), then its eos; no repeats.
+
+    Also used without a template, on the stop words a cache's fingerprint records.
+    """
+    vocab = tokenizer.get_vocab()
     ids: list[int] = []
-    candidates: list[Any] = [getattr(meta, "stop_token_id", None), tok.eos_token_id]
-    for word in meta.stop_words or []:
+    candidates: list[Any] = [stop_token_id, tokenizer.eos_token_id]
+    for word in stop_words or []:
         if isinstance(word, str):
             candidates.append(vocab.get(word.strip()))
         elif isinstance(word, list) and len(word) == 1:
@@ -94,10 +110,6 @@ def stop_token_ids(encoder: RowEncoder) -> list[int]:
     for i in candidates:
         if isinstance(i, int) and i >= 0 and i not in ids:
             ids.append(i)
-    if not ids:
-        raise ConfigError(
-            f"template {type(encoder.template).__name__}: no stop token id found in the tokenizer"
-        )
     return ids
 
 

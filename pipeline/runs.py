@@ -8,6 +8,7 @@ One home for each of these, so the cache stage, training, evaluation and inspect
 - ``split_file`` / ``split_path``: the JSONL behind ``train`` / ``val`` / ``test`` (or a path).
 - ``open_cache_dir`` / ``open_split_cache``: a cache (by directory, or a config's split) under ONE
   explicit validation policy (``CachePolicy``).
+- ``as_cached``: a dataset row as its cache row encoded it (a teacher-written response in place).
 - ``encoding_differences``: every way a cached row differs from the row encoded now.
 """
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.data import Row
 from pipeline.errors import CacheMismatchError, ConfigError
 
 if TYPE_CHECKING:
@@ -69,8 +71,6 @@ def split_path(cfg: DistillConfig, split: str | Path) -> Path:
     if path.suffix != ".jsonl":
         raise ConfigError(f"split {split!r}: expected 'train', 'val', 'test' or a path to a .jsonl file")
     return path
-
-
 
 
 def cache_split_dir(cfg: DistillConfig, split: str) -> Path:
@@ -147,8 +147,6 @@ def open_split_cache(
     )
 
 
-
-
 def encoding_differences(cached: CachedSample, enc: EncodedRow) -> list[str]:
     """Every way ``cached`` differs from ``enc`` (the row encoded now), most telling first; ``[]`` if equal.
 
@@ -188,6 +186,14 @@ def encoding_differences(cached: CachedSample, enc: EncodedRow) -> list[str]:
             + ("" if diffs else ": image_grid_thw or image bytes")
         )
     return diffs
+
+
+def as_cached(row: Row, sample: CachedSample) -> Row:
+    """``row`` as the cache encoded it for ``sample``: with the teacher's response when the teacher wrote
+    it (that response is then the reference for CE and KD alike)."""
+    from pipeline.generation import with_response
+
+    return with_response(row, sample.written_text) if sample.teacher_written else row
 
 
 def cache_mismatch_field(enc: EncodedRow, cached: CachedSample) -> str | None:

@@ -169,7 +169,9 @@ def test_package_inits_hold_no_code():
     so importing one demo module never drags in the scene renderer, and ``dvc.yaml`` can leave them out."""
     for f in PKG.rglob("__init__.py"):
         tree = ast.parse(f.read_text())
-        code = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef))]
+        code = [
+            n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef))
+        ]
         assert not code, f"{f.relative_to(ROOT)} holds code: {[type(n).__name__ for n in code]}"
 
 
@@ -289,3 +291,53 @@ def test_every_dependency_is_used():
         if mod not in used and mod not in RUNTIME_ONLY:
             unused.append(dist)
     assert not unused, f"declared but never imported (use it or name why it is needed): {unused}"
+
+
+# ---- regenerating the deps ------------------------------------------------------------------------
+
+
+def rewrite_code_deps(dvc_file: Path) -> bool:
+    """Rewrite ``dvc_file``'s code deps (``pipeline/`` and ``stages/`` entries) to each stage's import
+    closure, in place, keeping every other line, comment and dep. Returns whether anything changed."""
+    lines = dvc_file.read_text().splitlines(keepends=True)
+    wanted = {
+        name.split(":", 1)[1]: sorted(expected_code_deps((stage["_wdir"] / _script(stage["cmd"])).resolve()))
+        for name, stage in _stages()
+        if name.startswith(str(dvc_file.relative_to(ROOT)) + ":")
+    }
+    wdir = next(s["_wdir"] for n, s in _stages() if n.startswith(str(dvc_file.relative_to(ROOT)) + ":"))
+    out: list[str] = []
+    stage = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if indent == 2 and stripped.endswith(":") and not stripped.startswith("#"):
+            stage = stripped[:-1]
+        if stripped == "deps:" and stage in wanted:
+            out.append(line)
+            i += 1
+            items: list[str] = []
+            while i < len(lines) and lines[i].lstrip().startswith("- "):
+                items.append(lines[i])
+                i += 1
+            prefix = items[0][: len(items[0]) - len(items[0].lstrip())] if items else " " * (indent + 2)
+            rel = [str((ROOT / d).relative_to(wdir)) if wdir != ROOT else d for d in wanted[stage]]
+            kept = [it for it in items if not it.strip()[2:].startswith(("pipeline/", "stages/"))]
+            out.extend(kept + [f"{prefix}- {d}\n" for d in rel])
+            continue
+        out.append(line)
+        i += 1
+    text = "".join(out)
+    changed = text != dvc_file.read_text()
+    dvc_file.write_text(text)
+    return changed
+
+
+if __name__ == "__main__":
+    # python -m tests.test_architecture --fix : regenerate every dvc.yaml's code deps from the imports.
+    if sys.argv[1:] != ["--fix"]:
+        raise SystemExit("usage: python -m tests.test_architecture --fix")
+    for f in (ROOT / "dvc.yaml", ROOT / "stages" / "demo" / "dvc.yaml"):
+        print(f"{f.relative_to(ROOT)}: {'rewritten' if rewrite_code_deps(f) else 'up to date'}")

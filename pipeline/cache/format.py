@@ -37,6 +37,12 @@ PARTS_DIR = "parts"  # per-rank partial manifests and durable skip logs
 SHARD_RE = re.compile(r"^shard-r(\d{2,})-(\d{5,})\.arrow$")
 META_KEY = b"vlm_distill.layout"  # Arrow schema metadata key holding the layout JSON
 FINGERPRINT_KEY = b"vlm_distill.fingerprint"  # ... and the fingerprint: every shard names what it is for
+# Teacher-written rows in the counts: row tags (``CacheWriter.add(sample, tags)``, summed into the
+# manifest's ``counts.tags``) and the skip reason of a response that hit its token limit unfinished.
+TAG_WRITTEN = "teacher_written"
+TAG_RETOKENIZED = "retokenized"  # decoding then encoding the generated ids gave other ids
+TAG_UNFINISHED_KEPT = "unfinished_kept"  # hit written_max_new_tokens without stopping, kept as written
+SKIP_WRITTEN_UNFINISHED = "written_unfinished"  # the same, skipped
 
 # Mean KL(exact || decoded) the default quantiser is tuned for, per position, in nats. The step in
 # sqrt(p) is sqrt(6 * KL_DESIGN / k): the high-resolution estimate of the KL of uniform steps in sqrt(p)

@@ -26,6 +26,10 @@ from pipeline.cache.format import (
     MANIFEST_NAME,
     PARTS_DIR,
     SHARD_RE,
+    SKIP_WRITTEN_UNFINISHED,
+    TAG_RETOKENIZED,
+    TAG_UNFINISHED_KEPT,
+    TAG_WRITTEN,
     Layout,
 )
 from pipeline.errors import CacheFormatError, CacheMismatchError
@@ -240,12 +244,50 @@ def check_compatible(where: str, found: dict[str, Any], fingerprint: dict[str, A
         raise mismatch_error(where, diffs)
 
 
+def shard_tag_counts(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"tags": {name: rows}}`` summed over shard records (empty when no row is tagged).
+
+    A shard adopted from the file (renamed, not yet recorded, then found by a merge or a resumed
+    writer) has no ``tags`` record: its rows are counted under ``tags_unknown_rows``.
+    """
+    tags: dict[str, int] = {}
+    unknown = 0
+    for rec in shards:
+        if "tags" not in rec:
+            unknown += int(rec.get("rows", 0))
+        for name, n in rec.get("tags", {}).items():
+            tags[name] = tags.get(name, 0) + int(n)
+    if not tags:
+        return {}
+    return {"tags": dict(sorted(tags.items()))} | ({"tags_unknown_rows": unknown} if unknown else {})
+
+
+def written_counts(counts: dict[str, Any]) -> dict[str, int]:
+    """Teacher-written rows of a manifest's ``counts`` (all 0 for a cache without any).
+
+    ``written``: cached teacher-written rows; ``retokenized``: of those, rows whose decode-then-encode
+    changed the generated ids; ``unfinished_kept`` / ``unfinished_skipped``: responses that hit the
+    token limit without stopping, kept or skipped; ``unknown_rows``: rows of shards without a tag record.
+    """
+    tags = counts.get("tags") or {}
+    skipped = int((counts.get("skipped_by_reason") or {}).get(SKIP_WRITTEN_UNFINISHED, 0))
+    return {
+        "written": int(tags.get(TAG_WRITTEN, 0)),
+        "retokenized": int(tags.get(TAG_RETOKENIZED, 0)),
+        "unfinished_kept": int(tags.get(TAG_UNFINISHED_KEPT, 0)),
+        "unfinished_skipped": skipped,
+        "unknown_rows": int(counts.get("tags_unknown_rows", 0) or 0),
+    }
+
+
 def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[str, Any]:
     """Merge every rank's part into ``manifest.json``; return the counts.
 
     Call once, after every writer has finalized (under torchrun: rank 0, after a barrier). Shards on
     disk that no part lists (a writer stopped between renaming a shard and recording it) are adopted
-    from the file. ``rows_in`` defaults to the sum that the ranks of the latest run recorded.
+    from the file. ``rows_in`` defaults to the sum that the ranks of the latest run recorded. Row tags
+    (``CacheWriter.add(..., tags)``, e.g. the cache stage's teacher-written counts) are summed over
+    every shard of every rank into ``counts.tags`` (:func:`shard_tag_counts`), outside the fingerprint.
 
     Raises:
         CacheFormatError: no parts, a listed shard is missing, a sample is cached twice or both cached
@@ -306,7 +348,7 @@ def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[s
         "skipped": len(skipped),
         "skipped_by_reason": dict(sorted(by_reason.items())),
         "targets": sum(s["targets"] for s in shards),
-    }
+    } | shard_tag_counts(shards)
     if rows_in is not None and rows_in != counts["cached"] + counts["skipped"]:
         raise CacheFormatError(
             f"{root}: rows in ({rows_in}) != cached ({counts['cached']}) + skipped ({counts['skipped']}): "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -51,6 +52,7 @@ from pipeline.cache.manifest import (
     scan_shard,
     sha256_file,
     shard_meta,
+    shard_tag_counts,
     skips_path,
     write_json_atomic,
 )
@@ -110,6 +112,8 @@ class CacheWriter:
         self._schema = self.layout.schema(self.fingerprint)
         self._options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=ZSTD_LEVEL))
         self._rows: list[dict[str, Any]] = []
+        self._row_tags: list[tuple[str, ...]] = []  # tags of each buffered row
+        self._shard_tags: dict[str, int] = {}
         self._buffered = 0
         self._sink: Any = None
         self._file_writer: Any = None
@@ -195,8 +199,13 @@ class CacheWriter:
         depend on this set (e.g. ``rows[rank::world]``), since other ranks may write meanwhile."""
         return set(self._done)
 
-    def add(self, sample: CachedSample) -> None:
-        """Buffer one sample (validated, then packed); it is durable once its shard is renamed."""
+    def add(self, sample: CachedSample, tags: Iterable[str] = ()) -> None:
+        """Buffer one sample (validated, then packed); it is durable once its shard is renamed.
+
+        ``tags``: names this row is counted under (e.g. ``"retokenized"``): each shard's record holds
+        ``tags`` ``{name: rows}``, and the merged manifest's ``counts.tags`` sums them, so the counts
+        live and die with the rows (a resumed or multi-rank run neither loses nor double-counts them).
+        """
         self._check_open()
         sample.validate(self.layout.top_k, self.layout.vocab_size)
         if sample.sample_id in self._done:
@@ -212,6 +221,7 @@ class CacheWriter:
             written_text=sample.written_text,
             written_ids=np.asarray(sample.written_ids, np.int32),
         )
+        self._row_tags.append(tuple(dict.fromkeys(tags)))
         self._rows.append(row)
         self._done.add(sample.sample_id)
         self._buffered += sum(len(v) for v in row.values() if isinstance(v, bytes))
@@ -240,12 +250,15 @@ class CacheWriter:
             self._sink = pa.OSFile(str(self._tmp), "wb")
             self._file_writer = pa.ipc.new_file(self._sink, self._schema, options=self._options)
             self._shard_rows = self._shard_targets = self._shard_digest = 0
+            self._shard_tags = {}
         batch = self._record_batch(self._rows)
         self._file_writer.write_batch(batch)
         self._shard_rows += batch.num_rows
         self._shard_targets += sum(r["num_targets"] for r in self._rows)
         self._shard_digest += sum(row_digests(batch))
-        self._rows, self._buffered = [], 0
+        for tag in (t for tags in self._row_tags for t in tags):
+            self._shard_tags[tag] = self._shard_tags.get(tag, 0) + 1
+        self._rows, self._row_tags, self._buffered = [], [], 0
         if self._sink.tell() >= self.shard_bytes:
             self._seal()
 
@@ -283,6 +296,7 @@ class CacheWriter:
                 "bytes": final.stat().st_size,
                 "sha256": sha256_file(final),
                 "digest": digest_hex(self._shard_digest),
+                "tags": dict(sorted(self._shard_tags.items())),
             }
         )
         self._file_writer = self._sink = self._tmp = None
@@ -320,7 +334,7 @@ class CacheWriter:
                 "skipped": len(skipped),
                 "skipped_by_reason": dict(sorted(reasons.items())),
                 "targets": sum(s["targets"] for s in self._shards),
-            }
+            } | shard_tag_counts(self._shards)
         self._finalized = counts
         return counts
 

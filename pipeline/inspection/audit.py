@@ -16,8 +16,10 @@ list means the cache passed). What is checked, with the thresholds:
 - **target consistency**: a target inside the top-k has that entry's probability (same cell, or within
   ``MASS_TOL`` for fp32); a target outside it has at most the tail's mass.
 - **special targets**: no target is a special/added-special token or an image/video placeholder (ids from
-  the manifest's encoding settings), except the template's end-of-turn ``<|im_end|>`` (the trailing
-  ``"\\n"`` after it is a plain token and may be supervised).
+  the manifest's encoding settings), except the template's stop ids: with a config, the encoder's
+  (``pipeline.generation.stop_token_ids``: its end-of-turn, e.g. Qwen's, then its stop words and eos);
+  without, the stop words the fingerprint's encoding settings record, resolved through the tokenizer,
+  and its eos (a token after the end-of-turn, e.g. a trailing newline, is a plain token).
 - **off-by-one signature** (over >= ``SHIFT_MIN_TOKENS`` adjacent target pairs): the teacher's top-1
   matches the previous or next position's target more often than its own by more than ``SHIFT_MARGIN``
   (0.1) while its own agreement is below ``SHIFT_OWN_LOW`` (0.5).
@@ -43,7 +45,6 @@ from pipeline.inspection.tokens import iter_samples
 SHIFT_MIN_TOKENS = 200
 SHIFT_MARGIN = 0.1
 SHIFT_OWN_LOW = 0.5
-END_OF_TURN = "<|im_end|>"  # when the manifest's encoding settings name no template stop word
 
 
 class ShiftCounter:
@@ -82,8 +83,25 @@ class ShiftCounter:
         return None
 
 
-def forbidden_targets(tokenizer: Any, placeholder_ids: dict[str, int] | None) -> dict[int, str]:
-    """Ids that must never be a target -> display name: special tokens and placeholders, minus ``<|im_end|>``.
+def end_of_turn_ids(tokenizer: Any, encoding: dict[str, Any] | None, encoder: Any = None) -> list[int]:
+    """Stop ids a target may be: ``encoder``'s (:func:`pipeline.generation.stop_token_ids`), else the
+    stop words recorded in the fingerprint's ``encoding`` settings resolved through ``tokenizer``, and
+    its eos (empty without a tokenizer)."""
+    from pipeline.generation import resolve_stop_ids, stop_token_ids
+
+    if encoder is not None:
+        return stop_token_ids(encoder)
+    if tokenizer is None:
+        return []
+    words = ((encoding or {}).get("template_meta") or {}).get("stop_words") or []
+    return resolve_stop_ids(tokenizer, words)
+
+
+def forbidden_targets(
+    tokenizer: Any, placeholder_ids: dict[str, int] | None, allowed: Iterable[int] = ()
+) -> dict[int, str]:
+    """Ids that must never be a target -> display name: special tokens and placeholders, minus
+    ``allowed`` (the template's stop ids, :func:`end_of_turn_ids`).
 
     Without a tokenizer only the manifest's placeholder ids are known.
     """
@@ -95,8 +113,8 @@ def forbidden_targets(tokenizer: Any, placeholder_ids: dict[str, int] | None) ->
     for tid, tok in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
         if getattr(tok, "special", False):
             out[int(tid)] = str(tok)
-    end = tokenizer.get_vocab().get(END_OF_TURN, getattr(tokenizer, "eos_token_id", None))
-    out.pop(int(end) if end is not None else -1, None)
+    for tid in allowed:
+        out.pop(int(tid), None)
     return out
 
 
@@ -137,8 +155,9 @@ def audit(
     if (msg := tokenizer_problem(tokenizer, fingerprint)) is not None:
         out.add("tokenizer", msg)
     cells = Cells(manifest.get("layout"))
-    placeholders = (fingerprint.get("encoding", {}) or {}).get("placeholder_ids")
-    forbidden = forbidden_targets(tokenizer, placeholders)
+    encoding = fingerprint.get("encoding", {}) or {}
+    allowed = end_of_turn_ids(tokenizer, encoding, encoder)
+    forbidden = forbidden_targets(tokenizer, encoding.get("placeholder_ids"), allowed)
     shift = ShiftCounter()
     n_samples = n_targets = 0
     for sample in _read_all(reader, out):
@@ -186,7 +205,7 @@ def reencode_check(
     from pipeline.cache.manifest import compare_fingerprints
     from pipeline.data import Row, read_rows
     from pipeline.encoding import RowEncoder
-    from pipeline.runs import encoding_differences
+    from pipeline.runs import as_cached, encoding_differences
 
     if encoder is None:
         encoder = RowEncoder.from_config(cfg)
@@ -207,14 +226,14 @@ def reencode_check(
             out.add("re-encode", f"sample {sid!r}: {why}")
             continue
         try:
-            enc = encoder.encode(row)
-        except DistillError as exc:
-            out.add("re-encode", f"sample {sid!r}: cached, but no longer encodes: {exc}")
-            continue
-        try:
             cached = reader.get(sid)
         except (DistillError, ValueError):
             continue  # reported as unreadable by the sample pass
+        try:
+            enc = encoder.encode(as_cached(row, cached))
+        except DistillError as exc:
+            out.add("re-encode", f"sample {sid!r}: cached, but no longer encodes: {exc}")
+            continue
         if found := encoding_differences(cached, enc):
             out.add("re-encode", f"sample {sid!r}: {'; '.join(found)}")
     return encoder

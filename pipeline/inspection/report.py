@@ -4,7 +4,8 @@ From top to bottom: the summary numbers (of each cache with ``--compare``), the 
 embedded), an index of rows worst first with links, then one section per chosen row: its images
 (embedded thumbnails), visual-token count and grid, the encoded context greyed, and the supervised
 tokens coloured from red (teacher gives the target probability 0) to green (1); hovering a token shows
-its position, p(target), rank, tail and the teacher's top-5. Inline CSS and data URIs only, no scripts
+its position, p(target), rank, tail and the teacher's top-5. A teacher-written row shows what the
+teacher wrote, and is flagged when it hit max_new_tokens or when decode-then-encode changed its ids. Inline CSS and data URIs only, no scripts
 and no external assets: the file can be attached to an issue or opened offline.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 from pipeline.inspection.figures import figure_bytes, histograms
 from pipeline.inspection.rows import RowView, row_view
 from pipeline.inspection.sources import RowSource
-from pipeline.inspection.summary import RANKINGS, Profile, format_summary, rank_rows
+from pipeline.inspection.summary import RANKING_ROWS, RANKINGS, Profile, format_summary, rank_rows
 from pipeline.inspection.tokens import TOP_SHOWN, RowStats, TokenText, token_stats, top_entries
 
 DEFAULT_LIMIT = 50  # rows given a full section; the index lists every row
@@ -31,6 +32,7 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
 h1 { font-size: 1.3em; } h2 { font-size: 1em; margin: 1.6em 0 0.3em; font-family: monospace; }
 .meta, .note { color: #666; font-size: 0.85em; } .warn { color: #a40; font-size: 0.85em; }
+.written { color: #245; font-size: 0.85em; }
 .summaries { display: flex; gap: 2em; flex-wrap: wrap; } pre { font-size: 0.8em; background: #f6f6f6; padding: 0.6em; }
 .toks { font-family: monospace; line-height: 1.9; white-space: pre-wrap; word-break: break-all; }
 .t { padding: 1px 0; border-radius: 2px; cursor: default; } .t:hover { outline: 1px solid #000; }
@@ -123,8 +125,18 @@ def _section(
     visual = "-" if view.visual_tokens is None else str(view.visual_tokens)
     sizes = ", ".join(f"{w}x{h}" for w, h in view.image_sizes) or "none"
     flags = "".join(f'<div class="warn">{html.escape(p)}</div>' for p in view.problems)
-    if view.finish_reason == "length":
-        flags += '<div class="warn">teacher-written response hit max_new_tokens</div>'
+    if sample.teacher_written:
+        flags += (
+            f'<div class="written">teacher-written response ({len(sample.written_ids)} generated tokens): '
+            f"<q>{html.escape(sample.written_text)}</q></div>\n"
+        )
+    if stats.hit_limit:
+        flags += '<div class="warn">teacher-written response hit max_new_tokens without stopping</div>'
+    if stats.ids_changed:
+        flags += (
+            '<div class="warn">decode-then-encode changed the ids: the written ids are not the leading '
+            "cached targets (the cache holds the re-encoded ids)</div>"
+        )
     return (
         f'<h2 id="{_anchor(sample.sample_id)}">{html.escape(sample.sample_id)}</h2>\n'
         f'<div class="meta">{sample.num_targets} supervised of {sample.num_tokens} tokens; '
@@ -136,9 +148,15 @@ def _section(
     )
 
 
-def _index(
-    ranked: list[RowStats], ranking: str, by_rank: dict[str, list[RowStats]], length_hit: list[str]
-) -> str:
+def _written_cell(r: RowStats) -> str:
+    if not r.teacher_written:
+        return ""
+    return ", ".join(
+        ["yes"] + (["hit max_new_tokens"] if r.hit_limit else []) + (["ids changed"] if r.ids_changed else [])
+    )
+
+
+def _index(ranked: list[RowStats], ranking: str, by_rank: dict[str, list[RowStats]]) -> str:
     def link(sid: str) -> str:
         return f'<a href="#{_anchor(sid)}">{html.escape(sid)}</a>'
 
@@ -147,13 +165,11 @@ def _index(
         for key, rows in by_rank.items()
         if rows
     )
-    if length_hit:
-        quick += f"<li>teacher-written rows that hit max_new_tokens: {', '.join(link(s) for s in length_hit[:QUICK_ROWS])}</li>"
-    head = "<tr><th>#</th><th>sample</th><th>mean p(target)</th><th>min p</th><th>mean tail</th><th>entropy</th><th>outside top-k</th><th>targets</th><th>tokens</th></tr>"
+    head = "<tr><th>#</th><th>sample</th><th>mean p(target)</th><th>min p</th><th>mean tail</th><th>entropy</th><th>outside top-k</th><th>targets</th><th>tokens</th><th>teacher-written</th></tr>"
     body = "".join(
         f"<tr><td>{i + 1}</td><td>{link(r.sample_id)}</td><td>{r.mean_target_prob:.3f}</td>"
         f"<td>{r.min_target_prob:.3f}</td><td>{r.mean_tail:.2e}</td><td>{r.mean_entropy:.3f}</td>"
-        f"<td>{r.outside_topk}</td><td>{r.num_targets}</td><td>{r.num_tokens}</td></tr>"
+        f"<td>{r.outside_topk}</td><td>{r.num_targets}</td><td>{r.num_tokens}</td><td>{_written_cell(r)}</td></tr>"
         for i, r in enumerate(ranked[:INDEX_ROWS])
     )
     return (
@@ -189,16 +205,15 @@ def write_report(
         "placeholder_ids"
     ) or {}
     placeholders = {int(v) for v in placeholder_ids.values()}
-    sections, length_hit = [], []
+    sections = []
     for sid in chosen:
         sample = reader.get(sid)
         row = rows.rows.get(sid) if rows is not None else None
         view = row_view(sample, row, rows.encoder if rows is not None else None, placeholder_ids)
-        if view.finish_reason == "length":
-            length_hit.append(sid)
         sections.append(_section(sample, stats[sid], view, text, reader.top_k, placeholders))
     by_rank = {key: rank_rows(prof.rows, key) for key in RANKINGS}
-    by_rank["outside"] = [r for r in by_rank["outside"] if r.outside_topk > 0]
+    for key, keep in RANKING_ROWS.items():
+        by_rank[key] = [r for r in by_rank[key] if keep(r)]
     summaries = summaries or []
     figure = base64.b64encode(
         figure_bytes(histograms([(lbl, p) for lbl, _, p in summaries] or [("cache", prof)]))
@@ -215,7 +230,7 @@ def write_report(
         f"<h1>Teacher cache: {len(reader)} rows, top-{reader.top_k}</h1>\n{note_html}"
         f'<div class="summaries">{blocks}</div>\n'
         f'<h1 id="histograms">Histograms</h1>\n<img class="hist" alt="histograms" src="data:image/png;base64,{figure}">\n'
-        + _index(ranked, ranking, by_rank, length_hit)
+        + _index(ranked, ranking, by_rank)
         + f'\n<h1 id="rows">Rows ({len(sections)} shown)</h1>\n'
         f'<div class="legend">p(target): {legend} &mdash; grey: context (not supervised); hover a token for the teacher\'s top-{TOP_SHOWN}</div>\n'
         + "\n".join(sections)

@@ -30,8 +30,7 @@ class RowView:
     ``visual_tokens``: placeholder tokens in ``input_ids`` (None without re-encoding);
     ``input_ids``: the re-encoded ids (None without); ``hash_matches``: re-encoding hash == cache's
     (None without); ``prompt_text``: the dataset row's non-assistant text (fallback context);
-    ``finish_reason``: the row's ``finish_reason`` field when a teacher wrote it ("length": hit
-    max_new_tokens); ``problems``: why something is missing.
+    ``problems``: why something is missing.
     """
 
     thumbs: list[str] = field(default_factory=list)
@@ -41,7 +40,6 @@ class RowView:
     input_ids: list[int] | None = None
     hash_matches: bool | None = None
     prompt_text: str = ""
-    finish_reason: str | None = None
     problems: list[str] = field(default_factory=list)
 
 
@@ -68,12 +66,17 @@ def thumbnail(path: str, px: int = THUMB_PX) -> tuple[str, tuple[int, int]]:
 
 
 def row_view(sample: CachedSample, row: Any, encoder: Any, placeholder_ids: dict[str, int]) -> RowView:
-    """The :class:`RowView` of ``sample`` from its dataset ``row`` (None: not found) and ``encoder``."""
+    """The :class:`RowView` of ``sample`` from its dataset ``row`` (None: not found) and ``encoder``.
+
+    A teacher-written row is shown (and re-encoded) as the cache encoded it: with the teacher's response.
+    """
+    from pipeline.runs import as_cached
+
     view = RowView()
     if row is None:
         view.problems.append("row not in the dataset files found: no images or context")
         return view
-    view.finish_reason = row.extra.get("finish_reason") if isinstance(row.extra, dict) else None
+    row = as_cached(row, sample)
     for path in row.images:
         try:
             uri, size = thumbnail(path)

@@ -15,10 +15,13 @@ from pipeline.inspection.tokens import (
     TOP_SHOWN,
     RowStats,
     TokenText,
+    hit_limit,
     iter_samples,
     row_stats,
     token_stats,
     top_entries,
+    written_ids_changed,
+    written_limit,
 )
 
 # Raw size of one supervised token if stored naively: k int32 ids + k float32 logprobs, then the tail
@@ -28,12 +31,27 @@ RAW_BYTES_PER_ENTRY = 8
 PERCENTILES = (50, 90, 99)
 
 # How the report's index can order rows ("worst first"); each key maps to (sort key, description).
-# Ties fall back to storage order.
+# Ties fall back to storage order. The teacher-written rankings put their rows first, lowest mean
+# p(target) first among them, then every other row.
 RANKINGS: dict[str, tuple[Any, str]] = {
     "p_target": (lambda r: r.mean_target_prob, "lowest mean p(target)"),
     "tail": (lambda r: -r.mean_tail, "most tail mass"),
     "entropy": (lambda r: -r.mean_entropy, "highest entropy"),
     "outside": (lambda r: -r.outside_topk, "most targets outside the top-k"),
+    "written_limit": (
+        lambda r: r.mean_target_prob if r.hit_limit else np.inf,
+        "teacher-written rows that hit max_new_tokens",
+    ),
+    "ids_changed": (
+        lambda r: r.mean_target_prob if r.ids_changed else np.inf,
+        "teacher-written rows whose ids changed on decode-then-encode",
+    ),
+}
+# The rows a ranking is about, where that is not every row (the report's "worst by" lines list only these).
+RANKING_ROWS: dict[str, Any] = {
+    "outside": lambda r: r.outside_topk > 0,
+    "written_limit": lambda r: r.hit_limit,
+    "ids_changed": lambda r: r.ids_changed,
 }
 DEFAULT_RANKING = "p_target"
 
@@ -58,9 +76,10 @@ def profile(reader: Any) -> Profile:
         k: [] for k in ("tail", "entropy", "target_prob", "target_rank", "agree", "target_lp")
     }
     rows: list[RowStats] = []
+    limit = written_limit(reader.manifest)
     for sample in iter_samples(reader):
         st = token_stats(sample)
-        rows.append(row_stats(sample, st))
+        rows.append(row_stats(sample, st, limit))
         for name, values in (
             ("tail", st.tail_mass),
             ("entropy", st.entropy),
@@ -122,6 +141,33 @@ def summarise(reader: Any, prof: Profile | None = None) -> dict[str, Any]:
         "rows_in": counts.get("rows_in"),
         "skipped": int(counts.get("skipped", 0) or 0),
         "skipped_by_reason": dict(counts.get("skipped_by_reason", {})),
+        "written": written_summary(manifest, prof.rows),
+    }
+
+
+def written_summary(manifest: dict[str, Any], rows: list[RowStats]) -> dict[str, Any] | None:
+    """Teacher-written rows, or None for a cache without any (and no written settings).
+
+    ``rows``, ``hit_limit`` (None when the fingerprint records no limit) and ``ids_changed`` are
+    counted in the shards (``ids_changed``: ``written_ids`` are not the leading cached targets);
+    ``max_new_tokens`` is the fingerprint's; ``recorded`` is what the cache stage recorded in the
+    manifest's counts (:func:`pipeline.cache.manifest.written_counts`: it also counts the rows that
+    hit the limit and were skipped, and its ``retokenized`` also checks the end-of-turn after the
+    response).
+    """
+    from pipeline.cache.manifest import written_counts
+
+    limit = written_limit(manifest)
+    written = [r for r in rows if r.teacher_written]
+    recorded = written_counts(manifest.get("counts") or {})
+    if not written and limit is None and not any(recorded.values()):
+        return None
+    return {
+        "rows": len(written),
+        "max_new_tokens": limit,
+        "hit_limit": sum(r.hit_limit for r in written) if limit is not None else None,
+        "ids_changed": sum(r.ids_changed for r in written),
+        "recorded": recorded,
     }
 
 
@@ -146,6 +192,19 @@ def format_summary(s: dict[str, Any]) -> str:
     ]
     for reason, n in sorted(s["skipped_by_reason"].items()):
         lines.append(f"skipped            {reason}: {n}")
+    w = s.get("written")
+    if w:
+        rec = w["recorded"]
+        hit = "unknown (no limit recorded)" if w["hit_limit"] is None else str(w["hit_limit"])
+        lines += [
+            f"teacher-written    {w['rows']} rows; hit max_new_tokens {w['max_new_tokens']}: {hit} cached "
+            f"(+{rec['unfinished_skipped']} skipped); ids changed on decode-then-encode: {w['ids_changed']}",
+            f"  recorded         written {rec['written']}, retokenized {rec['retokenized']}, "
+            f"unfinished kept {rec['unfinished_kept']}, unfinished skipped {rec['unfinished_skipped']}"
+            + (
+                f" ({rec['unknown_rows']} rows in shards without a tag record)" if rec["unknown_rows"] else ""
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -156,6 +215,18 @@ def rank_rows(rows: list[RowStats], key: str = DEFAULT_RANKING) -> list[RowStats
     fn = RANKINGS[key][0]
     order = sorted(range(len(rows)), key=lambda i: (rows[i].num_targets == 0, np.nan_to_num(fn(rows[i])), i))
     return [rows[i] for i in order]
+
+
+def written_lines(sample: Any, limit: int | None) -> list[str]:
+    """What :func:`sample_table` says about a teacher-written row (nothing for any other row)."""
+    if not sample.teacher_written:
+        return []
+    flags = [f"{len(sample.written_ids)} generated tokens"]
+    if hit_limit(sample, limit):
+        flags.append(f"hit max_new_tokens {limit}")
+    if written_ids_changed(sample):
+        flags.append("decode-then-encode changed the ids: written_ids are not the leading targets")
+    return [f"teacher-written    {'; '.join(flags)}", f"written text       {sample.written_text!r}"]
 
 
 def sample_table(reader: Any, sample_id: str, tokenizer: Any = None) -> str:
@@ -171,6 +242,7 @@ def sample_table(reader: Any, sample_id: str, tokenizer: Any = None) -> str:
     lines = [
         f"sample {sample_id}  ({sample.num_tokens} tokens, {sample.num_targets} supervised, "
         f"hash {sample.encoding_hash[:12]})",
+        *written_lines(sample, written_limit(reader.manifest)),
         head,
     ]
     for i in range(sample.num_targets):

@@ -62,6 +62,10 @@ class RowStats:
 
     ``mean_target_prob`` and ``mean_tail``/``mean_entropy`` are means over the row's supervised
     tokens (NaN for a row without targets); ``outside_topk`` counts targets the top-k does not hold.
+    Teacher-written rows: ``teacher_written``; ``written_tokens`` = len(written_ids);
+    ``ids_changed`` (:func:`written_ids_changed`); ``hit_limit``: the response is as long as the
+    cache's ``written_responses.max_new_tokens``, so it ran into the limit without stopping (the stop
+    token is never part of written_ids).
     """
 
     sample_id: str
@@ -73,10 +77,36 @@ class RowStats:
     mean_entropy: float
     top1_agreement: float
     outside_topk: int
+    teacher_written: bool = False
+    written_tokens: int = 0
+    ids_changed: bool = False
+    hit_limit: bool = False
 
 
-def row_stats(sample: CachedSample, st: TokenStats | None = None) -> RowStats:
-    """The :class:`RowStats` of ``sample`` (``st``: its already computed token statistics)."""
+def written_limit(manifest: dict[str, Any]) -> int | None:
+    """``max_new_tokens`` of the cache's teacher-written responses (None: the fingerprint has none)."""
+    settings = (manifest.get("fingerprint") or {}).get("written_responses")
+    limit = settings.get("max_new_tokens") if isinstance(settings, dict) else None
+    return int(limit) if limit is not None else None
+
+
+def written_ids_changed(sample: CachedSample) -> bool:
+    """A teacher-written row whose ``written_ids`` [m] are not the leading cached ``target_ids[:m]``
+    followed by one more target (its end-of-turn): decoding then encoding changed the ids."""
+    m = len(sample.written_ids)
+    if not sample.teacher_written:
+        return False
+    return not (sample.num_targets > m and np.array_equal(sample.target_ids[:m], sample.written_ids))
+
+
+def hit_limit(sample: CachedSample, limit: int | None) -> bool:
+    """A teacher-written row whose response reached ``limit`` tokens (it ran into max_new_tokens)."""
+    return bool(sample.teacher_written and limit is not None and len(sample.written_ids) >= limit)
+
+
+def row_stats(sample: CachedSample, st: TokenStats | None = None, limit: int | None = None) -> RowStats:
+    """The :class:`RowStats` of ``sample`` (``st``: its already computed token statistics; ``limit``:
+    the cache's :func:`written_limit`)."""
     st = st if st is not None else token_stats(sample)
     n = sample.num_targets
 
@@ -93,6 +123,10 @@ def row_stats(sample: CachedSample, st: TokenStats | None = None) -> RowStats:
         mean_entropy=mean(st.entropy),
         top1_agreement=mean(st.top1_agrees.astype(np.float64)),
         outside_topk=int((st.target_rank < 0).sum()),
+        teacher_written=bool(sample.teacher_written),
+        written_tokens=len(sample.written_ids),
+        ids_changed=written_ids_changed(sample),
+        hit_limit=hit_limit(sample, limit),
     )
 
 

@@ -240,6 +240,7 @@ def _cache_planned(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
+    from pipeline.cache.manifest import written_counts
     from pipeline.cache.writer import CacheWriter, merge_rank_manifests
     from pipeline.fingerprint import build_fingerprint
     from pipeline.teacher.forward import teacher_topk
@@ -303,14 +304,12 @@ def _cache_planned(
             )
             return split_samples(t, ids)
 
-        written = cache_written_rows(
+        cache_written_rows(
             cfg, teacher, encoder, to_write, writer.add, writer.skip, forward,
             strict=strict, progress=bar.update,
         )
         bar.close()
         counts = writer.finalize(rows_in=plan.rows_in)
-        if to_write:
-            counts["teacher_written"] = written
     if world > 1:
         import torch.distributed as dist
 
@@ -318,6 +317,9 @@ def _cache_planned(
         if rank == 0:
             counts = merge_rank_manifests(root)
         dist.barrier()
+    if cfg.custom.written_responses != "off":
+        # From the manifest's row tags and skips: every session and (after the merge) every rank.
+        counts["teacher_written"] = written_counts(counts)
     return counts
 
 
@@ -375,6 +377,7 @@ def _cache_and_report(
             w = counts["teacher_written"]
             print(
                 f"[cache {plan.split}] teacher-written {w['written']} (re-encoding changed the ids of "
-                f"{w['retokenized']}; unfinished kept {w['unfinished_kept']})"
+                f"{w['retokenized']}; hit max_new_tokens: kept {w['unfinished_kept']}, "
+                f"skipped {w['unfinished_skipped']})"
             )
     return counts

@@ -29,6 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.cache.format import (
+    SKIP_WRITTEN_UNFINISHED,
+    TAG_RETOKENIZED,
+    TAG_UNFINISHED_KEPT,
+    TAG_WRITTEN,
+)
 from pipeline.data import Row
 from pipeline.errors import DataError
 from pipeline.generation import SamplingSettings, generate, stop_token_ids, with_response
@@ -39,7 +45,7 @@ if TYPE_CHECKING:
     from pipeline.encoding import EncodedRow, RowEncoder
 
 PROMPT_ONLY = "prompt_only_in_labelled_split"
-UNFINISHED = "written_unfinished"
+UNFINISHED = SKIP_WRITTEN_UNFINISHED
 EMPTY_WRITTEN = "written_empty"
 
 
@@ -128,6 +134,17 @@ def write_responses(
     return written, skipped
 
 
+
+def written_tags(w: WrittenRow) -> tuple[str, ...]:
+    """The row tags recorded with ``w``'s cache row (``TAG_*`` in ``pipeline.cache.format``): summed
+    over every shard and rank into the manifest's ``counts.tags``, they survive resumes and the merge."""
+    return (
+        (TAG_WRITTEN,)
+        + ((TAG_RETOKENIZED,) if w.retokenized else ())
+        + ((TAG_UNFINISHED_KEPT,) if not w.stopped else ())
+    )
+
+
 def mark_written(sample: CachedSample, w: WrittenRow) -> CachedSample:
     """The cache row of a teacher-written response: flagged, with its text and generated ids."""
     return replace(
@@ -143,7 +160,7 @@ def cache_written_rows(
     teacher: Any,
     encoder: RowEncoder,
     rows: Sequence[Row],
-    add: Callable[[CachedSample], None],
+    add: Callable[[CachedSample, tuple[str, ...]], None],
     skip: Callable[[str, str, str], None],
     forward: Callable[[dict[str, Any], list[tuple[str, str, int]]], list[CachedSample]],
     *,
@@ -153,9 +170,11 @@ def cache_written_rows(
     """Write, re-encode and cache ``rows`` in chunks of ``custom.cache_batch_size``.
 
     ``forward(collated batch, [(sample_id, encoding_hash, n_tokens)])`` is the cache stage's teacher
-    forward returning one ``CachedSample`` per row; ``add`` / ``skip`` are the writer's; ``strict`` makes
+    forward returning one ``CachedSample`` per row; ``add(sample, tags)`` / ``skip`` are the writer's
+    (tags: :func:`written_tags`, summed into the manifest's ``counts.tags``); ``strict`` makes
     a skip an error. Returns counts:
-    ``written``, ``retokenized``, ``unfinished_kept``, and per skip reason.
+    ``written``, ``retokenized``, ``unfinished_kept``, and per skip reason, for this call only (a
+    resumed run's earlier rows are in the manifest's ``counts.tags`` and ``skipped_by_reason``).
     """
     bs = cfg.custom.cache_batch_size
     settings = sampling_settings(cfg, bs)
@@ -173,7 +192,7 @@ def cache_written_rows(
             batch = encoder.template.data_collator([w.encoded.inputs for w in written])
             ids = [(w.row.sample_id, w.encoded.encoding_hash, len(w.encoded.input_ids)) for w in written]
             for sample, w in zip(forward(batch, ids), written, strict=True):
-                add(mark_written(sample, w))
+                add(mark_written(sample, w), written_tags(w))
             counts["written"] += len(written)
             counts["retokenized"] += sum(w.retokenized for w in written)
             counts["unfinished_kept"] += sum(not w.stopped for w in written)

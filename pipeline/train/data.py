@@ -17,14 +17,11 @@ import torch
 from pipeline.data import Row
 from pipeline.encoding import RowEncoder
 from pipeline.errors import CacheMismatchError
-from pipeline.generation import with_response
-from pipeline.runs import cache_mismatch_field
+from pipeline.runs import as_cached, cache_mismatch_field
 
 TEACHER_KEY = "teacher"  # collated cached-teacher tensors
 ROWS_KEY = "rows"  # raw rows (for on-policy generation)
 IDS_KEY = "sample_ids"
-
-
 
 
 class EncodedDataset(torch.utils.data.Dataset):
@@ -42,9 +39,8 @@ class EncodedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         cached = self.cache.get(row.sample_id) if self.cache is not None else None
-        if cached is not None and cached.teacher_written:
-            # The teacher wrote this row's response: it is the reference (CE and KD alike).
-            row = with_response(row, cached.written_text)
+        if cached is not None:
+            row = as_cached(row, cached)
         enc = self.encoder.encode(row)
         item = dict(enc.inputs)
         item[IDS_KEY] = row.sample_id
