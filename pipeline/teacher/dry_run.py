@@ -4,7 +4,7 @@ before committing GPU hours and disk.
 1. The stage's own row check (:func:`pipeline.teacher.stage.plan_split`: lines, images) and an
    encoding pass over the usable rows (the same ``RowEncoder``, no teacher): rows, skips by reason,
    supervised targets and encoded tokens per split. Rows whose response the teacher writes
-   (``custom.written_responses``) are counted with the dataset's response, an approximation.
+   (``custom.written_responses``) have no response yet: they are counted apart (``written``).
 2. The real cache stage (:func:`pipeline.teacher.stage.cache_split`, the real teacher, the real writer)
    on the first rows of the first split, into a temporary directory, at two sizes: ``small`` (one
    batch) and ``large`` (``measure_batches`` batches), after one warm-up batch. Two sizes separate
@@ -17,6 +17,10 @@ before committing GPU hours and disk.
    - time: ``split_fixed + seconds_per_token * tokens`` (tokens: encoded input tokens, what a
      forward pass costs), where ``split_fixed`` is what every split pays (dataset hash, dataloader
      start, manifest merge). The teacher's weight hash is paid once per run and timed on its own.
+
+3. With teacher-written rows, the real stage on the first ``measure_batches`` batches of them alone:
+   targets per written row (the teacher's response length), and seconds per written row (generation,
+   re-encoding and the teacher forward together), added to the split's prediction per written row.
 
 The prediction for a split applies these to the counts of step 1. The model load is timed and shown
 apart: the stage's own wall-clock is counted from a loaded model.
@@ -51,6 +55,7 @@ class SplitCounts:
     tokens: int
     skipped_by_reason: dict[str, int]
     tokens_by_row: list[int]  # encoded tokens of each encodable row, in split order
+    written: int = 0  # rows whose response the teacher will write (not in targets / tokens)
 
 
 @dataclass
@@ -83,11 +88,17 @@ class _Count:
         return out
 
 
-def count_split(encoder: RowEncoder, plan: Any, batch_size: int, workers: int) -> SplitCounts:
-    """Encode ``plan``'s usable rows (no teacher); count what the cache stage would cache and skip."""
+def count_split(
+    encoder: RowEncoder, plan: Any, batch_size: int, workers: int, written_mode: str = "off"
+) -> SplitCounts:
+    """Encode ``plan``'s usable rows (no teacher); count what the cache stage would cache and skip.
+    Rows the teacher will write (``written_mode``) are only counted: their response does not exist yet."""
+    from pipeline.teacher.written import split_written
+
     reasons = count_reasons(plan.unusable)
+    labelled, written = split_written(plan.usable, written_mode)
     loader: Any = torch.utils.data.DataLoader(
-        plan.usable,  # type: ignore[arg-type]  # a list is a map-style dataset
+        labelled,  # type: ignore[arg-type]  # a list is a map-style dataset
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_Count(encoder),
@@ -108,18 +119,34 @@ def count_split(encoder: RowEncoder, plan: Any, batch_size: int, workers: int) -
         tokens=sum(tokens_by_row),
         skipped_by_reason=dict(sorted(reasons.items())),
         tokens_by_row=tokens_by_row,
+        written=len(written),
     )
 
 
-def measure(cfg: DistillConfig, split: str, teacher: Any, encoder: RowEncoder, n_rows: int) -> Measurement:
+def measure(
+    cfg: DistillConfig,
+    split: str,
+    teacher: Any,
+    encoder: RowEncoder,
+    n_rows: int,
+    written: bool | None = None,
+    plan: Any = None,
+) -> Measurement:
     """Run the real cache stage on the first ``n_rows`` rows of ``split`` into a temporary directory
-    (timed from a checked plan, as the stage runs after loading the model)."""
+    (timed from a checked plan, as the stage runs after loading the model). ``written`` True / False
+    keeps only rows the teacher writes / does not write (None: every row). ``plan``: the split's
+    checked plan, when the caller has one (else it is read again)."""
     from pipeline.cache.manifest import read_json
     from pipeline.teacher.stage import cache_split, plan_split
+    from pipeline.teacher.written import split_written
 
     with tempfile.TemporaryDirectory(prefix="dry-run-") as tmp:
         cfg_tmp = replace(cfg, custom=replace(cfg.custom, teacher_cache=tmp))
-        plan = plan_split(cfg_tmp, split, limit=n_rows)
+        plan = plan if plan is not None else plan_split(cfg_tmp, split)
+        if written is not None:
+            kinds = split_written(plan.usable, cfg.custom.written_responses)
+            plan = replace(plan, usable=kinds[1] if written else kinds[0], unusable=[])
+        plan = replace(plan, usable=plan.usable[:n_rows], unusable=[], rows_in=min(n_rows, len(plan.usable)))
         t0 = time.perf_counter()
         counts = cache_split(cfg_tmp, split, teacher, encoder, plan=plan, progress=False)
         seconds = time.perf_counter() - t0
@@ -148,27 +175,48 @@ def _line(
 
 
 def predict(
-    counts: SplitCounts, small: Measurement, large: Measurement, shard_bytes: int, once_s: float = 0.0
+    counts: SplitCounts,
+    small: Measurement,
+    large: Measurement,
+    shard_bytes: int,
+    once_s: float = 0.0,
+    written: Measurement | None = None,
 ) -> dict[str, Any]:
     """Expected bytes and seconds of caching a split with ``counts`` from the two measurements.
 
-    ``once_s``: seconds paid once per run (the teacher weight hash) added to this split.
+    ``once_s``: seconds paid once per run (the teacher weight hash) added to this split. ``written``:
+    the measurement of teacher-written rows alone, scaled to the split's ``counts.written`` rows.
     """
-    shard_fixed, per_target = _line(small, large, small.targets, large.targets, "bytes")
+    w_targets = w_seconds = 0.0
+    if counts.written and written is not None and written.rows:
+        w_targets = counts.written * written.targets / written.rows
+        w_seconds = counts.written * written.seconds / written.rows
+    if small.rows == 0 and written is not None:  # every row is teacher-written
+        small = large = written
+    # Bytes per target do not depend on who wrote the response: fit them on the widest pair measured.
+    by_targets = sorted(
+        [m for m in (small, large, written) if m is not None and m.rows], key=lambda m: m.targets
+    )
+    lo, hi = (by_targets[0], by_targets[-1]) if by_targets else (small, large)
+    shard_fixed, per_target = _line(lo, hi, lo.targets, hi.targets, "bytes")
     # The small run's shard count is 1; a split past the shard budget pays the fixed part per shard.
-    n_shards = max(1, math.ceil(per_target * counts.targets / shard_bytes))
+    targets = counts.targets + w_targets
+    n_shards = max(1, math.ceil(per_target * targets / shard_bytes))
     split_fixed, per_token = _line(small, large, small.tokens, large.tokens, "seconds")
+    if small is written:  # time per written row already holds everything
+        split_fixed, per_token = 0.0, 0.0
     return {
         "rows": counts.rows,
-        "cached": counts.encodable,
+        "cached": counts.encodable + counts.written,
+        "written": counts.written,
         "skipped_by_reason": counts.skipped_by_reason,
-        "targets": counts.targets,
+        "targets": round(targets),
         "tokens": counts.tokens,
-        "bytes": round(n_shards * shard_fixed + per_target * counts.targets),
+        "bytes": round(n_shards * shard_fixed + per_target * targets),
         "bytes_per_target": per_target,
         "shard_fixed_bytes": shard_fixed,
         "shards": n_shards,
-        "seconds": once_s + split_fixed + per_token * counts.tokens,
+        "seconds": once_s + split_fixed + per_token * counts.tokens + w_seconds,
         "split_fixed_s": split_fixed,
         "seconds_per_1k_tokens": 1e3 * per_token,
     }
@@ -202,30 +250,48 @@ def run_dry_run(
     encoder = RowEncoder.from_config(cfg)
     if encoder.template.use_model:
         encoder.template.model = teacher
-    counts = {s: count_split(encoder, plans[s], bs, workers) for s in splits}
+    mode = cfg.custom.written_responses
+    counts = {s: count_split(encoder, plans[s], bs, workers, mode) for s in splits}
     t0 = time.perf_counter()
     model_dir_hash(teacher_path(cfg))  # paid once per run by the stage's fingerprint; cached after
     hash_s = time.perf_counter() - t0
     first = splits[0]
-    rows_avail = counts[first].rows
-    measure(cfg, first, teacher, encoder, min(bs, rows_avail))  # warm-up: kernels, allocator, imports
+    rows_avail = counts[first].encodable
+    labelled = False if any(c.written for c in counts.values()) else None
+    if rows_avail:
+        measure(cfg, first, teacher, encoder, min(bs, rows_avail), labelled, plans[first])  # warm-up
     runs = []
     for n in (min(bs, rows_avail), min(measure_batches * bs, rows_avail)):
-        m = measure(cfg, first, teacher, encoder, n)
+        m = (
+            measure(cfg, first, teacher, encoder, n, labelled, plans[first])
+            if n
+            else Measurement(0, 0, 0, 0, 0, 0.0)
+        )
         m.tokens = sum(counts[first].tokens_by_row[: m.rows])
         runs.append(m)
+    written_m = None
+    w_split = next((s for s in splits if counts[s].written), None)
+    if w_split is not None:
+        n_w = min(2 * measure_batches * bs, counts[w_split].written)  # a fuller record batch: closer bytes
+        written_m = measure(cfg, w_split, teacher, encoder, n_w, True, plans[w_split])
     shard_bytes = int(cfg.custom.cache_shard_mb * 2**20) if cfg.custom.cache_shard_mb else 256 * 2**20
     out: dict[str, Any] = {"model_load_s": load_s, "teacher_hash_s": hash_s, "splits": {}}
     for i, s in enumerate(splits):
-        p = predict(counts[s], runs[0], runs[1], shard_bytes, once_s=hash_s if i == 0 else 0.0)
+        p = predict(counts[s], runs[0], runs[1], shard_bytes, hash_s if i == 0 else 0.0, written_m)
         out["splits"][s] = p
         reasons = ", ".join(f"{k}: {v}" for k, v in p["skipped_by_reason"].items()) or "none"
         print(
-            f"[dry-run {s}] rows {p['rows']}: would cache {p['cached']}, skip {p['rows'] - p['cached']} "
-            f"({reasons}); {p['targets']} supervised targets, {p['tokens']} encoded tokens\n"
+            f"[dry-run {s}] rows {p['rows']}: would cache {p['cached']} ({p['written']} teacher-written), "
+            f"skip {p['rows'] - p['cached']} ({reasons}); {p['targets']} supervised targets\n"
             f"[dry-run {s}] expected {p['bytes'] / 2**20:.2f} MiB in {p['shards']} shard(s) "
             f"({p['bytes_per_target']:.1f} B/target at k={cfg.custom.top_k}, "
             f"{cfg.custom.logprob_encoding}); expected {p['seconds']:.1f} s after the model is loaded"
+        )
+    if written_m is not None:
+        print(
+            f"[dry-run] teacher-written rows measured on {written_m.rows} rows of {w_split}: "
+            f"{written_m.targets / max(written_m.rows, 1):.1f} targets and "
+            f"{written_m.seconds / max(written_m.rows, 1):.3f} s per row"
         )
     print(
         f"[dry-run] measured on the first {runs[1].rows} rows of {first}: {runs[1].seconds:.2f} s; "
