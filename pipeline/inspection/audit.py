@@ -3,18 +3,8 @@
 Each check returns human-readable problems naming the sample; :func:`audit` returns them all (an empty
 list means the cache passed). What is checked, with the thresholds:
 
-- **structure**: every position in ``[1, num_tokens)`` and strictly ascending; every target and top-k
-  id in ``[0, vocab_size)``; no id twice in one position's top-k; top-k sorted by descending logprob.
-- **values**: no NaN or +inf anywhere; no -inf for the top-1 or the target (the teacher gave them mass);
-  the tail is -inf only when the top-k holds all the mass (within ``MASS_TOL``).
-- **mass**: ``sum(exp(top-k)) + exp(tail)`` is 1 within ``MASS_TOL`` (1e-4). A quantized cache stores
-  each probability as a level (a cell of the sqrt(p) quantiser) and decodes it without renormalising,
-  so its decoded sum drifts by up to ~1% (measured p99 0.2-1% at k=8..256); the check there is that 1
-  lies between the sums of the cells' lower and upper bounds, widened by ``MASS_TOL``: "some
-  distribution that encodes to these levels sums to 1". It never fires on a correct cache and catches
-  mass errors larger than the cells' width (~1-3% summed over a position).
-- **target consistency**: a target inside the top-k has that entry's probability (same cell, or within
-  ``MASS_TOL`` for fp32); a target outside it has at most the tail's mass.
+- the format-level checks of :mod:`pipeline.cache.validation` (structure, values, probability mass,
+  target consistency; thresholds there), on every sample;
 - **special targets**: no target is a special/added-special token or an image/video placeholder (ids from
   the manifest's encoding settings), except the template's stop ids: with a config, the encoder's
   (``pipeline.generation.stop_token_ids``: its end-of-turn, e.g. Qwen's, then its stop words and eos);
