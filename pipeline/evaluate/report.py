@@ -11,10 +11,11 @@ COLUMNS = (
     "ce",
     "token_accuracy",
     "kl",
-    "caption_precision",
-    "caption_recall",
     "caption_f1",
     "hallucination_rate",
+    "bleu4",
+    "rouge_l",
+    "cider",
     "train_wall_s",
 )
 
