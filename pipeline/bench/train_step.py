@@ -107,7 +107,7 @@ def _absolute_copy(src: str, out_dir: Path) -> Path:
 
 
 def _run_ours(cfg: DistillConfig, timer: Any) -> None:
-    from pipeline.train.launcher import _make_pipeline_cls
+    from pipeline.train.launcher import _make_pipeline_cls, training_splits
     from pipeline.train.swift_args import swift_run_args
 
     args = swift_run_args(cfg, "sft")
@@ -118,7 +118,7 @@ def _run_ours(cfg: DistillConfig, timer: Any) -> None:
             trainer.add_callback(timer)
             return super().train(trainer)
 
-    Timed(args, cfg).main()
+    Timed(args, cfg, training_splits(cfg)).main()
 
 
 def _run_stock_gkd(cfg: DistillConfig, timer: Any) -> None:
