@@ -272,6 +272,7 @@ RUNTIME_ONLY = {
     "torchvision": "Qwen2.5-VL's image processor",
     "tokenizers": "the fast tokenizers transformers loads",
     "scipy": "ms-swift imports it at start-up",
+    "msgspec": "ms-swift's GKD trainer (swift/rlhf_trainers/utils.py) imports it without declaring it",
     "datasets": "ms-swift's dataset pipeline; `distill inspect --export` output opens with it",
 }
 IMPORT_NAME = {"ms-swift": "swift", "pyyaml": "yaml", "pillow": "PIL", "rouge-score": "rouge_score"}

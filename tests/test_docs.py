@@ -26,6 +26,9 @@ commands (appended last, so they win over the doc's own values):
     bench cache-format    --n 2000
     bench cache-write     --set data.dataset=[data/prepared/val.jsonl]
     bench train-step      --steps 2 --rounds 1
+    every --config        --set custom.written_unfinished=keep (a teacher trained for 2 steps never
+                          stops within max_new_tokens: its pool rows are kept, not skipped, so the
+                          written-response cache and its students stay walkable)
 """
 
 from __future__ import annotations
@@ -239,6 +242,8 @@ def sized_args(args: list[str], workdir: Path) -> list[str]:
     """``args`` with the test's size overrides appended (see the module docstring)."""
     from pipeline.config import load_config
 
+    if "--config" in args:
+        args = [*args, "--set", "custom.written_unfinished=keep"]
     for prefix, extra in SIZE_ARGS.items():
         if tuple(args[: len(prefix)]) == prefix:
             return [*args, *extra]
