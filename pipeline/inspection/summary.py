@@ -196,15 +196,22 @@ def format_summary(s: dict[str, Any]) -> str:
     if w:
         rec = w["recorded"]
         hit = "unknown (no limit recorded)" if w["hit_limit"] is None else str(w["hit_limit"])
-        lines += [
+        lines.append(
             f"teacher-written    {w['rows']} rows; hit max_new_tokens {w['max_new_tokens']}: {hit} cached "
-            f"(+{rec['unfinished_skipped']} skipped); ids changed on decode-then-encode: {w['ids_changed']}",
-            f"  recorded         written {rec['written']}, retokenized {rec['retokenized']}, "
-            f"unfinished kept {rec['unfinished_kept']}, unfinished skipped {rec['unfinished_skipped']}"
-            + (
-                f" ({rec['unknown_rows']} rows in shards without a tag record)" if rec["unknown_rows"] else ""
-            ),
-        ]
+            f"(+{rec['unfinished_skipped']} skipped); ids changed on decode-then-encode: {w['ids_changed']}"
+        )
+        if rec["written"] or rec["unknown_rows"] or not w["rows"]:
+            lines.append(
+                f"  recorded         written {rec['written']}, retokenized {rec['retokenized']}, "
+                f"unfinished kept {rec['unfinished_kept']}, unfinished skipped {rec['unfinished_skipped']}"
+                + (
+                    f" ({rec['unknown_rows']} rows in shards without a tag record)"
+                    if rec["unknown_rows"]
+                    else ""
+                )
+            )
+        else:  # written rows in the shards but no record: a cache from before per-shard row tags
+            lines.append("  recorded         no per-shard counts in this manifest (an older cache)")
     return "\n".join(lines)
 
 
