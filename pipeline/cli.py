@@ -226,12 +226,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.config import load_config
         from pipeline.inspection.command import run_inspect
 
-        cfg = load_config(args.config, overrides=_parse_sets(args.set)) if args.config else None
+        inspect_cfg = load_config(args.config, overrides=_parse_sets(args.set)) if args.config else None
         return run_inspect(
             args.cache,
             sample=args.sample,
             audit=args.audit,
-            cfg=cfg,
+            cfg=inspect_cfg,
             tokenizer=args.tokenizer,
             html=args.html,
             figures=args.figures,

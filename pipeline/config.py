@@ -385,6 +385,7 @@ def vision_env(data: DataConfig) -> dict[str, str]:
     ``max_pixels`` travels as a template argument)."""
     return {} if data.min_pixels is None else {"MIN_PIXELS": str(data.min_pixels)}
 
+
 def apply_vision_env(data: DataConfig, environ: Any = None) -> None:
     """Set ``vision_env(data)`` in ``environ`` (default ``os.environ``), refusing image-size variables
     that something else set: they would change encoding without being in the config or the cache
@@ -409,6 +410,7 @@ def apply_vision_env(data: DataConfig, environ: Any = None) -> None:
             f"and set {owner} instead"
         )
     env.update(wanted)
+
 
 def needs_live_teacher(cfg: DistillConfig) -> bool:
     """gkd_monitor always; gkd_cached only for on-policy batches (lmbda > 0)."""

@@ -578,7 +578,9 @@ class CustomConfig(_Section):
     )
     written_max_new_tokens: int = field(
         default=128,
-        metadata={"help": "Most tokens the teacher writes per response, stop token included (fingerprinted)."},
+        metadata={
+            "help": "Most tokens the teacher writes per response, stop token included (fingerprinted)."
+        },
     )
     written_unfinished: str = field(
         default="skip",

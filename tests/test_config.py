@@ -551,7 +551,9 @@ class TestMsSwiftContract:
 
         path = write("gkd.yaml", MINIMAL + GKD)
         check_extra_keys(load_config(path, {"train.extra": {"vit_lr": 1e-6, "aligner_lr": 1e-5}}))
-        check_extra_keys(load_config(path, {"train.extra": {"gkd_logits_topk": 8}}), "rlhf")  # stock GKD bench
+        check_extra_keys(
+            load_config(path, {"train.extra": {"gkd_logits_topk": 8}}), "rlhf"
+        )  # stock GKD bench
         with pytest.raises(
             ConfigError, match=r"train\.extra\.vit_lrr: is not an ms-swift argument; did you mean vit_lr"
         ):
@@ -598,9 +600,7 @@ class TestMsSwiftContract:
 
         missing = load_config("configs/demo/student_sft.yaml", {"train.output_dir": str(tmp_path / "x")})
         if not Path(missing.model.model).exists():
-            with pytest.raises(
-                ConfigError, match=r"model\.model: model directory 'runs/demo/student-init'"
-            ):
+            with pytest.raises(ConfigError, match=r"model\.model: model directory 'runs/demo/student-init'"):
                 to_swift_args(missing)
 
 

@@ -354,12 +354,16 @@ def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[s
             f"{root}: rows in ({rows_in}) != cached ({counts['cached']}) + skipped ({counts['skipped']}): "
             f"{rows_in - counts['cached'] - counts['skipped']} rows were neither cached nor skipped"
         )
-    manifest = header(fingerprint, layout) | first.get("extra_meta", {}) | {
-        "counts": counts,
-        "content_digest": digest_hex(sum(int(s["digest"], 16) for s in shards)),
-        "skipped": [skipped[s] for s in sorted(skipped)],
-        "shards": shards,
-    }
+    manifest = (
+        header(fingerprint, layout)
+        | first.get("extra_meta", {})
+        | {
+            "counts": counts,
+            "content_digest": digest_hex(sum(int(s["digest"], 16) for s in shards)),
+            "skipped": [skipped[s] for s in sorted(skipped)],
+            "shards": shards,
+        }
+    )
     write_json_atomic(root / MANIFEST_NAME, manifest)
     for stale in root.glob("shard-*.arrow.tmp*"):  # every writer has finished: leftovers are dead
         stale.unlink(missing_ok=True)

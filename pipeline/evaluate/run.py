@@ -55,14 +55,6 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # ----------------------------------------------------------------------------------- model, rows
 
 
-
-
-
-
-
-
-
-
 def derange_images(rows: Sequence[Row], seed: int) -> tuple[list[Row], int]:
     """Give each row another row's images: ``(new rows, rows left with their own images)``.
 
@@ -231,12 +223,6 @@ def generate_captions(
 
     settings = SamplingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [c.text for c in generate(model, encoder, rows, settings)]
-
-
-
-
-
-
 
 
 # -------------------------------------------------------------------------------------- the stage

@@ -35,9 +35,6 @@ if TYPE_CHECKING:
     from pipeline.encoding import RowEncoder
 
 
-
-
-
 def source_paths(cfg: DistillConfig, dataset_file: str) -> dict[str, Any]:
     """Where this cache's inputs were: the manifest's ``sources``, outside the fingerprint (a path is
     not content). ``distill inspect`` finds the tokenizer, images and config there while they last."""
@@ -62,8 +59,6 @@ def dist_info() -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
-
-
 
 
 class _EncodeBatch:
@@ -305,8 +300,15 @@ def _cache_planned(
             return split_samples(t, ids)
 
         cache_written_rows(
-            cfg, teacher, encoder, to_write, writer.add, writer.skip, forward,
-            strict=strict, progress=bar.update,
+            cfg,
+            teacher,
+            encoder,
+            to_write,
+            writer.add,
+            writer.skip,
+            forward,
+            strict=strict,
+            progress=bar.update,
         )
         bar.close()
         counts = writer.finalize(rows_in=plan.rows_in)

@@ -134,7 +134,6 @@ def write_responses(
     return written, skipped
 
 
-
 def written_tags(w: WrittenRow) -> tuple[str, ...]:
     """The row tags recorded with ``w``'s cache row (``TAG_*`` in ``pipeline.cache.format``): summed
     over every shard and rank into the manifest's ``counts.tags``, they survive resumes and the merge."""

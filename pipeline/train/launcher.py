@@ -21,16 +21,6 @@ if TYPE_CHECKING:
     from pipeline.config import DistillConfig
 
 
-
-
-
-
-
-
-
-
-
-
 def _make_pipeline_cls() -> type:
     from swift.pipelines import SwiftSft
 
@@ -138,7 +128,6 @@ def _make_pipeline_cls() -> type:
                 )
 
     return DistillSft
-
 
 
 def run_training(cfg: DistillConfig) -> Any:

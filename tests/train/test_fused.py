@@ -211,7 +211,9 @@ def test_gradient_accumulation_adds_into_the_existing_grad(dtype: torch.dtype) -
         (losses.gjsd_topk(logits, *topk, beta=0.5) + losses.cross_entropy(logits, p["y"])).backward()
     tol = 1e-10 if dtype == torch.float64 else 2e-2
     assert float((w.grad.double() - ref.grad).norm()) <= tol * float(ref.grad.norm())
-    hooked = p["w"].detach().clone().requires_grad_(True)  # with a tensor hook: the gradient is returned whole
+    hooked = (
+        p["w"].detach().clone().requires_grad_(True)
+    )  # with a tensor hook: the gradient is returned whole
     seen: list[torch.Tensor] = []
     hooked.register_hook(lambda g: seen.append(g.clone()))
     for _ in range(2):
