@@ -201,3 +201,15 @@ def cache_mismatch_field(enc: EncodedRow, cached: CachedSample) -> str | None:
     if enc.encoding_hash == cached.encoding_hash:
         return None
     return encoding_differences(cached, enc)[0]
+
+
+def require_cached_encoding(row: Row, enc: EncodedRow, cached: CachedSample) -> None:
+    """Raise ``CacheMismatchError`` naming file, sample and first difference unless ``row`` (encoded now
+    as ``enc``) is what its cache row was built from. Training and evaluation both call this."""
+    bad = cache_mismatch_field(enc, cached)
+    if bad is not None:
+        raise CacheMismatchError(
+            f"{row.source}: sample {row.sample_id!r}: encoding differs from the teacher cache "
+            f"(first difference: {bad}); rebuild the cache or fix the encoding settings",
+            {f"sample.{row.sample_id}": ("encoding now", bad)},
+        )

@@ -33,10 +33,10 @@ import torch
 
 from pipeline.data import BadRow, Row, check_row, read_rows
 from pipeline.encoding import EncodedRow, RowEncoder
-from pipeline.errors import CacheMismatchError, DataError
+from pipeline.errors import DataError
 from pipeline.evaluate.captions import caption_metrics, caption_rows, load_caption_metric
 from pipeline.models import load_trained
-from pipeline.runs import CachePolicy, cache_mismatch_field, open_split_cache, split_path
+from pipeline.runs import CachePolicy, open_split_cache, require_cached_encoding, split_path
 from pipeline.train.losses import (
     renormalise_topk,
 )
@@ -178,12 +178,7 @@ def _cached_targets(
         if row.sample_id not in cached_ids:
             continue
         cached = samples[row.sample_id] = cache.get(row.sample_id)
-        bad = cache_mismatch_field(enc, cached)
-        if bad is not None:
-            raise CacheMismatchError(
-                f"{row.source}: sample {row.sample_id!r}: encoding differs from the teacher "
-                f"cache (first difference: {bad}); rebuild the cache or fix the settings"
-            )
+        require_cached_encoding(row, enc, cached)
     k = next(iter(samples.values())).topk_ids.shape[1]
     ids, lps, tails = [], [], []
     start = 0

@@ -16,8 +16,7 @@ import torch
 
 from pipeline.data import Row
 from pipeline.encoding import RowEncoder
-from pipeline.errors import CacheMismatchError
-from pipeline.runs import as_cached, cache_mismatch_field
+from pipeline.runs import as_cached, require_cached_encoding
 
 TEACHER_KEY = "teacher"  # collated cached-teacher tensors
 ROWS_KEY = "rows"  # raw rows (for on-policy generation)
@@ -45,13 +44,7 @@ class EncodedDataset(torch.utils.data.Dataset):
         item = dict(enc.inputs)
         item[IDS_KEY] = row.sample_id
         if cached is not None:
-            bad = cache_mismatch_field(enc, cached)
-            if bad is not None:
-                raise CacheMismatchError(
-                    f"{row.source}: sample {row.sample_id!r}: encoding differs from the teacher cache "
-                    f"(first difference: {bad}); rebuild the cache or fix the encoding settings",
-                    {f"sample.{row.sample_id}": ("encoding now", bad)},
-                )
+            require_cached_encoding(row, enc, cached)
             item[TEACHER_KEY] = cached
         if self.keep_rows:
             item[ROWS_KEY] = row
