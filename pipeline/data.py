@@ -10,8 +10,8 @@ A row on disk::
 Image paths are relative to the JSONL file's directory (absolute paths are kept as they are), so a
 dataset directory can move between machines and DVC remotes. URLs (``http://...``) are kept as they
 are and refused as ``remote_image``: nothing here downloads, and an image must be hashed into the
-cache fingerprint. ``sample_id`` is optional on input; ``prepare`` assigns a stable one from the
-row's content.
+cache fingerprint. ``sample_id`` is optional on input; a row without one gets an id from its content
+(:func:`content_id`), never from the file's name or place, which ``prepare`` writes into the row.
 
 Every stage starts with the same fast pass, :func:`partition_rows`: each line becomes a usable
 ``Row`` or a ``BadRow`` with its reason (images opened, response present), and :func:`require_rows`
@@ -20,6 +20,7 @@ refuses a split with no usable row, naming the file.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
@@ -42,6 +43,28 @@ BAD_ROW = "bad_row"
 TRUNCATED = "truncated_by_max_length"
 ENCODE_FAILED = "encode_failed"
 REMOTE_IMAGE = "remote_image"
+PROMPT_ONLY = "prompt_only_in_labelled_split"
+
+# Every reason a row can be left out for, wherever it is decided (prepare, cache, training): one table,
+# so a row gets one code everywhere; docs/troubleshooting.md's reason list is checked against it.
+SKIP_REASONS: dict[str, str] = {
+    BAD_ROW: "the line is not a JSON object with a messages list, a message has an unknown role, "
+    "or images and <image> tags do not pair up",
+    NON_UTF8: "the line is not UTF-8",
+    MISSING_IMAGE: "an image file does not exist",
+    UNREADABLE_IMAGE: "an image file does not open as an image",
+    REMOTE_IMAGE: "an image is a URL (nothing is downloaded)",
+    PROMPT_ONLY: "the row has no assistant turn (a prompt only) and no response is written for it",
+    EMPTY_RESPONSE: "the assistant turn is empty",
+    TRUNCATED: "the row does not fit max_length",
+    ENCODE_FAILED: "the template could not encode the row",
+    "written_unfinished": "a teacher-written response hit written_max_new_tokens (written_unfinished: skip)",
+    "written_empty": "the teacher wrote an empty response",
+    "not_cached": "training on a partial cache: the cache does not hold the row (allow_partial_cache)",
+}
+
+# ms-swift's message roles; any other role (a typo such as "assistnat") makes the row a bad_row.
+ROLES = frozenset({"system", "user", "assistant", "tool", "tool_call", "tool_response"})
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -86,12 +109,25 @@ class BadRow:
     source: str
 
 
-def _content_id(obj: dict[str, Any], prefix: str) -> str:
+def content_id(obj: dict[str, Any], occurrence: int = 0) -> str:
+    """The generated ``sample_id`` of a row that has none: ``row-`` and 12 hex digits of the sha1 of its
+    messages and images (as written, so relative image paths), never of the file's name or place, so
+    a copy or a renamed file keeps its ids. The n-th identical row of a file (n >= 1, counting from 0)
+    gets ``-n`` appended, so duplicates stay distinct and the first one keeps the plain id."""
     blob = json.dumps({"messages": obj.get("messages"), "images": obj.get("images")}, sort_keys=True)
-    return f"{prefix}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+    base = f"row-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+    return f"{base}-{occurrence}" if occurrence else base
 
 
-def iter_rows(path: str | Path, id_prefix: str | None = None) -> Iterator[Row | BadRow]:
+def _role_problem(messages: list[Any]) -> str | None:
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ROLES:
+            return f"field 'messages[{i}].role': {role!r} is not one of {', '.join(sorted(ROLES))}"
+    return None
+
+
+def iter_rows(path: str | Path) -> Iterator[Row | BadRow]:
     """Yield a ``Row`` (or a ``BadRow``) per non-empty line of a JSONL file.
 
     Structural problems that make a row meaningless (not JSON, no messages) are ``BadRow`` entries
@@ -101,28 +137,37 @@ def iter_rows(path: str | Path, id_prefix: str | None = None) -> Iterator[Row | 
     if not path.is_file():
         raise DataError(f"{path}: dataset file not found")
     base = path.parent
-    prefix = id_prefix or path.stem
+    seen: Counter[str] = Counter()  # generated ids so far: the occurrence index of identical rows
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             source = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]  # Windows editors save one; utf-8-sig drops it too
             if not raw.strip():
                 continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield BadRow(f"{prefix}-line{lineno:06d}", NON_UTF8, f"field <line>: {exc}", source)
+                yield BadRow(f"line-{lineno:06d}", NON_UTF8, f"field <line>: {exc}", source)
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield BadRow(f"{prefix}-line{lineno:06d}", BAD_ROW, f"not JSON: {exc}", source)
+                yield BadRow(f"line-{lineno:06d}", BAD_ROW, f"not JSON: {exc}", source)
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
                 yield BadRow(
-                    f"{prefix}-line{lineno:06d}", BAD_ROW, "field 'messages' missing or not a list", source
+                    f"line-{lineno:06d}", BAD_ROW, "field 'messages' missing or not a list", source
                 )
                 continue
-            sample_id = str(obj.get("sample_id") or _content_id(obj, prefix))
+            if obj.get("sample_id"):
+                sample_id = str(obj["sample_id"])
+            else:
+                generated = content_id(obj)
+                sample_id, seen[generated] = content_id(obj, seen[generated]), seen[generated] + 1
+            if (role := _role_problem(obj["messages"])) is not None:
+                yield BadRow(sample_id, BAD_ROW, role, source)
+                continue
             images = obj.get("images") or []
             if isinstance(images, str):
                 images = [images]
@@ -155,6 +200,9 @@ def check_row(row: Row, need_response: bool = True) -> tuple[str, str] | None:
     ``need_response=False`` accepts a row without an assistant response (one whose response the
     teacher will write).
     """
+    if need_response and (not row.messages or row.messages[-1].get("role") != "assistant"):
+        # The same code the cache stage gives such a row, so prepare and cache agree on it.
+        return PROMPT_ONLY, f"field 'messages[{len(row.messages) - 1}]': the row ends without an assistant turn"
     if need_response and not row.response().strip():
         return EMPTY_RESPONSE, "field 'messages[-1].content': empty assistant response"
     n_tags = sum(str(m.get("content") or "").count(IMAGE_TAG) for m in row.messages)

@@ -109,7 +109,9 @@ def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder, split_file: str |
         "tokenizer": tokenizer_hash(encoder.tokenizer),
         "encoding": encoder.settings(),
         "dataset_sha256": dataset_hash(split_file),
-        "top_k": cfg.custom.top_k,
+        # The k the cache stores: a k above the real vocabulary keeps every real id, so 100000 and the
+        # vocabulary size are the same cache and must compare equal.
+        "top_k": min(cfg.custom.top_k, len(encoder.tokenizer)),
         "loss_temperature": cfg.custom.loss_temperature,
         "logprob_encoding": cfg.custom.logprob_encoding,
     }

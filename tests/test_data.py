@@ -122,3 +122,65 @@ def test_partition_rows_gives_every_reason_and_strict_stops_at_the_first(tmp_pat
         DataError, match=r"x.jsonl: no usable rows for the val split: all 6 rows are unusable \(bad_row: 2"
     ):
         require_rows("x.jsonl", 0, bad, "usable rows for the val split")
+
+
+def _plain(answer: str = "a caption.", role: str = "assistant") -> dict:
+    return {"messages": [{"role": "user", "content": "Describe."}, {"role": role, "content": answer}]}
+
+
+def test_a_byte_order_mark_keeps_the_first_row(tmp_path: Path) -> None:
+    src = tmp_path / "train.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + (json.dumps(_plain("one")) + "\n" + json.dumps(_plain("two")) + "\n").encode())
+    rows = read_rows(src)
+    assert [type(r) for r in rows] == [Row, Row]
+    report = prepare_splits([src], tmp_path / "out")["train"]
+    assert (report["rows_in"], report["kept"], report["dropped"]) == (2, 2, 0)
+
+
+def test_generated_ids_depend_on_content_not_on_the_file_name(tmp_path: Path) -> None:
+    data = (json.dumps(_plain("one")) + "\n" + json.dumps(_plain("two")) + "\n").encode()
+    a = tmp_path / "train.jsonl"
+    b = tmp_path / "elsewhere" / "copy-of-train.jsonl"
+    b.parent.mkdir()
+    a.write_bytes(data)
+    b.write_bytes(data)
+    ids_a = [r.sample_id for r in read_rows(a)]
+    assert ids_a == [r.sample_id for r in read_rows(b)]
+    assert all(i.startswith("row-") and len(i) == 16 for i in ids_a)
+    # Identical rows in one file: distinct ids by occurrence, the first keeps the plain id.
+    c = tmp_path / "dup.jsonl"
+    c.write_text(json.dumps(_plain("one")) + "\n" + json.dumps(_plain("one")) + "\n")
+    assert [r.sample_id for r in read_rows(c)] == [ids_a[0], ids_a[0] + "-1"]
+
+
+def test_a_misspelled_role_has_one_reason_in_prepare_and_cache(tmp_path: Path) -> None:
+    from pipeline.teacher.written import partition_for_written
+
+    src = tmp_path / "train.jsonl"
+    lines = [_plain("ok"), _plain("typo", role="assistnat"), {"messages": [{"role": "user", "content": "x"}]}]
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    report = prepare_splits([src], tmp_path / "out")["train"]
+    in_prepare = {d["source"]: d["reason"] for d in report["dropped_rows"]}
+    _, bad = partition_for_written(read_rows(src), "off")
+    in_cache = {r.source: r.reason for r in bad}
+    assert in_prepare == in_cache == {f"{src}:2": "bad_row", f"{src}:3": "prompt_only_in_labelled_split"}
+    assert "'messages[1].role': 'assistnat'" in next(d["detail"] for d in report["dropped_rows"])
+
+
+def test_every_reason_code_is_in_the_table_and_the_docs() -> None:
+    import re
+
+    from pipeline import data
+    from pipeline.cache.format import SKIP_WRITTEN_UNFINISHED
+    from pipeline.teacher.written import EMPTY_WRITTEN, PROMPT_ONLY
+    from pipeline.train.coverage import NOT_CACHED
+
+    in_code = {
+        data.MISSING_IMAGE, data.UNREADABLE_IMAGE, data.EMPTY_RESPONSE, data.NON_UTF8, data.BAD_ROW,
+        data.TRUNCATED, data.ENCODE_FAILED, data.REMOTE_IMAGE, PROMPT_ONLY, SKIP_WRITTEN_UNFINISHED,
+        EMPTY_WRITTEN, NOT_CACHED,
+    }  # fmt: skip
+    assert in_code == set(data.SKIP_REASONS)
+    doc = (Path(__file__).parents[1] / "docs" / "troubleshooting.md").read_text()
+    table = doc.split("### Skip reasons", 1)[1].split("\n\n## ", 1)[0]
+    assert set(re.findall(r"^\| `([a-z_0-9]+)` \|", table, re.M)) == set(data.SKIP_REASONS)

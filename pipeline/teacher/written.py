@@ -35,7 +35,7 @@ from pipeline.cache.format import (
     TAG_UNFINISHED_KEPT,
     TAG_WRITTEN,
 )
-from pipeline.data import Row
+from pipeline.data import PROMPT_ONLY, Row
 from pipeline.errors import DataError
 from pipeline.generation import SamplingSettings, generate, stop_token_ids, with_response
 
@@ -44,9 +44,8 @@ if TYPE_CHECKING:
     from pipeline.config import DistillConfig
     from pipeline.encoding import EncodedRow, RowEncoder
 
-PROMPT_ONLY = "prompt_only_in_labelled_split"
 UNFINISHED = SKIP_WRITTEN_UNFINISHED
-EMPTY_WRITTEN = "written_empty"
+EMPTY_WRITTEN = "written_empty"  # every code is listed in pipeline.data.SKIP_REASONS
 
 
 def is_prompt_only(row: Row) -> bool:
