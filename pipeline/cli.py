@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(teacher-written rows that hit max_new_tokens) or ids_changed; or sample ids a,b",
     )
     p.add_argument(
-        "--export", type=Path, help="write a plain copy: Parquet (.parquet) or an Arrow stream (datasets)"
+        "--export", type=Path, help="write a plain copy: .parquet, .arrow (a stream datasets opens) or .jsonl"
     )
 
     p = sub.add_parser("evaluate", help="evaluate a trained student (CE, KL to cache, caption F1)")

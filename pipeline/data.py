@@ -119,6 +119,21 @@ def content_id(obj: dict[str, Any], occurrence: int = 0) -> str:
     return f"{base}-{occurrence}" if occurrence else base
 
 
+_LEGACY_ID = re.compile(r"^.+-(?:[0-9a-f]{12}|line\d{6})$")
+
+
+def legacy_id_hint(ids: Sequence[str]) -> str:
+    """What to do when a cache's ids look generated the old way (``<file stem>-<hash>``, before ids
+    stopped depending on the file's name); empty otherwise."""
+    if not ids or not all(_LEGACY_ID.match(i) and not i.startswith(("row-", "line-")) for i in ids):
+        return ""
+    return (
+        " (its ids look generated from a file name; generated ids now come from each row's content "
+        "and line, so run `distill cache` again to rebuild it, ideally on a `distill prepare`d file, "
+        "whose ids are written in)"
+    )
+
+
 def _role_problem(messages: list[Any]) -> str | None:
     for i, m in enumerate(messages):
         role = m.get("role") if isinstance(m, dict) else None

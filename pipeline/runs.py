@@ -79,6 +79,15 @@ def cache_split_dir(cfg: DistillConfig, split: str) -> Path:
     return Path(cfg.custom.teacher_cache) / split
 
 
+# What a user who opened a shard with Hugging Face datasets needs to know (docs/cache_format.md, top).
+SHARD_FORMAT_HINT = (
+    "Shards are Arrow IPC *file* format (its footer is the reader's random access): "
+    "datasets.load_dataset('arrow', data_files=...) opens them as stored (packed columns), but "
+    "datasets.Dataset.from_file reads only the stream format; `distill inspect DIR --export rows.arrow` "
+    "writes decoded values as a stream it opens"
+)
+
+
 def open_cache_dir(
     root: str | Path,
     policy: CachePolicy = CachePolicy.FORMAT,
@@ -101,6 +110,8 @@ def open_cache_dir(
             sorted(p.name for p in root.iterdir() if (p / MANIFEST_NAME).is_file()) if root.is_dir() else []
         )
         hint = f" (it holds splits {splits}: pass e.g. {root / splits[0]})" if splits else ""
+        if root.is_file() and root.suffix == ".arrow":
+            hint = f" (it is one shard; pass its directory {root.parent}). {SHARD_FORMAT_HINT}"
         raise CacheFormatError(f"{root}: no {MANIFEST_NAME}, not a finished cache split{hint}")
     if policy is CachePolicy.FINGERPRINT:
         if expected_fingerprint is None:

@@ -39,8 +39,8 @@ def parse_select(select: str | None) -> tuple[str, list[str] | None]:
 
 
 def export_cache(cache: Path, out: Path) -> dict[str, int]:
-    """A plain copy with list columns: Parquet (``.parquet``) or an Arrow stream, which
-    ``datasets.Dataset.from_file`` opens directly (any other suffix)."""
+    """A plain copy with list columns: Parquet (``.parquet``), an Arrow stream (``.arrow``, which
+    ``datasets.Dataset.from_file`` opens directly) or JSON Lines (``.jsonl``)."""
     from pipeline.cache.export import export_plain
 
     return export_plain(cache, out)
@@ -63,6 +63,10 @@ def run_inspect(
     """The ``inspect`` command; see ``docs/cli.md``. ``cfg`` is a loaded ``DistillConfig`` or None."""
     from pipeline.inspection.figures import write_figures
 
+    if export is not None:
+        from pipeline.cache.export import export_format
+
+        export_format(export)  # a bad suffix or a missing directory stops before any work
     reader = open_cache_dir(cache)
     ranking, ids = parse_select(select)
     if ids:

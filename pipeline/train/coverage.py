@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import BadRow, Row, count_reasons, partition_rows, read_rows, require_rows
+from pipeline.data import BadRow, Row, count_reasons, legacy_id_hint, partition_rows, read_rows, require_rows
 from pipeline.errors import CacheMismatchError, DataError
 
 REPORT_NAME = "data_coverage.json"
@@ -99,7 +99,7 @@ def bind_to_cache(split: SplitRows, cache: Any, *, allow_partial: bool = False) 
     if foreign:
         raise CacheMismatchError(
             f"{cache.root}: the cache holds {len(foreign)} sample_ids that {split.where} does not, e.g. "
-            f"{foreign[:3]}; rebuild the cache for this dataset"
+            f"{foreign[:3]}; rebuild the cache for this dataset{legacy_id_hint(foreign[:20])}"
         )
     unusable_now = [r for r in split.excluded if r.sample_id in cached_set]
     if unusable_now:

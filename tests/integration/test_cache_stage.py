@@ -278,7 +278,7 @@ def test_unparseable_and_non_utf8_lines_are_skipped_unless_strict(
     strict_cfg.custom.strict = True
     for cfg, flag in ((strict_cfg, False), (_load(path), True)):
         cfg.custom.teacher_cache = str(tmp_path / "cache_strict")
-        with pytest.raises(DataError, match=r"train.jsonl:7: sample 'train-line000007': non_utf8"):
+        with pytest.raises(DataError, match=r"train.jsonl:7: sample 'line-000007': non_utf8"):
             run_caching(cfg, strict=flag, progress=False)
 
 

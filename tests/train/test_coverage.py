@@ -19,7 +19,7 @@ from pipeline.train.coverage import (
 )
 
 N_ROWS = 40  # 2 of them unusable (missing image, not JSON): 5% of the split
-BAD_LINE = "train-line000010"  # the id a line that is not JSON gets (file stem and line number)
+BAD_LINE = "line-000010"  # the id a line that is not JSON gets (its line number, not the file name)
 
 
 class FakeCache:
