@@ -56,3 +56,8 @@ def exit_code(main: Callable[[], object]) -> int:
 
 class CacheLockedError(DistillError, RuntimeError):
     """Another writer holds a cache directory's lock; the message names its pid, host and launch."""
+
+
+class DiskFullError(DistillError, OSError):
+    """A write failed for lack of space (or quota); the message names the directory, what is already
+    written there, and that rerunning the same command resumes."""

@@ -40,12 +40,16 @@ _DIGEST_MOD = 2**256
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
+        raise
 
 
 def read_json(path: Path) -> Any:
@@ -365,6 +369,7 @@ def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[s
         }
     )
     write_json_atomic(root / MANIFEST_NAME, manifest)
-    for stale in root.glob("shard-*.arrow.tmp*"):  # every writer has finished: leftovers are dead
+    # Every writer has finished: leftovers are dead (shards, and JSON of a write killed half-way).
+    for stale in [*root.glob("shard-*.arrow.tmp*"), *root.glob(".*.json.tmp-*"), *root.glob(f"{PARTS_DIR}/.*.tmp-*")]:
         stale.unlink(missing_ok=True)
     return counts

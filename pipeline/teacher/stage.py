@@ -219,7 +219,9 @@ def cache_split(
     """
     root = Path(cfg.custom.teacher_cache or "") / split
     plan = plan or plan_split(cfg, split, strict=strict, limit=limit)
-    with writer_lock(root) if hold_lock else nullcontext():
+    from pipeline.cache.writer import disk_full_as_error
+
+    with writer_lock(root) if hold_lock else nullcontext(), disk_full_as_error(root):
         return _cache_planned(cfg, plan, root, teacher, encoder, strict, progress, shard_bytes)
 
 
