@@ -416,3 +416,26 @@ def needs_live_teacher(cfg: DistillConfig) -> bool:
     """gkd_monitor always; gkd_cached only for on-policy batches (lmbda > 0)."""
     variant, rlhf = cfg.custom.trainer_variant, cfg.rlhf
     return rlhf is not None and (variant == "gkd_monitor" or (variant == "gkd_cached" and rlhf.lmbda > 0))
+
+
+def looks_local(path: str) -> bool:
+    """A local path, not a model hub id (``org/name``): absolute, ``./``, ``../``, ``~``, two or more
+    slashes, or something that exists here."""
+    return path.startswith(("/", "./", "../", "~")) or path.count("/") >= 2 or os.path.exists(path)
+
+
+def model_location(path: str, key: str, where: str | None = None) -> str:
+    """THE local-or-hub decision for a model path (``model.model``, ``rlhf.teacher_model``,
+    ``--tokenizer``, ``--teacher``...): a path that looks local must be a directory here and is
+    returned expanded; anything else is a hub id, returned as it is. A missing local directory is a
+    ``ConfigError`` naming the key, never a hub download (which would retry and fail offline)."""
+    if not looks_local(path):
+        return path
+    local = os.path.expanduser(path)
+    if not os.path.isdir(local):
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(
+            f"{prefix}{key}: model directory {path!r} does not exist (a local path: looked for here, "
+            "not on the model hub; a hub id is ORG/NAME)"
+        )
+    return local

@@ -181,8 +181,11 @@ class RowEncoder:
         from swift.model import get_processor
         from swift.template import get_template
 
+        from pipeline.config import model_location
+
         if processor is None:
-            processor = get_processor(cfg.model.model, model_type=cfg.model.model_type)
+            student = model_location(cfg.model.model, "model.model", cfg.config_path)
+            processor = get_processor(student, model_type=cfg.model.model_type)
         truncation = cfg.data.truncation_strategy
         kwargs: dict[str, Any] = {
             "template_type": cfg.model.template,

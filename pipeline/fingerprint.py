@@ -78,12 +78,16 @@ def tokenizer_hash(tokenizer: Any) -> dict[str, Any]:
 
 
 def teacher_path(cfg: DistillConfig) -> str:
+    """The teacher's directory or hub id, decided by ``config.model_location`` (a missing local path
+    is a ``ConfigError`` naming ``rlhf.teacher_model``)."""
+    from pipeline.config import model_location
+
     if cfg.rlhf is None or not cfg.rlhf.teacher_model:
         raise ConfigError(
             f"{cfg.source_files[-1] if cfg.source_files else 'config'}: key 'rlhf.teacher_model': "
             "the cache needs a teacher checkpoint"
         )
-    return cfg.rlhf.teacher_model
+    return model_location(cfg.rlhf.teacher_model, "rlhf.teacher_model", cfg.config_path)
 
 
 def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder, split_file: str | Path) -> dict[str, Any]:

@@ -93,7 +93,9 @@ def load_trained(cfg: DistillConfig, checkpoint: str | Path | None) -> tuple[Any
     dtype = getattr(torch, cfg.model.torch_dtype) if cuda else torch.float32
     device_map = "cuda:0" if cuda else "cpu"
     is_adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
-    base = cfg.model.model if is_adapter else str(path)
+    from pipeline.config import model_location
+
+    base = model_location(cfg.model.model, "model.model", cfg.config_path) if is_adapter else str(path)
     model, processor = get_model_processor(
         base, model_type=cfg.model.model_type, torch_dtype=dtype, device_map=device_map
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -69,3 +70,77 @@ def test_bad_set_override_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["train", "--config", str(tmp_path / "none.yaml"), "--set", "novalue"])
     assert code == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def _missing_model_config(tmp_path: Path) -> Path:
+    """A cached-GKD config whose student and teacher paths look local and do not exist."""
+    (tmp_path / "train.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}\n'
+    )
+    cfg = {
+        "model": {"model": "runs/demo/nope-student", "model_type": "qwen2_5_vl", "template": "qwen2_5_vl"},
+        "data": {"dataset": [str(tmp_path / "train.jsonl")], "max_length": 64},
+        "train": {"output_dir": str(tmp_path / "run"), "learning_rate": 1e-4, "num_train_epochs": 1},
+        "rlhf": {"rlhf_type": "gkd", "teacher_model": "runs/demo/nope", "lmbda": 0.0},
+        "custom": {"trainer_variant": "gkd_cached", "teacher_cache": str(tmp_path / "cache")},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "key", "path"),
+    [
+        (["cache"], "rlhf.teacher_model", "runs/demo/nope"),
+        (["check"], "rlhf.teacher_model", "runs/demo/nope"),
+        (["train"], "model.model", "runs/demo/nope-student"),
+    ],
+    ids=["cache", "check", "train"],
+)
+def test_a_missing_local_model_is_a_config_error_never_a_hub_download(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    key: str,
+    path: str,
+) -> None:
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    cfg = _missing_model_config(tmp_path)
+    t0 = time.perf_counter()
+    code = main([*argv, "--config", str(cfg)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after ms-swift's INFO log
+    assert code == 2
+    assert err == (
+        f"error: ConfigError: {cfg}: {key}: model directory {path!r} does not exist (a local path: "
+        "looked for here, not on the model hub; a hub id is ORG/NAME)"
+    )
+    assert time.perf_counter() - t0 < 30  # a hub download retries for ~40 s offline before failing
+
+
+def test_inspect_with_a_missing_local_tokenizer_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.cache.test_export import _cache
+
+    monkeypatch.chdir(tmp_path)
+    cache = _cache(tmp_path / "c")
+    assert main(["inspect", str(cache), "--tokenizer", "models/tok/nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after ms-swift's INFO log
+    assert err.startswith("error: ConfigError: --tokenizer: model directory 'models/tok/nope' does not exist")
+
+
+def test_output_dir_that_is_a_file_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _missing_model_config(tmp_path)
+    (tmp_path / "taken").write_text("")
+    assert main(["train", "--config", str(cfg), "--set", f"train.output_dir={tmp_path / 'taken'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after ms-swift's INFO log
+    assert err == (
+        f"error: ConfigError: {cfg}: train.output_dir: '{tmp_path / 'taken'}' is not a directory "
+        f"(File exists: {tmp_path / 'taken'}); choose another output_dir"
+    )

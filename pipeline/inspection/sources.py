@@ -21,8 +21,11 @@ def load_tokenizer(path: str | Path) -> Any:
     """The tokenizer saved in ``path`` (a model or tokenizer directory); ``ConfigError`` if unreadable."""
     from transformers import AutoTokenizer
 
+    from pipeline.config import model_location
+
+    local = model_location(str(path), "--tokenizer")  # a missing local dir never goes to the hub
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(local)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"--tokenizer {path}: cannot load a tokenizer ({type(exc).__name__}: {exc})"

@@ -346,6 +346,9 @@ def run_caching(
     splits = ["train", "val"] if split == "all" else [split]
     if split == "all" and not cfg.data.val_dataset:
         splits = ["train"]
+    from pipeline.fingerprint import teacher_path
+
+    teacher_path(cfg)  # a missing local teacher is a ConfigError now, not after planning or a hub retry
     # Every split's path, lines and images before anything slow (teacher load, first forward).
     plans = {s: plan_split(cfg, s, strict=strict, limit=limit) for s in splits}
     for plan in plans.values():

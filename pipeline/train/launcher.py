@@ -130,12 +130,29 @@ def _make_pipeline_cls() -> type:
     return DistillSft
 
 
+def make_output_dir(cfg: DistillConfig) -> None:
+    """Create ``train.output_dir``; a path that is a file (or under one) or not writable is a
+    ``ConfigError`` naming the key, not an ``OSError`` traceback."""
+    out = cfg.train.output_dir
+    try:
+        os.makedirs(out, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise ConfigError(
+            f"{cfg.config_path or 'config'}: train.output_dir: {out!r} is not a directory "
+            f"({exc.strerror}: {exc.filename}); choose another output_dir"
+        ) from exc
+    except PermissionError as exc:
+        raise ConfigError(
+            f"{cfg.config_path or 'config'}: train.output_dir: cannot create {out!r} ({exc.strerror})"
+        ) from exc
+
+
 def run_training(cfg: DistillConfig) -> Any:
     """Train per ``cfg`` (SFT, cached GKD or live GKD); returns ms-swift's train message dict."""
     check_versions()
     if cfg.custom.trainer_variant != "sft" and cfg.rlhf is not None and cfg.rlhf.seq_kd:
         raise ConfigError("rlhf.seq_kd: sequence-level KD is not supported")
-    os.makedirs(cfg.train.output_dir, exist_ok=True)
+    make_output_dir(cfg)
     from pipeline.train.swift_args import swift_run_args
 
     args = swift_run_args(cfg, "sft")

@@ -13,7 +13,7 @@ import difflib
 import os
 from typing import Any
 
-from pipeline.config import apply_vision_env, needs_live_teacher, vision_env
+from pipeline.config import apply_vision_env, model_location, needs_live_teacher, vision_env
 from pipeline.config_schema import DEEPSPEED_PRESETS, DistillConfig, TrainConfig
 from pipeline.errors import ConfigError
 
@@ -91,11 +91,6 @@ def check_extra_keys(cfg: DistillConfig, kind: str = TRAINING_KIND) -> None:
         raise ConfigError(f"{cfg.config_path or 'config'}: train.extra.{key}: {why}")
 
 
-def _looks_local(path: str) -> bool:
-    """A local path, not a hub id (``org/name``): ms-swift would try to download a missing one."""
-    return path.startswith(("/", "./", "../", "~")) or path.count("/") >= 2 or os.path.exists(path)
-
-
 def to_swift_args(cfg: DistillConfig, kind: str = TRAINING_KIND) -> Any:
     """ms-swift's argument object for this config: ``SftArguments`` (kind ``"sft"``) or
     ``RLHFArguments`` with ``rlhf_type="gkd"`` (kind ``"rlhf"``, ms-swift's stock GKD trainer only).
@@ -117,8 +112,7 @@ def to_swift_args(cfg: DistillConfig, kind: str = TRAINING_KIND) -> Any:
     if kwargs.get("teacher_model") is not None:
         local.append(("rlhf.teacher_model", kwargs["teacher_model"]))
     for key, path in local:
-        if _looks_local(path) and not os.path.isdir(os.path.expanduser(path)):
-            raise ConfigError(f"{where}: {key}: model directory {path!r} does not exist")
+        model_location(path, key, where)  # ms-swift would try to download a missing local path
     ds = cfg.train.deepspeed
     if ds is not None and ds not in DEEPSPEED_PRESETS and not os.path.isfile(ds):
         raise ConfigError(f"{where}: train.deepspeed: file {ds!r} does not exist")
