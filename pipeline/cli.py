@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cache", type=Path)
     p.add_argument("--sample", help="print a per-token table for this sample_id")
     p.add_argument("--audit", action="store_true", help="check alignment; exit non-zero on a problem")
+    p.add_argument("--dataset", type=Path, help="audit: the split's JSONL, to check coverage (default: --config's)")
     p.add_argument(
         "--config",
         type=Path,
@@ -239,6 +240,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             export=args.export,
             limit=args.limit,
             select=args.select,
+            dataset=args.dataset,
         )
     if cmd == "evaluate":
         from pipeline.evaluate.run import run_evaluation

@@ -153,9 +153,16 @@ def open_split_cache(
         if encoder is None:
             raise ValueError("the fingerprint policy needs the encoder the run will use")
         expected = build_fingerprint(cfg, encoder, split_file(cfg, split))
-    return open_cache_dir(
-        root, policy, expected_fingerprint=expected, loss_temperature=cfg.custom.loss_temperature
-    )
+    try:
+        return open_cache_dir(
+            root, policy, expected_fingerprint=expected, loss_temperature=cfg.custom.loss_temperature
+        )
+    except CacheMismatchError as exc:
+        if "dataset_sha256" not in exc.differences:
+            raise
+        from pipeline.data import changed_rows
+
+        raise CacheMismatchError(f"{exc}; {changed_rows(root, split_file(cfg, split))}", exc.differences) from exc
 
 
 def encoding_differences(cached: CachedSample, enc: EncodedRow) -> list[str]:

@@ -129,12 +129,15 @@ def audit(
     max_rows: int = 64,
     seed: int = 0,
     encoder: Any = None,
+    dataset: str | None = None,
 ) -> list[str]:
     """Every problem found in the cache behind ``reader`` (empty list: the cache passed).
 
     ``tokenizer`` enables the special-token check beyond placeholders; ``cfg`` (a ``DistillConfig`` or
     anything with its ``model``/``data`` fields) enables the re-encoding check of up to ``max_rows``
     samples drawn with ``seed``; ``encoder`` reuses an existing ``RowEncoder`` built from ``cfg``.
+    ``dataset`` (else ``cfg``'s file for the split the cache directory is named after) enables the
+    coverage check training makes: every row of the dataset cached or recorded as skipped.
     """
     out = Findings()
     manifest = reader.manifest
@@ -161,7 +164,53 @@ def audit(
     for key, found in (("cached", n_samples), ("targets", n_targets)):
         if counts.get(key) is not None and counts[key] != found:
             out.add("manifest", f"counts.{key} is {counts[key]} but the shards hold {found}")
+    for msg in count_problems(manifest):
+        out.add("manifest", msg)
+    if dataset is None and cfg is not None and reader.root.name in ("train", "val"):
+        from pipeline.runs import split_file
+
+        dataset = split_file(cfg, reader.root.name)
+    if dataset is not None:
+        need_response = cfg is None or cfg.custom.written_responses == "off"
+        if (msg := coverage_problem(reader, dataset, need_response)) is not None:
+            out.add("coverage", msg)
     return out.lines()
+
+
+def count_problems(manifest: dict[str, Any]) -> list[str]:
+    """Every count of the manifest that does not reconcile with its skip records or ``rows_in``."""
+    counts = manifest.get("counts", {}) or {}
+    records = manifest.get("skipped") or []
+    found: list[str] = []
+    if counts.get("skipped") is not None and counts["skipped"] != len(records):
+        found.append(f"counts.skipped is {counts['skipped']} but {len(records)} skip records are listed")
+    by_reason: dict[str, int] = {}
+    for rec in records:
+        by_reason[str(rec.get("reason"))] = by_reason.get(str(rec.get("reason")), 0) + 1
+    recorded = counts.get("skipped_by_reason")
+    if recorded is not None and dict(sorted(recorded.items())) != dict(sorted(by_reason.items())):
+        found.append(f"counts.skipped_by_reason is {recorded} but the skip records give {by_reason}")
+    rows_in, cached = counts.get("rows_in"), counts.get("cached")
+    if rows_in is not None and cached is not None and rows_in != cached + len(records):
+        found.append(f"counts.rows_in is {rows_in} but {cached} cached + {len(records)} skipped rows are listed")
+    return found
+
+
+def coverage_problem(reader: Any, dataset: str, need_response: bool = True) -> str | None:
+    """What training would refuse about ``reader`` against the rows of ``dataset`` (None: covered).
+
+    The same check as training's (:func:`pipeline.train.coverage.bind_to_cache`), so a cache the
+    audit passes with a dataset is one training accepts."""
+    from pipeline.train.coverage import bind_to_cache, load_split
+
+    try:
+        split = load_split(reader.root.name, [dataset], need_response=need_response)
+        bound = bind_to_cache(split, reader)
+    except DistillError as exc:
+        return str(exc)
+    return None if len(bound.rows) + len(bound.excluded) == split.rows_in else (
+        f"{dataset}: {split.rows_in} rows, but {len(bound.rows)} cached + {len(bound.excluded)} left out"
+    )
 
 
 def _read_all(reader: Any, out: Findings) -> Iterable[CachedSample]:

@@ -59,6 +59,7 @@ def run_inspect(
     export: Path | None = None,
     limit: int = DEFAULT_LIMIT,
     select: str | None = None,
+    dataset: Path | None = None,
 ) -> int:
     """The ``inspect`` command; see ``docs/cli.md``. ``cfg`` is a loaded ``DistillConfig`` or None."""
     from pipeline.inspection.figures import write_figures
@@ -118,7 +119,7 @@ def run_inspect(
         return 0
     from pipeline.inspection.audit import audit as run_audit
 
-    problems = run_audit(reader, tokenizer=tok, cfg=cfg)
+    problems = run_audit(reader, tokenizer=tok, cfg=cfg, dataset=str(dataset) if dataset else None)
     print()
     if not problems:
         print("audit: ok")

@@ -137,6 +137,7 @@ class SplitPlan:
     rows_in: int
     usable: list[Row]
     unusable: list[BadRow]
+    limit: int | None = None
 
 
 def plan_split(
@@ -151,7 +152,7 @@ def plan_split(
     mine = read_rows(path)[:limit][rank::world]
     usable, unusable = partition_for_written(mine, cfg.custom.written_responses, strict=strict)
     require_rows(path, _sum_over_ranks(len(usable), world), unusable, f"usable rows for the {split} split")
-    return SplitPlan(split, path, len(mine), usable, unusable)
+    return SplitPlan(split, path, len(mine), usable, unusable, limit)
 
 
 def _sum_over_ranks(n: int, world: int) -> int:
@@ -221,8 +222,43 @@ def cache_split(
     plan = plan or plan_split(cfg, split, strict=strict, limit=limit)
     from pipeline.cache.writer import disk_full_as_error
 
+    if (held := _holds_more_than_the_limit(plan, root)) is not None:
+        return held
     with writer_lock(root) if hold_lock else nullcontext(), disk_full_as_error(root):
+        _record_rows(plan, root)
         return _cache_planned(cfg, plan, root, teacher, encoder, strict, progress, shard_bytes)
+
+
+def _record_rows(plan: SplitPlan, root: Path) -> None:
+    """Write what each row of the split is now (``data.row_record``) beside the cache, so a later
+    dataset change is named row by row and field by field, not as two dataset hashes."""
+    from pipeline.cache.manifest import write_json_atomic
+    from pipeline.data import ROWS_RECORD, row_record
+
+    if dist_info()[0] == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(root / ROWS_RECORD, row_record(plan.path))
+
+
+def _holds_more_than_the_limit(plan: SplitPlan, root: Path) -> dict[str, Any] | None:
+    """A finished cache with more rows than ``--limit`` asks for: left as it is (its counts returned,
+    and said), since a limit only ever means "at most the first N rows" of a cache still to be built."""
+    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.manifest import read_json
+
+    if plan.limit is None or not (root / MANIFEST_NAME).is_file():
+        return None
+    counts = dict(read_json(root / MANIFEST_NAME).get("counts") or {})
+    held = int(counts.get("cached", 0)) + int(counts.get("skipped", 0))
+    rows = _sum_over_ranks(plan.rows_in, dist_info()[1])
+    if held <= rows:
+        return None
+    if dist_info()[0] == 0:
+        print(
+            f"[cache {plan.split}] {root} already holds {held} rows ({counts.get('cached')} cached, "
+            f"{counts.get('skipped')} skipped), more than --limit {plan.limit} asks for: left as it is"
+        )
+    return counts
 
 
 def _cache_planned(
