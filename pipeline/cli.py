@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cache", type=Path)
     p.add_argument("--sample", help="print a per-token table for this sample_id")
     p.add_argument("--audit", action="store_true", help="check alignment; exit non-zero on a problem")
-    p.add_argument("--dataset", type=Path, help="audit: the split's JSONL, to check coverage (default: --config's)")
+    p.add_argument(
+        "--dataset", type=Path, help="audit: the split's JSONL, to check coverage (default: --config's)"
+    )
     p.add_argument(
         "--config",
         type=Path,

@@ -171,9 +171,7 @@ def iter_rows(path: str | Path) -> Iterator[Row | BadRow]:
                 yield BadRow(f"line-{lineno:06d}", BAD_ROW, f"not JSON: {exc}", source)
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list):
-                yield BadRow(
-                    f"line-{lineno:06d}", BAD_ROW, "field 'messages' missing or not a list", source
-                )
+                yield BadRow(f"line-{lineno:06d}", BAD_ROW, "field 'messages' missing or not a list", source)
                 continue
             if obj.get("sample_id"):
                 sample_id = str(obj["sample_id"])
@@ -217,7 +215,10 @@ def check_row(row: Row, need_response: bool = True) -> tuple[str, str] | None:
     """
     if need_response and (not row.messages or row.messages[-1].get("role") != "assistant"):
         # The same code the cache stage gives such a row, so prepare and cache agree on it.
-        return PROMPT_ONLY, f"field 'messages[{len(row.messages) - 1}]': the row ends without an assistant turn"
+        return (
+            PROMPT_ONLY,
+            f"field 'messages[{len(row.messages) - 1}]': the row ends without an assistant turn",
+        )
     if need_response and not row.response().strip():
         return EMPTY_RESPONSE, "field 'messages[-1].content': empty assistant response"
     n_tags = sum(str(m.get("content") or "").count(IMAGE_TAG) for m in row.messages)
@@ -344,6 +345,7 @@ def row_changes(before: dict[str, Any], after: dict[str, Any], path: str | Path,
         if a == b:
             continue
         if b is None:
+            assert a is not None  # one of the two has the id
             found.append((int(a["line"]), f"sample {sid!r} (line {a['line']} when cached) is gone"))
             continue
         where = f"{path}:{b['line']}: sample {sid!r}"
@@ -376,6 +378,8 @@ def changed_rows(cache_root: str | Path, path: str | Path) -> str:
     hash mismatch), or how to find out for a cache that recorded none."""
     record = Path(cache_root) / ROWS_RECORD
     if not record.is_file():
-        return f"the cache recorded no rows ({ROWS_RECORD}, written by newer caches): compare the file by hand"
+        return (
+            f"the cache recorded no rows ({ROWS_RECORD}, written by newer caches): compare the file by hand"
+        )
     before = json.loads(record.read_text(encoding="utf-8"))
     return row_changes(before, row_record(path), path) or "no row differs (a byte outside the rows changed)"

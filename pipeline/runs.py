@@ -162,7 +162,9 @@ def open_split_cache(
             raise
         from pipeline.data import changed_rows
 
-        raise CacheMismatchError(f"{exc}; {changed_rows(root, split_file(cfg, split))}", exc.differences) from exc
+        raise CacheMismatchError(
+            f"{exc}; {changed_rows(root, split_file(cfg, split))}", exc.differences
+        ) from exc
 
 
 def encoding_differences(cached: CachedSample, enc: EncodedRow) -> list[str]:

@@ -130,7 +130,9 @@ def _plain(answer: str = "a caption.", role: str = "assistant") -> dict:
 
 def test_a_byte_order_mark_keeps_the_first_row(tmp_path: Path) -> None:
     src = tmp_path / "train.jsonl"
-    src.write_bytes(b"\xef\xbb\xbf" + (json.dumps(_plain("one")) + "\n" + json.dumps(_plain("two")) + "\n").encode())
+    src.write_bytes(
+        b"\xef\xbb\xbf" + (json.dumps(_plain("one")) + "\n" + json.dumps(_plain("two")) + "\n").encode()
+    )
     rows = read_rows(src)
     assert [type(r) for r in rows] == [Row, Row]
     report = prepare_splits([src], tmp_path / "out")["train"]

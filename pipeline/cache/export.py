@@ -16,7 +16,6 @@ import pyarrow as pa
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import ConfigError
 
-
 # Suffix -> what is written. CSV cannot hold the per-target list columns, so it is refused, never
 # written as something else under its name.
 EXPORT_FORMATS = {".parquet": "Parquet", ".arrow": "Arrow IPC stream", ".jsonl": "JSON Lines"}
@@ -116,7 +115,7 @@ class _JsonLines:
     ``-inf``) become ``null``, since JSON has no infinity."""
 
     def __init__(self, path: Path):
-        self._f = open(path, "w", encoding="utf-8")
+        self._f = open(path, "w", encoding="utf-8")  # noqa: SIM115  # closed by __exit__, like the other sinks
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         for row in batch.to_pylist():

@@ -370,6 +370,10 @@ def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[s
     )
     write_json_atomic(root / MANIFEST_NAME, manifest)
     # Every writer has finished: leftovers are dead (shards, and JSON of a write killed half-way).
-    for stale in [*root.glob("shard-*.arrow.tmp*"), *root.glob(".*.json.tmp-*"), *root.glob(f"{PARTS_DIR}/.*.tmp-*")]:
+    for stale in [
+        *root.glob("shard-*.arrow.tmp*"),
+        *root.glob(".*.json.tmp-*"),
+        *root.glob(f"{PARTS_DIR}/.*.tmp-*"),
+    ]:
         stale.unlink(missing_ok=True)
     return counts

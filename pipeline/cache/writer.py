@@ -40,7 +40,6 @@ from pipeline.cache.format import (
     shard_name,
 )
 from pipeline.cache.lock import CacheLock
-from pipeline.errors import DiskFullError
 from pipeline.cache.manifest import (
     check_compatible,
     complete_shards,
@@ -59,6 +58,7 @@ from pipeline.cache.manifest import (
     skips_path,
     write_json_atomic,
 )
+from pipeline.errors import DiskFullError
 
 __all__ = ["CacheWriter", "disk_full_as_error", "merge_rank_manifests"]
 

@@ -192,7 +192,9 @@ def count_problems(manifest: dict[str, Any]) -> list[str]:
         found.append(f"counts.skipped_by_reason is {recorded} but the skip records give {by_reason}")
     rows_in, cached = counts.get("rows_in"), counts.get("cached")
     if rows_in is not None and cached is not None and rows_in != cached + len(records):
-        found.append(f"counts.rows_in is {rows_in} but {cached} cached + {len(records)} skipped rows are listed")
+        found.append(
+            f"counts.rows_in is {rows_in} but {cached} cached + {len(records)} skipped rows are listed"
+        )
     return found
 
 
@@ -208,8 +210,12 @@ def coverage_problem(reader: Any, dataset: str, need_response: bool = True) -> s
         bound = bind_to_cache(split, reader)
     except DistillError as exc:
         return str(exc)
-    return None if len(bound.rows) + len(bound.excluded) == split.rows_in else (
-        f"{dataset}: {split.rows_in} rows, but {len(bound.rows)} cached + {len(bound.excluded)} left out"
+    return (
+        None
+        if len(bound.rows) + len(bound.excluded) == split.rows_in
+        else (
+            f"{dataset}: {split.rows_in} rows, but {len(bound.rows)} cached + {len(bound.excluded)} left out"
+        )
     )
 
 

@@ -80,17 +80,14 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
     """Raise ``CompatibilityError`` unless teacher and student can be distilled together. Returns a report."""
     from swift.model import get_processor
 
+    from pipeline.config import model_location
     from pipeline.data import Row, read_rows
     from pipeline.encoding import RowEncoder
-
-    from pipeline.config import model_location
     from pipeline.fingerprint import teacher_path
 
     if cfg.rlhf is None or not cfg.rlhf.teacher_model:
         raise CompatibilityError("no teacher configured (rlhf.teacher_model)")
-    t_proc = get_processor(
-        teacher_path(cfg), model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type
-    )
+    t_proc = get_processor(teacher_path(cfg), model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type)
     student = model_location(cfg.model.model, "model.model", cfg.config_path)
     s_proc = get_processor(student, model_type=cfg.model.model_type)
     t_tok = getattr(t_proc, "tokenizer", t_proc)

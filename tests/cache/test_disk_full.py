@@ -79,7 +79,9 @@ def _install(monkeypatch: pytest.MonkeyPatch, inject: _Injector) -> None:
 
     def json_open(path: Any, *args: Any, **kwargs: Any) -> Any:
         name = Path(path).name
-        point = "part record" if name.startswith(".rank-") else "manifest" if name.startswith(".manifest") else ""
+        point = (
+            "part record" if name.startswith(".rank-") else "manifest" if name.startswith(".manifest") else ""
+        )
         return _JsonFile(open(path, *args, **kwargs), point, inject)
 
     monkeypatch.setattr(manifest_module, "open", json_open, raising=False)

@@ -32,7 +32,9 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     return err
 
 
-def test_export_refuses_a_suffix_it_would_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_refuses_a_suffix_it_would_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cache = _cache(tmp_path / "c")
     err = _one_line_error(capsys, ["inspect", str(cache), "--export", str(tmp_path / "e.csv")])
     assert err.startswith(f"error: ConfigError: --export {tmp_path / 'e.csv'}: unknown suffix '.csv'")
@@ -40,11 +42,15 @@ def test_export_refuses_a_suffix_it_would_not_write(tmp_path: Path, capsys: pyte
     assert not (tmp_path / "e.csv").exists()
 
 
-def test_export_into_a_missing_directory_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_into_a_missing_directory_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cache = _cache(tmp_path / "c")
     out = tmp_path / "nowhere" / "e.parquet"
     err = _one_line_error(capsys, ["inspect", str(cache), "--export", str(out)])
-    assert err == f"error: ConfigError: --export {out}: directory {out.parent} does not exist; create it first"
+    assert (
+        err == f"error: ConfigError: --export {out}: directory {out.parent} does not exist; create it first"
+    )
 
 
 def test_export_jsonl_holds_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
