@@ -184,7 +184,7 @@ class RowEncoder:
         from pipeline.config import model_location
 
         if processor is None:
-            student = model_location(cfg.model.model, "model.model", cfg.config_path)
+            student = model_location(cfg.model.model, "model.model", getattr(cfg, "config_path", None))
             processor = get_processor(student, model_type=cfg.model.model_type)
         truncation = cfg.data.truncation_strategy
         kwargs: dict[str, Any] = {

@@ -171,8 +171,10 @@ def audit(
 
         dataset = split_file(cfg, reader.root.name)
     if dataset is not None:
-        need_response = cfg is None or cfg.custom.written_responses == "off"
-        if (msg := coverage_problem(reader, dataset, need_response)) is not None:
+        custom = getattr(cfg, "custom", None)  # cfg may be any object with model/data fields
+        need_response = getattr(custom, "written_responses", "off") == "off"
+        partial = bool(getattr(custom, "allow_partial_cache", False))
+        if (msg := coverage_problem(reader, dataset, need_response, partial)) is not None:
             out.add("coverage", msg)
     return out.lines()
 
@@ -198,7 +200,9 @@ def count_problems(manifest: dict[str, Any]) -> list[str]:
     return found
 
 
-def coverage_problem(reader: Any, dataset: str, need_response: bool = True) -> str | None:
+def coverage_problem(
+    reader: Any, dataset: str, need_response: bool = True, allow_partial: bool = False
+) -> str | None:
     """What training would refuse about ``reader`` against the rows of ``dataset`` (None: covered).
 
     The same check as training's (:func:`pipeline.train.coverage.bind_to_cache`), so a cache the
@@ -207,7 +211,7 @@ def coverage_problem(reader: Any, dataset: str, need_response: bool = True) -> s
 
     try:
         split = load_split(reader.root.name, [dataset], need_response=need_response)
-        bound = bind_to_cache(split, reader)
+        bound = bind_to_cache(split, reader, allow_partial=allow_partial)
     except DistillError as exc:
         return str(exc)
     return (

@@ -355,7 +355,8 @@ def encoded(demo_assets: dict[str, Path]) -> tuple[Any, Any, list[Any]]:
             dataset=[str(demo_assets["train"])],
             val_dataset=[],
         ),
-        custom=ns(top_k=K, logprob_encoding="quantized"),
+        # The caches below hold the first 8 rows: partial, which a run accepts only with this opt-in.
+        custom=ns(top_k=K, logprob_encoding="quantized", allow_partial_cache=True),
     )
     encoder = RowEncoder.from_config(cast(Any, cfg))  # duck-typed config: only model/data are read
     rows = [r for r in read_rows(demo_assets["train"]) if isinstance(r, Row)][:8]
@@ -459,6 +460,7 @@ def test_cli_inspect_audit_with_config(
     reader = _cache_from_encodings(tmp_path / "cache" / "train", encoder, encs)
     raw = base_config(demo_assets, tmp_path / "run")
     raw["data"] |= {"truncation_strategy": "delete", "max_pixels": None, "loss_scale": "default"}
+    raw["custom"]["allow_partial_cache"] = True  # the cache holds the first 8 rows only
     cfg = write_config(tmp_path / "c.yaml", raw)
     sid = encs[0].sample_id
     assert main(["inspect", str(reader.root), "--audit", "--config", str(cfg), "--sample", sid]) == 0
