@@ -184,5 +184,5 @@ def test_every_reason_code_is_in_the_table_and_the_docs() -> None:
     }  # fmt: skip
     assert in_code == set(data.SKIP_REASONS)
     doc = (Path(__file__).parents[1] / "docs" / "troubleshooting.md").read_text()
-    table = doc.split("### Skip reasons", 1)[1].split("\n\n## ", 1)[0]
+    table = doc.split("## Skip reasons", 1)[1].split("\n\n## ", 1)[0]
     assert set(re.findall(r"^\| `([a-z_0-9]+)` \|", table, re.M)) == set(data.SKIP_REASONS)
