@@ -403,8 +403,9 @@ def disk_full_as_error(root: str | Path) -> Iterator[None]:
         rows = sum(len(read_shard_index(p)[1]) for p in shards)
         size = sum(p.stat().st_size for p in shards)
         skips = sum(len(read_skips(p)) for p in sorted((root / PARTS_DIR).glob("rank-*.skips.jsonl")))
+        first_line = (str(exc).splitlines() or [""])[0]  # the error stays one line
         raise DiskFullError(
-            f"{root}: no space left on device ({exc}); written so far: {rows} rows in {len(shards)} "
+            f"{root}: no space left on device ({first_line}); written so far: {rows} rows in {len(shards)} "
             f"complete shards ({size / 2**20:.1f} MiB), {skips} skips recorded; free space and run the "
             "same command again: it resumes from there"
         ) from exc
