@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pipeline.cli import main
@@ -142,3 +143,66 @@ def test_a_dataset_edited_after_caching_names_the_row_and_field(
     msg = str(info.value)
     assert "dataset_sha256" in msg
     assert f"1 rows differ: {d / 'train.jsonl'}:{line + 1}: sample {target['sample_id']!r}: {field}" in msg
+
+
+def test_distill_cache_on_a_full_disk_is_one_line_and_the_rerun_completes_it(
+    built: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``distill cache`` itself, with ENOSPC injected at the third shard batch write (small shards)."""
+    import errno
+    import os
+
+    import pyarrow as pa
+
+    from pipeline.cache.reader import CacheReader
+
+    d = _copy(built, tmp_path)
+    shutil.rmtree(d / "cache")
+    argv = [
+        "cache",
+        "--config",
+        str(d / "cfg.yaml"),
+        "--split",
+        "train",
+        "--set",
+        "custom.cache_shard_mb=0.002",
+    ]
+    writes = {"n": 0}
+    new_file = pa.ipc.new_file
+
+    class Full:
+        def __init__(self, inner: Any):
+            self.inner = inner
+
+        def write_batch(self, batch: Any) -> None:
+            writes["n"] += 1
+            if writes["n"] == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.inner.write_batch(batch)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    with monkeypatch.context() as m:
+        m.setattr(pa.ipc, "new_file", lambda *a, **k: Full(new_file(*a, **k)))
+        assert main(argv) == 2
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # beside tqdm's bar
+    err = err[err.index("error:") :]
+    root = d / "cache" / "train"
+    assert err.startswith(f"error: DiskFullError: {root}: no space left on device ([Errno 28]")
+    assert "complete shards" in err and err.endswith("run the same command again: it resumes from there")
+    assert main(argv) == 0
+    clean = json.loads((built["root"] / "cache" / "train" / "manifest.json").read_text())
+    resumed = json.loads((root / "manifest.json").read_text())
+    # The same rows as a clean run, each with the same counts and skip reasons; logprobs as close as
+    # batch composition allows (a resumed run batches the remaining rows differently).
+    assert resumed["counts"] == clean["counts"]
+    reasons = [[(r["sample_id"], r["reason"]) for r in m["skipped"]] for m in (resumed, clean)]
+    assert reasons[0] == reasons[1]
+    a, b = CacheReader(root), CacheReader(built["root"] / "cache" / "train")
+    assert sorted(a.sample_ids) == sorted(b.sample_ids)
+    for sid in b.sample_ids:
+        x, y = a.get(sid), b.get(sid)
+        assert x.encoding_hash == y.encoding_hash and np.array_equal(x.topk_ids, y.topk_ids)
+        np.testing.assert_allclose(x.topk_logprobs, y.topk_logprobs, atol=1e-6)
+    assert [p.name for p in root.rglob("*.tmp*")] == []
