@@ -148,11 +148,14 @@ def open_split_cache(
         return None
     expected = None
     if policy is CachePolicy.FINGERPRINT:
+        from pipeline.cache.manifest import read_json
         from pipeline.fingerprint import build_fingerprint
 
         if encoder is None:
             raise ValueError("the fingerprint policy needs the encoder the run will use")
-        expected = build_fingerprint(cfg, encoder, split_file(cfg, split))
+        expected = accept_recorded_top_k(
+            build_fingerprint(cfg, encoder, split_file(cfg, split)), read_json(root / MANIFEST_NAME)
+        )
     try:
         return open_cache_dir(
             root, policy, expected_fingerprint=expected, loss_temperature=cfg.custom.loss_temperature
@@ -165,6 +168,17 @@ def open_split_cache(
         raise CacheMismatchError(
             f"{exc}; {changed_rows(root, split_file(cfg, split))}", exc.differences
         ) from exc
+
+
+def accept_recorded_top_k(expected: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """``expected`` with the cache's ``top_k`` when both mean "every real id": caches written before
+    the fingerprint recorded the effective k hold the k they were asked for (e.g. 100000 for a
+    422-token vocabulary), which is the same cache as k = 422."""
+    recorded = (manifest.get("fingerprint") or {}).get("top_k")
+    vocab = (expected.get("tokenizer") or {}).get("len")
+    if isinstance(recorded, int) and isinstance(vocab, int) and expected.get("top_k") == vocab <= recorded:
+        return {**expected, "top_k": recorded}
+    return expected
 
 
 def encoding_differences(cached: CachedSample, enc: EncodedRow) -> list[str]:
