@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.data import BadRow, Row, count_reasons, read_rows, require_rows
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import CacheMismatchError, ConfigError, DataError
 from pipeline.models import load_teacher, teacher_device_map
 from pipeline.runs import split_file
 from pipeline.teacher.written import cache_written_rows, partition_for_written, split_written
@@ -226,16 +226,26 @@ def cache_split(
         return held
     with writer_lock(root) if hold_lock else nullcontext(), disk_full_as_error(root):
         _record_rows(plan, root)
-        return _cache_planned(cfg, plan, root, teacher, encoder, strict, progress, shard_bytes)
+        try:
+            return _cache_planned(cfg, plan, root, teacher, encoder, strict, progress, shard_bytes)
+        except CacheMismatchError as exc:
+            if not any(k.endswith("dataset_sha256") for k in exc.differences):  # fingerprint.dataset_sha256
+                raise
+            from pipeline.data import changed_rows
+
+            raise CacheMismatchError(f"{exc}; {changed_rows(root, plan.path)}", exc.differences) from exc
 
 
 def _record_rows(plan: SplitPlan, root: Path) -> None:
     """Write what each row of the split is now (``data.row_record``) beside the cache, so a later
     dataset change is named row by row and field by field, not as two dataset hashes."""
+    from pipeline.cache.format import PARTS_DIR
     from pipeline.cache.manifest import write_json_atomic
     from pipeline.data import ROWS_RECORD, row_record
 
-    if dist_info()[0] == 0:
+    # Only for a cache started now: a resumed one keeps the record of the rows it was started on
+    # (a writer refuses another dataset), and the record is what a refusal compares against.
+    if dist_info()[0] == 0 and not (root / PARTS_DIR).exists():
         root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(root / ROWS_RECORD, row_record(plan.path))
 

@@ -140,9 +140,13 @@ def test_a_dataset_edited_after_caching_names_the_row_and_field(
         field = "field 'images[0]': the image file is missing now"
     with pytest.raises(CacheMismatchError) as info:
         open_split_cache(cfg, "train", CachePolicy.FINGERPRINT, encoder=encoder)
-    msg = str(info.value)
-    assert "dataset_sha256" in msg
-    assert f"1 rows differ: {d / 'train.jsonl'}:{line + 1}: sample {target['sample_id']!r}: {field}" in msg
+    named = f"1 rows differ: {d / 'train.jsonl'}:{line + 1}: sample {target['sample_id']!r}: {field}"
+    assert "dataset_sha256" in str(info.value) and named in str(info.value)
+    # Rerunning the cache stage on the edited dataset is refused the same way, and keeps the record.
+    if edit != "image_deleted":  # a missing image is a skip, so that split still has rows to cache
+        with pytest.raises(CacheMismatchError) as info:
+            run_caching(cfg, split="train", progress=False)
+        assert "dataset_sha256" in str(info.value) and named in str(info.value)
 
 
 def test_distill_cache_on_a_full_disk_is_one_line_and_the_rerun_completes_it(
