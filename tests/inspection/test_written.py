@@ -172,8 +172,15 @@ def test_audit_passes_on_the_written_cache(
     written_cache: tuple[Any, dict[str, Any]],  # noqa: F811
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    import dataclasses
+
     cfg, _ = written_cache
     root = _cache_root(written_cache)
+    # The fixture caches the first rows only (--limit): the audit, like training, accepts that only
+    # with the opt-in, and says so without it.
+    assert run_inspect(root, audit=True, cfg=cfg) == 1
+    assert "coverage: " in capsys.readouterr().out
+    cfg = dataclasses.replace(cfg, custom=dataclasses.replace(cfg.custom, allow_partial_cache=True))
     # with the config: written rows re-encode with the teacher's response, stop ids from the encoder
     assert run_inspect(root, audit=True, cfg=cfg) == 0
     # without: stop words recorded in the fingerprint, resolved through the recorded tokenizer
