@@ -116,6 +116,21 @@ def test_cache_with_foreign_ids_is_refused(tmp_path: Path) -> None:
         bind_to_cache(split, FakeCache(tmp_path, ["r00", "zz"], {}))
 
 
+def test_a_cache_with_ids_generated_from_a_file_name_says_how_to_move(tmp_path: Path) -> None:
+    """Caches built before generated ids stopped depending on the file name hold ``<stem>-<hash>``."""
+    from pipeline.data import content_id
+
+    path = tmp_path / "renamed.jsonl"
+    row = {"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}
+    path.write_text(json.dumps(row) + "\n")
+    split = load_split("train", [str(path)])
+    old_id = "train-" + content_id(row).removeprefix("row-")
+    with pytest.raises(
+        CacheMismatchError, match=r"ids look generated from a file name.*run `distill cache` again"
+    ):
+        bind_to_cache(split, FakeCache(tmp_path, [old_id], {}))
+
+
 def test_report_records_rows_used_and_every_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
