@@ -20,7 +20,7 @@ import torch
 from pipeline.data import Row, read_rows
 from pipeline.encoding import RowEncoder
 from pipeline.models import load_teacher, teacher_device_map
-from pipeline.runs import split_file
+from pipeline.splits import split_file
 from pipeline.teacher.stage import _to_device, cache_split, iterate_batches
 
 if TYPE_CHECKING:

@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pipeline.binding import require_cached_encoding
+from pipeline.cache.policy import CachePolicy
 from pipeline.data import BadRow, Row, check_row, read_rows
 from pipeline.encoding import EncodedRow, RowEncoder
 from pipeline.errors import DataError
 from pipeline.evaluate.captions import caption_metrics, caption_rows, load_caption_metric
 from pipeline.models import load_trained
-from pipeline.runs import CachePolicy, open_split_cache, require_cached_encoding, split_path
+from pipeline.splits import open_split_cache, split_path
 from pipeline.train.losses import (
     renormalise_topk,
 )

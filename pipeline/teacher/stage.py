@@ -27,7 +27,7 @@ import torch
 from pipeline.data import BadRow, Row, count_reasons, read_rows, require_rows
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import load_teacher, teacher_device_map
-from pipeline.runs import split_file
+from pipeline.splits import split_file
 from pipeline.teacher.written import cache_written_rows, partition_for_written, split_written
 
 if TYPE_CHECKING:

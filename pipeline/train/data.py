@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.binding import as_cached, require_cached_encoding
 from pipeline.data import Row
 from pipeline.encoding import RowEncoder
-from pipeline.runs import as_cached, require_cached_encoding
 
 TEACHER_KEY = "teacher"  # collated cached-teacher tensors
 ROWS_KEY = "rows"  # raw rows (for on-policy generation)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from pipeline.cache.policy import CachePolicy
 from pipeline.config import needs_live_teacher
 from pipeline.errors import CacheMismatchError, ConfigError
 from pipeline.models import load_teacher
-from pipeline.runs import CachePolicy, open_split_cache
+from pipeline.splits import open_split_cache
 from pipeline.train.coverage import SplitRows, bind_to_cache, check_left_out, load_split, write_report
 from pipeline.versions import check_versions
 

@@ -19,7 +19,7 @@ from pipeline.demo.captions import DemoObject, format_caption
 from pipeline.errors import CacheMismatchError, ConfigError
 from pipeline.evaluate import run as ev
 from pipeline.models import resolve_checkpoint
-from pipeline.runs import split_path
+from pipeline.splits import split_path
 from pipeline.teacher.forward import teacher_topk
 
 N_VAL = 10

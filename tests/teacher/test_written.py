@@ -115,8 +115,9 @@ def test_retokenized_rows_are_counted(written_cache: tuple[Any, dict[str, Any]])
 def test_changed_generation_setting_is_refused_by_the_fingerprint(
     written_cache: tuple[Any, dict[str, Any]],
 ) -> None:
+    from pipeline.cache.policy import CachePolicy
     from pipeline.encoding import RowEncoder
-    from pipeline.runs import CachePolicy, open_split_cache
+    from pipeline.splits import open_split_cache
 
     cfg, _ = written_cache
     encoder = RowEncoder.from_config(cfg)
