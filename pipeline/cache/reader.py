@@ -300,22 +300,21 @@ class CacheReader:
 
         Returns ``topk_ids`` int64 [N, k], ``topk_logprobs`` float32 [N, k], ``tail_logprobs`` float32 [N],
         ``target_ids`` int64 [N], ``target_logprobs`` float32 [N], ``positions`` int64 [N],
-        ``batch_index`` int64 [N] (index into ``sample_ids``), ``num_targets`` int64 [B].
+        ``batch_index`` int64 [N] (index into ``sample_ids``), ``num_targets`` int64 [B], ``cached`` bool
+        [N] (all True): ``pipeline.cache.targets.batch_targets``' dict plus positions and batch index.
         """
         import torch
 
+        from pipeline.cache.targets import batch_targets
+
         d, cols, rows = self._decode(list(sample_ids))
         num_targets = np.array([block.num_targets[r] for block, r in rows], np.int64)
-        return {
-            "topk_ids": torch.from_numpy(d.topk_ids),
-            "topk_logprobs": torch.from_numpy(d.topk_logprobs),
-            "tail_logprobs": torch.from_numpy(d.tail_logprobs),
-            "target_ids": torch.from_numpy(d.target_ids),
-            "target_logprobs": torch.from_numpy(d.target_logprobs),
-            "positions": torch.from_numpy(cols["positions"].astype(np.int64)),
-            "batch_index": torch.from_numpy(np.repeat(np.arange(len(rows), dtype=np.int64), num_targets)),
-            "num_targets": torch.from_numpy(num_targets),
-        }
+        out = batch_targets(
+            d.topk_ids, d.topk_logprobs, d.tail_logprobs, d.target_ids, d.target_logprobs, num_targets
+        )
+        out["positions"] = torch.from_numpy(cols["positions"].astype(np.int64))
+        out["batch_index"] = torch.from_numpy(np.repeat(np.arange(len(rows), dtype=np.int64), num_targets))
+        return out
 
     def iter_blocks(self) -> Any:
         """Yield ``(block, Decoded, positions)`` per record batch in storage order (for export)."""

@@ -19,9 +19,7 @@ same image count): the CE gap to the true-image run shows whether the model look
 from __future__ import annotations
 
 import json
-import math
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -31,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.binding import require_cached_encoding
 from pipeline.cache.policy import CachePolicy
 from pipeline.data import BadRow, Row, check_row, read_rows
 from pipeline.encoding import EncodedRow, RowEncoder
@@ -39,9 +36,6 @@ from pipeline.errors import DataError
 from pipeline.evaluate.captions import caption_metrics, caption_rows, load_caption_metric
 from pipeline.models import load_trained
 from pipeline.splits import open_split_cache, split_path
-from pipeline.train.losses import (
-    renormalise_topk,
-)
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
@@ -51,7 +45,6 @@ BATCH_SIZE = 8  # rows per CE forward
 GENERATE_BATCH_SIZE = 32
 # Room past the longest reference caption, so a model that is right but wordier is never cut short.
 GENERATION_MARGIN = 16
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 # ----------------------------------------------------------------------------------- model, rows
@@ -117,87 +110,48 @@ def score_tokens(
 ) -> dict[str, float]:
     """Summed CE, correct-token count and (with ``cache``) GJSD over every supervised target.
 
-    The student step's own scoring (``pipeline.train.student_forward.student_token_scores``): the
-    head runs in fp32 on supervised positions only, in row chunks, so full-vocabulary logits never
-    exist for the whole ``[B, L, V]`` batch, and evaluation measures exactly what training optimises.
+    The student step's own scoring (``pipeline.train.student_forward.student_token_scores``) over the
+    training dataset and collator (``pipeline.train.data``): the head runs in fp32 on supervised
+    positions only, in row chunks, so full-vocabulary logits never exist for the whole ``[B, L, V]``
+    batch, and evaluation measures exactly what training optimises.
 
-    ``cache`` is duck-typed (``sample_ids``, ``get(id)`` -> numpy ``topk_ids [n, k]``,
-    ``topk_logprobs [n, k]``, ``tail_logprobs [n]``, ``encoding_hash``...); rows it lacks are left out
-    of the KL only. A row whose encoding differs from its cache row raises ``CacheMismatchError``.
+    ``cache`` is duck-typed (``sample_ids``, ``get(id)`` -> a ``CachedSample``); rows it lacks get
+    placeholder targets and are left out of the KL only. A row whose encoding differs from its cache
+    row raises ``CacheMismatchError``.
     """
+    from pipeline.cache.targets import teacher_topk
+    from pipeline.teacher.forward import supervised_index
+    from pipeline.train.data import IDS_KEY, TEACHER_KEY, DistillCollator, EncodedDataset
     from pipeline.train.student_forward import student_token_scores
 
     device = next(model.parameters()).device
     real_vocab = len(encoder.tokenizer)
-    cached_ids = set(cache.sample_ids) if cache is not None else set()
-    ce_sum = correct = tokens = 0.0
-    kl_sum = kl_tokens = kl_rows = 0.0
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        batch = encoder.template.data_collator([dict(enc.inputs) for _, enc in chunk])
+    rows = [row for row, _ in encoded]
+    dataset = EncodedDataset(rows, encoder, cache, partial_cache=True, encoded=[enc for _, enc in encoded])
+    collate = DistillCollator(encoder.template.data_collator, placeholders=True)
+    cached_ids = dataset.cached_ids or set()
+    sums = dict.fromkeys(("ce_sum", "correct", "tokens", "kl_sum", "kl_tokens", "kl_rows"), 0.0)
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        teacher, ids = batch.pop(TEACHER_KEY, None), batch.pop(IDS_KEY)
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        counts = [int(n) for n in (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()]
-        topk, in_cache = _cached_targets(chunk, counts, cache, cached_ids, device)
+        topk = None
+        if teacher is not None:
+            b, j = supervised_index(batch["labels"])
+            topk = teacher_topk(teacher, batch["labels"][b, j], real_vocab)
         scores = student_token_scores(
             model, batch, real_vocab=real_vocab, topk=topk, beta=beta, loss_temperature=loss_temperature
         )
         t = scores.tokens
-        ce_sum += float(t.ce.sum())
-        correct += float(t.correct.sum())
-        tokens += scores.targets.numel()
-        if t.kl is not None:
-            kl_sum += float(t.kl[in_cache].sum())
-            kl_tokens += int(in_cache.sum())
-            kl_rows += sum(1 for row, _ in chunk if row.sample_id in cached_ids)
-    return {
-        "ce_sum": ce_sum,
-        "correct": correct,
-        "tokens": tokens,
-        "kl_sum": kl_sum,
-        "kl_tokens": kl_tokens,
-        "kl_rows": kl_rows,
-    }
-
-
-def _cached_targets(
-    chunk: Sequence[tuple[Row, EncodedRow]],
-    counts: Sequence[int],
-    cache: Any,
-    cached_ids: set[str],
-    device: torch.device,
-) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, torch.Tensor]:
-    """The batch's cached top-k + tail (renormalised), and which of its N targets are cached (bool [N]).
-
-    Rows the cache lacks get a uniform placeholder distribution whose KL is never counted. None when
-    no row of the batch is cached.
-    """
-    n = sum(counts)
-    in_cache = torch.zeros(n, dtype=torch.bool, device=device)
-    if not any(row.sample_id in cached_ids for row, _ in chunk):
-        return None, in_cache
-    samples = {}
-    for row, enc in chunk:
-        if row.sample_id not in cached_ids:
-            continue
-        cached = samples[row.sample_id] = cache.get(row.sample_id)
-        require_cached_encoding(row, enc, cached)
-    k = next(iter(samples.values())).topk_ids.shape[1]
-    ids, lps, tails = [], [], []
-    start = 0
-    for (row, _), c in zip(chunk, counts, strict=True):
-        if row.sample_id in samples:
-            cached = samples[row.sample_id]
-            ids.append(torch.as_tensor(cached.topk_ids, dtype=torch.int64))
-            lps.append(torch.as_tensor(cached.topk_logprobs, dtype=torch.float32))
-            tails.append(torch.as_tensor(cached.tail_logprobs, dtype=torch.float32))
-            in_cache[start : start + c] = True
-        else:
-            ids.append(torch.arange(k, dtype=torch.int64).expand(c, k))
-            lps.append(torch.full((c, k), -math.log(k + 1)))
-            tails.append(torch.full((c,), -math.log(k + 1)))
-        start += c
-    lp, tail = renormalise_topk(torch.cat(lps).to(device), torch.cat(tails).to(device))
-    return (torch.cat(ids).to(device), lp, tail), in_cache
+        sums["ce_sum"] += float(t.ce.sum())
+        sums["correct"] += float(t.correct.sum())
+        sums["tokens"] += scores.targets.numel()
+        if t.kl is not None and teacher is not None:
+            in_cache = teacher["cached"].to(device)
+            sums["kl_sum"] += float(t.kl[in_cache].sum())
+            sums["kl_tokens"] += int(in_cache.sum())
+            sums["kl_rows"] += sum(1 for sid in ids if sid in cached_ids)
+    return sums
 
 
 # -------------------------------------------------------------------------------------- captions

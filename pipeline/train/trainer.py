@@ -36,7 +36,8 @@ import torch
 from swift.trainers import Seq2SeqTrainer
 from transformers import Trainer as HfTrainer
 
-from pipeline.errors import CacheMismatchError, ConfigError
+from pipeline.cache.targets import teacher_topk
+from pipeline.errors import ConfigError
 from pipeline.teacher.forward import forward_context, hidden_states, project_fp32, supervised_index
 from pipeline.train import losses
 from pipeline.train.data import IDS_KEY, ROWS_KEY, TEACHER_KEY
@@ -188,7 +189,7 @@ class _DistillTrainerBase(Seq2SeqTrainer):
             t_logits = self._live_teacher_logits(inputs, labels)
         elif teacher is not None and self.uses_teacher:
             b, j = supervised_index(labels)
-            topk = cached_teacher_topk(teacher, labels[b, j], self.distill)
+            topk = teacher_topk(teacher, labels[b, j], self.distill.real_vocab)
         scores = student_token_scores(
             model,
             inputs,
@@ -251,31 +252,6 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         if rows is None:
             raise ConfigError("on-policy training needs the raw rows in the batch (dataset keep_rows)")
         return sample_completions(self, model, rows)
-
-
-def cached_teacher_topk(
-    teacher: dict[str, torch.Tensor], targets: torch.Tensor, distill: DistillSettings
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The batch's cached top-k, checked and normalised: ``(ids [N, k] int64, logprobs [N, k], tail [N])``.
-
-    The batch's supervised targets ``[N]`` must be the cached ones, in the same order: this is the
-    cheap per-batch half of the alignment check (the encoding hash is the per-sample half). Cached ids
-    must be real token ids (``< real_vocab``; the fused loss checks it again on the device).
-    """
-    t = {k: v.to(targets.device) for k, v in teacher.items()}
-    if t["target_ids"].shape != targets.shape or not torch.equal(t["target_ids"], targets):
-        raise CacheMismatchError(
-            f"batch targets disagree with the cache ({targets.numel()} supervised tokens in the batch, "
-            f"{t['target_ids'].numel()} in the cache): the collator or template changed the labels"
-        )
-    if distill.real_vocab and t["topk_ids"].numel() and int(t["topk_ids"].max()) >= distill.real_vocab:
-        raise CacheMismatchError(
-            f"cached id {int(t['topk_ids'].max())} is outside the student's real vocabulary "
-            f"({distill.real_vocab})"
-        )
-    # the default encoding decodes values to their cell centres: compare normalised distributions
-    lp, tail = losses.renormalise_topk(t["topk_logprobs"], t["tail_logprobs"])
-    return t["topk_ids"], lp, tail
 
 
 class CETrainer(_DistillTrainerBase):

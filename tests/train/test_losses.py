@@ -531,15 +531,3 @@ def test_argument_validation(kwargs: dict[str, object], match: str) -> None:
     args: dict[str, object] = {"beta": 0.5, **kwargs}
     with pytest.raises(ValueError, match=match):
         gjsd_full(s, s, **args)  # type: ignore[arg-type]
-
-
-def test_renormalise_topk_sums_to_one_and_keeps_ratios() -> None:
-    from pipeline.train.losses import renormalise_topk
-
-    lp = torch.log(torch.tensor([[0.5, 0.3], [0.2, 0.1]], dtype=torch.float64))
-    tail = torch.log(torch.tensor([0.201, 0.0], dtype=torch.float64))  # mass 1.001 and 0.3 (tail empty)
-    a, b = renormalise_topk(lp, tail)
-    total = torch.logsumexp(torch.cat([a, b[:, None]], 1), 1)
-    assert torch.allclose(total, torch.zeros(2, dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(a[:, 0] - a[:, 1], lp[:, 0] - lp[:, 1])
-    assert torch.isneginf(b[1])
