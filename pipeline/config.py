@@ -413,6 +413,5 @@ def apply_vision_env(data: DataConfig, environ: Any = None) -> None:
 
 
 def needs_live_teacher(cfg: DistillConfig) -> bool:
-    """gkd_monitor always; gkd_cached only for on-policy batches (lmbda > 0)."""
-    variant, rlhf = cfg.custom.trainer_variant, cfg.rlhf
-    return rlhf is not None and (variant == "gkd_monitor" or (variant == "gkd_cached" and rlhf.lmbda > 0))
+    """gkd_monitor always; gkd_cached only for on-policy batches (lmbda > 0): ``TrainerVariant``'s rule."""
+    return cfg.rlhf is not None and cfg.custom.variant.needs_live_teacher(cfg.rlhf.lmbda)

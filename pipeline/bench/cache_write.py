@@ -21,7 +21,7 @@ from pipeline.data import Row, read_rows
 from pipeline.encoding import RowEncoder
 from pipeline.models import load_teacher, teacher_device_map
 from pipeline.splits import split_file
-from pipeline.teacher.stage import _to_device, cache_split, iterate_batches
+from pipeline.teacher.stage import cache_split, iterate_batches, to_device
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
@@ -49,7 +49,7 @@ def bench_cache_write(cfg: DistillConfig, limit: int | None = None, rounds: int 
         with torch.no_grad():
             for item in iterate_batches(encoder, rows_, bs, workers):
                 if item["batch"] is not None:
-                    batch = _to_device(item["batch"], device)
+                    batch = to_device(item["batch"], device)
                     teacher(**{k: v for k, v in batch.items() if k not in ("labels", "text_position_ids")})
                     n += int((batch["labels"][:, 1:] != -100).sum())
         return n

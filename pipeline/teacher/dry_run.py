@@ -234,7 +234,7 @@ def run_dry_run(
     from pipeline.versions import check_versions
 
     check_versions()
-    if cfg.custom.trainer_variant != "gkd_cached" or not cfg.custom.teacher_cache:
+    if not cfg.custom.variant.reads_cache or not cfg.custom.teacher_cache:
         raise ConfigError("distill cache needs custom.trainer_variant: gkd_cached and custom.teacher_cache")
     check_pair(cfg)
     splits = (

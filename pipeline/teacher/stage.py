@@ -94,7 +94,7 @@ def iterate_batches(
     yield from loader
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
@@ -281,7 +281,7 @@ def _cache_planned(
             if item["batch"] is not None:
                 topk = teacher_topk(
                     teacher,
-                    _to_device(item["batch"], device),
+                    to_device(item["batch"], device),
                     cfg.custom.top_k,
                     real_vocab,
                     cfg.custom.loss_temperature,
@@ -295,7 +295,7 @@ def _cache_planned(
 
         def forward(batch: dict[str, Any], ids: list[tuple[str, str, int]]) -> list[Any]:
             t = teacher_topk(
-                teacher, _to_device(batch, device), top_k, real_vocab, cfg.custom.loss_temperature
+                teacher, to_device(batch, device), top_k, real_vocab, cfg.custom.loss_temperature
             )
             return split_samples(t, ids)
 
@@ -338,7 +338,7 @@ def run_caching(
     from pipeline.versions import check_versions
 
     check_versions()
-    if cfg.custom.trainer_variant != "gkd_cached" or not cfg.custom.teacher_cache:
+    if not cfg.custom.variant.reads_cache or not cfg.custom.teacher_cache:
         raise ConfigError("distill cache needs custom.trainer_variant: gkd_cached and custom.teacher_cache")
     strict = strict or cfg.custom.strict  # `--strict` and custom.strict mean the same
     splits = ["train", "val"] if split == "all" else [split]
