@@ -23,7 +23,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,17 +179,25 @@ def generate_captions(
 # -------------------------------------------------------------------------------------- the stage
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """What an evaluation run measures, beyond the config."""
+
+    max_rows: int | None = None  # the split's first rows only
+    generate: bool = True  # generate and score captions
+    # every row gets another row's images (the CE gap to the true images shows the model looks)
+    shuffle_images: bool = False
+    max_new_tokens: int | None = None  # None: the longest reference caption + GENERATION_MARGIN
+    batch_size: int = BATCH_SIZE  # rows per CE forward
+
+
 def run_evaluation(
     cfg: DistillConfig,
     checkpoint: str | Path | None,
     split: str | Path,
     out: str | Path,
+    options: EvalOptions = EvalOptions(),
     *,
-    max_rows: int | None = None,
-    generate: bool = True,
-    shuffle_images: bool = False,
-    max_new_tokens: int | None = None,
-    batch_size: int = BATCH_SIZE,
     model: Any = None,
     encoder: RowEncoder | None = None,
 ) -> dict[str, Any]:
@@ -200,12 +208,10 @@ def run_evaluation(
     with shuffled images, whose encodings are not the cached ones); with ``generate``: ``bleu4``,
     ``rouge_l``, ``cider``, ``caption_rows``, ``caption_examples``, ``max_new_tokens``, plus the keys
     of ``custom.caption_metric`` (the demo's: ``caption_precision/recall/f1``, ``hallucination_rate``,
-    ``baseline_f1``). Timings:
-    ``load_s``, ``score_s``, ``generate_s``, ``wall_s``.
+    ``baseline_f1``). Timings: ``load_s``, ``score_s``, ``generate_s``, ``wall_s``.
 
     ``ce`` / ``token_accuracy`` / ``kl`` are None when no token was scored. With ``shuffle_images``,
     captions generated from the wrong images are still scored against each row's own reference.
-    ``max_new_tokens`` None = the longest reference caption's token count + ``GENERATION_MARGIN``.
     ``model`` / ``encoder`` (both or neither) reuse an already loaded model.
     """
     t0 = time.perf_counter()
@@ -216,38 +222,62 @@ def run_evaluation(
     else:
         ckpt = str(checkpoint) if checkpoint is not None else "<in memory>"
     t_load = time.perf_counter()
+    metrics: dict[str, Any] = {"checkpoint": ckpt, "split": str(split)}
+    rows = _split_rows(cfg, split, options, metrics)
+    encoded, skipped = encode_rows(encoder, rows)
+    metrics.update(_token_metrics(cfg, split, model, encoder, encoded, options))
+    metrics.update(rows_skipped=sum(skipped.values()), skip_reasons=dict(skipped))
+    t_score = time.perf_counter()
+    if options.generate:
+        metrics.update(_caption_metrics(cfg, model, encoder, [row for row, _ in encoded], options))
+    t_end = time.perf_counter()
+    metrics.update(
+        load_s=t_load - t0, score_s=t_score - t_load, generate_s=t_end - t_score, wall_s=t_end - t0
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return metrics
 
-    rows = read_rows(split_path(cfg, split))[:max_rows]
-    metrics: dict[str, Any] = {
-        "checkpoint": ckpt,
-        "split": str(split),
-        "shuffle_images": shuffle_images,
-        "seed": cfg.train.seed,
-        "rows_in": len(rows),
-    }
-    if shuffle_images:
+
+def _split_rows(
+    cfg: DistillConfig, split: str | Path, options: EvalOptions, metrics: dict[str, Any]
+) -> list[Row | BadRow]:
+    """The split's rows (images deranged with ``shuffle_images``); records what was read in ``metrics``."""
+    rows = read_rows(split_path(cfg, split))[: options.max_rows]
+    metrics.update(shuffle_images=options.shuffle_images, seed=cfg.train.seed, rows_in=len(rows))
+    if options.shuffle_images:
         usable = [r for r in rows if isinstance(r, Row) and check_row(r) is None]
         deranged, metrics["rows_unshuffled"] = derange_images(usable, cfg.train.seed)
         by_id = {r.sample_id: r for r in deranged}
         rows = [by_id.get(r.sample_id, r) for r in rows]
-    encoded, skipped = encode_rows(encoder, rows)
-    cache = None if shuffle_images else open_eval_cache(cfg, split)
+    return rows
+
+
+def _token_metrics(
+    cfg: DistillConfig,
+    split: str | Path,
+    model: Any,
+    encoder: RowEncoder,
+    encoded: Sequence[tuple[Row, EncodedRow]],
+    options: EvalOptions,
+) -> dict[str, Any]:
+    """CE, token accuracy and (against the ``val`` cache, true images only) KL of the encoded rows."""
+    cache = None if options.shuffle_images else open_eval_cache(cfg, split)
     beta = cfg.rlhf.beta if cfg.rlhf is not None else 0.0
     sums = score_tokens(
         model,
         encoder,
         encoded,
-        batch_size=batch_size,
+        batch_size=options.batch_size,
         cache=cache,
         beta=beta,
         loss_temperature=cfg.custom.loss_temperature,
     )
     # None, not 0, when nothing was scored: a 0 CE or KL would read as a perfect model.
     n = sums["tokens"] or None
-    metrics.update(
+    metrics: dict[str, Any] = dict(
         rows_scored=len(encoded),
-        rows_skipped=sum(skipped.values()),
-        skip_reasons=dict(skipped),
         tokens=int(sums["tokens"]),
         ce=sums["ce_sum"] / n if n else None,
         token_accuracy=sums["correct"] / n if n else None,
@@ -259,27 +289,23 @@ def run_evaluation(
             kl_tokens=int(sums["kl_tokens"]),
             kl_beta=beta,
         )
-    t_score = time.perf_counter()
-
-    if generate:
-        cap_rows = caption_rows([row for row, _ in encoded])
-        if max_new_tokens is None:
-            longest = max((len(encoder.tokenizer.encode(r.response())) for r in cap_rows), default=0)
-            max_new_tokens = longest + GENERATION_MARGIN
-        texts = generate_captions(model, encoder, cap_rows, max_new_tokens) if cap_rows else []
-        metrics["max_new_tokens"] = max_new_tokens
-        extra = load_caption_metric(cfg.custom.caption_metric) if cfg.custom.caption_metric else None
-        train_file = cfg.data.dataset[0] if cfg.data.dataset else None
-        metrics.update(caption_metrics(cap_rows, texts, extra, train_file))
-    t_end = time.perf_counter()
-    metrics.update(
-        load_s=t_load - t0, score_s=t_score - t_load, generate_s=t_end - t_score, wall_s=t_end - t0
-    )
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return metrics
+
+
+def _caption_metrics(
+    cfg: DistillConfig, model: Any, encoder: RowEncoder, rows: Sequence[Row], options: EvalOptions
+) -> dict[str, Any]:
+    """Greedy captions of the rows with images and a reference, scored (BLEU-4, ROUGE-L, CIDEr, plus
+    ``custom.caption_metric``)."""
+    cap_rows = caption_rows(list(rows))
+    max_new_tokens = options.max_new_tokens
+    if max_new_tokens is None:
+        longest = max((len(encoder.tokenizer.encode(r.response())) for r in cap_rows), default=0)
+        max_new_tokens = longest + GENERATION_MARGIN
+    texts = generate_captions(model, encoder, cap_rows, max_new_tokens) if cap_rows else []
+    extra = load_caption_metric(cfg.custom.caption_metric) if cfg.custom.caption_metric else None
+    train_file = cfg.data.dataset[0] if cfg.data.dataset else None
+    return {"max_new_tokens": max_new_tokens, **caption_metrics(cap_rows, texts, extra, train_file)}
 
 
 def compare_true_vs_shuffled(
@@ -302,9 +328,7 @@ def compare_true_vs_shuffled(
                 path,
                 split,
                 Path(tmp) / f"{name}.json",
-                max_rows=max_rows,
-                generate=False,
-                shuffle_images=name == "shuffled",
+                EvalOptions(max_rows=max_rows, generate=False, shuffle_images=name == "shuffled"),
                 model=model,
                 encoder=encoder,
             )
