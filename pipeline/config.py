@@ -374,9 +374,15 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
 def resolve_dict(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The merged raw mapping (no ``inherit``), checked like ``load_config``; dumping it gives a
     standalone config that loads to the same ``DistillConfig``."""
+    return load_resolved(path, overrides)[1]
+
+
+def load_resolved(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> tuple[DistillConfig, dict[str, Any]]:
+    """``load_config`` and ``resolve_dict`` from one read of the chain: the config and its mapping."""
     merged, origins, files = _resolve(path, overrides)
-    _build(merged, origins, files)
-    return merged
+    return _build(merged, origins, files), merged
 
 
 # ------------------------------------------------------------------------------ run environment

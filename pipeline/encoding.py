@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.data import ENCODE_FAILED, TRUNCATED, Row, check_row, file_sha256
+from pipeline.data import ENCODE_FAILED, TRUNCATED, Row, check_row
 from pipeline.errors import CompatibilityError, DataError
+from pipeline.hashing import file_sha256
 from pipeline.versions import encoding_library_versions
 
 if TYPE_CHECKING:
@@ -330,7 +331,4 @@ class RowEncoder:
 
 
 def _row_error(row: Row, reason: str, detail: str) -> DataError:
-    err = DataError(f"{row.source}: sample {row.sample_id!r}: {reason}: {detail}")
-    err.reason = reason  # type: ignore[attr-defined]
-    err.detail = detail  # type: ignore[attr-defined]
-    return err
+    return DataError(f"{row.source}: sample {row.sample_id!r}: {reason}: {detail}", reason, detail)

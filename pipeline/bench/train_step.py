@@ -107,7 +107,8 @@ def _absolute_copy(src: str, out_dir: Path) -> Path:
 
 
 def _run_ours(cfg: DistillConfig, timer: Any) -> None:
-    from pipeline.train.launcher import DistillSft, training_splits
+    from pipeline.train.launcher import training_splits
+    from pipeline.train.sft_pipeline import DistillSft
     from pipeline.train.swift_args import swift_run_args
 
     args = swift_run_args(cfg, "sft")

@@ -20,14 +20,14 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.cache.codec import Decoded, Decoder
-from pipeline.cache.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, CachedSample, Layout
+from pipeline.cache.format import FORMAT_NAME, MANIFEST_NAME, CachedSample, Layout, check_format_version
 from pipeline.cache.manifest import (
     compare_fingerprints,
     mismatch_error,
     read_json,
-    sha256_file,
     shard_meta,
 )
+from pipeline.hashing import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -100,11 +100,7 @@ class CacheReader:
             raise _format_error(
                 f"{path}: not a teacher-cache manifest (format {self.manifest.get('format')!r})"
             )
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise _format_error(
-                f"{path}: cache format version {self.manifest.get('format_version')!r}, this "
-                f"reader reads version {FORMAT_VERSION} (rebuild the cache)"
-            )
+        check_format_version(self.manifest, str(path))
         self.layout = Layout.from_dict(self.manifest["layout"], str(path))
         if expected_fingerprint is not None:
             diffs = compare_fingerprints(expected_fingerprint, self.manifest["fingerprint"])
@@ -158,7 +154,7 @@ class CacheReader:
         if i in self._verified:
             return
         shard = self._shards[i]
-        if sha256_file(self.root / shard["file"]) != shard["sha256"]:
+        if file_sha256(self.root / shard["file"]) != shard["sha256"]:
             raise _format_error(
                 f"shard {shard['file']} in {self.root}: checksum mismatch (corrupt; rebuild the cache)"
             )

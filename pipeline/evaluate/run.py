@@ -90,7 +90,7 @@ def encode_rows(
         try:
             good.append((row, encoder.encode(row)))
         except DataError as exc:
-            skipped[getattr(exc, "reason", "encode_failed")] += 1
+            skipped[exc.reason] += 1
     return good, skipped
 
 

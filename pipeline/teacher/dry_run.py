@@ -82,7 +82,7 @@ class _Count:
             try:
                 enc = self.encoder.encode(row)
             except DataError as exc:
-                out.append((0, 0, getattr(exc, "reason", "encode_failed")))
+                out.append((0, 0, exc.reason))
                 continue
             out.append((len(enc.target_positions()), len(enc.inputs["input_ids"]), None))
         return out

@@ -73,7 +73,7 @@ class _EncodeBatch:
             try:
                 enc = self.encoder.encode(row)
             except DataError as exc:
-                skipped.append((row.sample_id, getattr(exc, "reason", "encode_failed"), str(exc)))
+                skipped.append((row.sample_id, exc.reason, str(exc)))
                 continue
             good.append(enc.inputs)
             ids.append((row.sample_id, enc.encoding_hash, len(enc.inputs["input_ids"])))

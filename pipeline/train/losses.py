@@ -47,6 +47,8 @@ from typing import Literal
 import torch
 from torch.utils.checkpoint import checkpoint
 
+# pipeline.encoding.IGNORE_INDEX, restated: this module imports only torch (tests/train/test_losses.py
+# holds the two equal).
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 512
 

@@ -198,12 +198,13 @@ def test_cached_run_telemetry_lora_and_no_teacher(
     default_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pipeline.train.launcher as launcher
+    import pipeline.train.sft_pipeline as sft_pipeline
     from pipeline.train.trainer import CachedGKDTrainer
 
     def no_teacher(*a: Any, **k: Any) -> None:
         raise AssertionError("the cached variant with lmbda=0 must not load a teacher")
 
-    monkeypatch.setattr(launcher, "load_teacher", no_teacher)
+    monkeypatch.setattr(sft_pipeline, "load_teacher", no_teacher)
     monkeypatch.setattr(CachedGKDTrainer, "_live_teacher_logits", no_teacher)
     out = tmp_path / "run"
     launcher.run_training(

@@ -531,3 +531,11 @@ def test_argument_validation(kwargs: dict[str, object], match: str) -> None:
     args: dict[str, object] = {"beta": 0.5, **kwargs}
     with pytest.raises(ValueError, match=match):
         gjsd_full(s, s, **args)  # type: ignore[arg-type]
+
+
+def test_ignore_index_is_the_encodings() -> None:
+    """``losses`` imports only torch, so it restates the label padding value; it must be the encoder's."""
+    from pipeline.encoding import IGNORE_INDEX
+    from pipeline.train.losses import IGNORE_INDEX as LOSS_IGNORE_INDEX
+
+    assert LOSS_IGNORE_INDEX == IGNORE_INDEX == -100
