@@ -133,8 +133,8 @@ def bench_dry_run(cfg: DistillConfig, rounds: int = 3, repeats: int = 3) -> dict
     out = {
         "repeats": repeats,
         "rounds": ratios,
-        "median_seconds_ratio": statistics.median(r["seconds_ratio"] for r in ratios),
-        "median_bytes_ratio": statistics.median(r["bytes_ratio"] for r in ratios),
+        "median_seconds_ratio": round(statistics.median(r["seconds_ratio"] for r in ratios), 4),
+        "median_bytes_ratio": round(statistics.median(r["bytes_ratio"] for r in ratios), 4),
     }
     print(json.dumps(out))
     return out
