@@ -28,7 +28,8 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     Every row must be in ``cache`` unless ``partial_cache`` (evaluation: the rows the cache lacks are
     scored without a teacher). ``encoded``: the rows' encodings when the caller already has them
-    (evaluation encodes first, to count the rows that do not encode).
+    (evaluation encodes first, to count the rows that do not encode); they are used as given, so a
+    teacher-written cache row is not substituted and must match them like any other.
     """
 
     def __init__(
