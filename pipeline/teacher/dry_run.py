@@ -279,35 +279,21 @@ def run_dry_run(
     first = splits[0]
     rows_avail = counts[first].encodable
     labelled = False if any(c.written for c in counts.values()) else None
-    if rows_avail:
-        measure(cfg, first, teacher, encoder, min(bs, rows_avail), labelled, plans[first])  # warm-up
-    runs = []
-    for n in (min(bs, rows_avail), min(measure_batches * bs, rows_avail)):
-        m = Measurement(0, 0, 0, 0, 0, 0.0)
-        if n:
-            m = fastest(partial(measure, cfg, first, teacher, encoder, n, labelled, plans[first]), repeats)
-        m.tokens = sum(counts[first].tokens_by_row[: m.rows])
-        runs.append(m)
+    sizes = (min(bs, rows_avail), min(measure_batches * bs, rows_avail))
+    runs = _measure_sizes(cfg, first, teacher, encoder, plans[first], counts[first], sizes, labelled, repeats)
     written_m = None
     w_split = next((s for s in splits if counts[s].written), None)
     if w_split is not None:
         n_w = min(2 * measure_batches * bs, counts[w_split].written)  # a fuller record batch: closer bytes
-        written_m = fastest(
-            lambda: measure(cfg, w_split, teacher, encoder, n_w, True, plans[w_split]), repeats
-        )
+        run = partial(measure, cfg, w_split, teacher, encoder, n_w, True, plans[w_split])
+        written_m = fastest(run, repeats)
     shard_bytes = int(cfg.custom.cache_shard_mb * 2**20) if cfg.custom.cache_shard_mb else 256 * 2**20
     out: dict[str, Any] = {"model_load_s": load_s, "teacher_hash_s": hash_s, "splits": {}}
     for i, s in enumerate(splits):
-        p = predict(counts[s], runs[0], runs[1], shard_bytes, hash_s if i == 0 else 0.0, written_m)
-        out["splits"][s] = p
-        reasons = ", ".join(f"{k}: {v}" for k, v in p["skipped_by_reason"].items()) or "none"
-        print(
-            f"[dry-run {s}] rows {p['rows']}: would cache {p['cached']} ({p['written']} teacher-written), "
-            f"skip {p['rows'] - p['cached']} ({reasons}); {p['targets']} supervised targets\n"
-            f"[dry-run {s}] expected {p['bytes'] / 2**20:.2f} MiB in {p['shards']} shard(s) "
-            f"({p['bytes_per_target']:.1f} B/target at k={cfg.custom.top_k}, "
-            f"{cfg.custom.logprob_encoding}); expected {p['seconds']:.1f} s after the model is loaded"
+        out["splits"][s] = predict(
+            counts[s], runs[0], runs[1], shard_bytes, hash_s if i == 0 else 0.0, written_m
         )
+        _print_split(cfg, s, out["splits"][s])
     if written_m is not None:
         print(
             f"[dry-run] teacher-written rows measured on {written_m.rows} rows of {w_split}: "
@@ -319,3 +305,39 @@ def run_dry_run(
         f"model load {load_s:.1f} s (not in the estimates), teacher weight hash {hash_s:.1f} s"
     )
     return out
+
+
+def _measure_sizes(
+    cfg: DistillConfig,
+    split: str,
+    teacher: Any,
+    encoder: RowEncoder,
+    plan: Any,
+    counts: SplitCounts,
+    sizes: tuple[int, ...],
+    labelled: bool | None,
+    repeats: int,
+) -> list[Measurement]:
+    """The real stage on the first ``n`` rows of ``split`` for each ``n`` of ``sizes``, after one warm-up
+    run of the first size; the fastest of ``repeats`` runs each, tokens counted from ``counts``."""
+    if sizes[0]:
+        measure(cfg, split, teacher, encoder, sizes[0], labelled, plan)  # warm-up
+    runs = []
+    for n in sizes:
+        m = Measurement(0, 0, 0, 0, 0, 0.0)
+        if n:
+            m = fastest(partial(measure, cfg, split, teacher, encoder, n, labelled, plan), repeats)
+        m.tokens = sum(counts.tokens_by_row[: m.rows])
+        runs.append(m)
+    return runs
+
+
+def _print_split(cfg: DistillConfig, split: str, p: dict[str, Any]) -> None:
+    reasons = ", ".join(f"{k}: {v}" for k, v in p["skipped_by_reason"].items()) or "none"
+    print(
+        f"[dry-run {split}] rows {p['rows']}: would cache {p['cached']} ({p['written']} teacher-written), "
+        f"skip {p['rows'] - p['cached']} ({reasons}); {p['targets']} supervised targets\n"
+        f"[dry-run {split}] expected {p['bytes'] / 2**20:.2f} MiB in {p['shards']} shard(s) "
+        f"({p['bytes_per_target']:.1f} B/target at k={cfg.custom.top_k}, "
+        f"{cfg.custom.logprob_encoding}); expected {p['seconds']:.1f} s after the model is loaded"
+    )
