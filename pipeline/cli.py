@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cache", type=Path, help="also report a real cache directory")
     b = bsub.add_parser("cache-write", help="cache stage vs bare teacher forward on the demo")
     _add_config(b)
+    b = bsub.add_parser("dry-run", help="`distill cache --dry-run` predicted over real seconds and bytes")
+    _add_config(b)
+    b.add_argument("--rounds", type=int, default=3)
     b = bsub.add_parser("train-step", help="SFT vs cached GKD vs live GKD step time and memory")
     _add_config(b)
     b.add_argument("--steps", type=int, default=20)
@@ -259,6 +262,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             from pipeline.bench.cache_write import bench_cache_write
 
             bench_cache_write(cfg)
+            return 0
+        if args.bench == "dry-run":
+            from pipeline.bench.cache_write import bench_dry_run
+
+            bench_dry_run(cfg, rounds=args.rounds)
             return 0
         if args.bench == "train-step":
             from pipeline.bench.train_step import bench_train_step

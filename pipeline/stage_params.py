@@ -12,11 +12,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.config import DistillConfig
 
 PARAM_TO_CONFIG = {
     "cache.top_k": "custom.top_k",
@@ -57,23 +60,22 @@ def overrides_from_params(
     return out
 
 
-def load_stage_config(config: str | Path, params_file: str | Path, groups: list[str]) -> Any:
-    """The one resolved config a stage runs with."""
-    from pipeline.config import load_config
+def load_stage_config(
+    config: str | Path, params_file: str | Path, groups: list[str]
+) -> tuple[DistillConfig, dict[str, Any]]:
+    """The one resolved config a stage runs with, and the standalone mapping that loads to it (what
+    ``write_resolved`` records beside the stage's outputs). The config alone is read first only to
+    know whether it has an rlhf block (``rlhf.*`` knobs apply only then)."""
+    from pipeline.config import load_config, load_resolved
 
-    base = load_config(config)
-    return load_config(
-        config, overrides=overrides_from_params(params_file, groups, has_rlhf=base.rlhf is not None)
-    )
+    has_rlhf = load_config(config).rlhf is not None
+    return load_resolved(config, overrides_from_params(params_file, groups, has_rlhf=has_rlhf))
 
 
-def write_resolved(config: str | Path, params_file: str | Path, groups: list[str], out: str | Path) -> None:
-    from pipeline.config import load_config, resolve_dict
-
-    base = load_config(config)
-    overrides = overrides_from_params(params_file, groups, has_rlhf=base.rlhf is not None)
+def write_resolved(resolved: dict[str, Any], out: str | Path) -> None:
+    """Write ``load_stage_config``'s mapping to ``out`` as YAML."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(yaml.safe_dump(resolve_dict(config, overrides), sort_keys=True))
+    Path(out).write_text(yaml.safe_dump(resolved, sort_keys=True))
 
 
 def leave_marker(stage: str, **info: Any) -> None:

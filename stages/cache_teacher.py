@@ -15,9 +15,9 @@ def main() -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--strict", action="store_true")
     a = p.parse_args()
-    cfg = load_stage_config(a.config, a.params, ["cache"])
+    cfg, resolved = load_stage_config(a.config, a.params, ["cache"])
     run_caching(cfg, strict=a.strict)
-    write_resolved(a.config, a.params, ["cache"], Path(cfg.custom.teacher_cache) / "resolved_config.yaml")
+    write_resolved(resolved, Path(cfg.custom.teacher_cache) / "resolved_config.yaml")
     leave_marker("cache")
 
 

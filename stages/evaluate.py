@@ -18,7 +18,7 @@ def main() -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
-    cfg = load_stage_config(a.config, a.params, a.groups)
+    cfg, _ = load_stage_config(a.config, a.params, a.groups)
     run_evaluation(cfg, checkpoint=None, split=a.split, out=a.out)
     attach_train_time(a.out, Path(cfg.train.output_dir))
     leave_marker("evaluate", config=str(a.config))

@@ -15,7 +15,7 @@ def main() -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
-    cfg = load_stage_config(a.config, a.params, ["cache"])
+    cfg, _ = load_stage_config(a.config, a.params, ["cache"])
     counts = export_written(Path(cfg.custom.teacher_cache) / "train", cfg.data.dataset[0], a.out)
     print(f"[export_written] {counts['rows']} rows, {counts['teacher_written']} teacher-written -> {a.out}")
     leave_marker("export_written")

@@ -19,11 +19,11 @@ def main() -> None:
         "--groups", nargs="*", default=["student", "cache"], help="params.yaml groups this stage reads"
     )
     a = p.parse_args()
-    cfg = load_stage_config(a.config, a.params, a.groups)
+    cfg, resolved = load_stage_config(a.config, a.params, a.groups)
     t0 = time.perf_counter()
     run_training(cfg)
     out = Path(cfg.train.output_dir)
-    write_resolved(a.config, a.params, a.groups, out / "resolved_config.yaml")
+    write_resolved(resolved, out / "resolved_config.yaml")
     (out / "train_time.json").write_text(
         json.dumps({"train_wall_s": round(time.perf_counter() - t0, 2)}) + "\n"
     )

@@ -186,3 +186,12 @@ def test_every_reason_code_is_in_the_table_and_the_docs() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "troubleshooting.md").read_text()
     table = doc.split("## Skip reasons", 1)[1].split("\n\n## ", 1)[0]
     assert set(re.findall(r"^\| `([a-z_0-9]+)` \|", table, re.M)) == set(data.SKIP_REASONS)
+
+
+def test_a_data_error_without_a_code_counts_as_an_encode_failure() -> None:
+    from pipeline.data import ENCODE_FAILED
+    from pipeline.errors import DataError
+
+    assert DataError("x").reason == ENCODE_FAILED
+    err = DataError("x", "missing_image", "images[0]")
+    assert (err.reason, err.detail, str(err)) == ("missing_image", "images[0]", "x")

@@ -52,13 +52,13 @@ from pipeline.cache.manifest import (
     read_skips,
     row_digests,
     scan_shard,
-    sha256_file,
     shard_meta,
     shard_tag_counts,
     skips_path,
     write_json_atomic,
 )
 from pipeline.errors import DiskFullError
+from pipeline.hashing import file_sha256
 
 __all__ = ["CacheWriter", "disk_full_as_error", "merge_rank_manifests"]
 
@@ -297,7 +297,7 @@ class CacheWriter:
                 "rows": self._shard_rows,
                 "targets": self._shard_targets,
                 "bytes": final.stat().st_size,
-                "sha256": sha256_file(final),
+                "sha256": file_sha256(final),
                 "digest": digest_hex(self._shard_digest),
                 "tags": dict(sorted(self._shard_tags.items())),
             }

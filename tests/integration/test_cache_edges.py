@@ -107,10 +107,11 @@ def test_a_dataset_edited_after_caching_names_the_row_and_field(
 ) -> None:
     from PIL import Image
 
+    from pipeline.cache.policy import CachePolicy
     from pipeline.config import load_config
     from pipeline.encoding import RowEncoder
     from pipeline.errors import CacheMismatchError
-    from pipeline.runs import CachePolicy, open_split_cache
+    from pipeline.splits import open_split_cache
 
     d = _copy(built, tmp_path)
     rows = [json.loads(line) for line in (d / "train.jsonl").read_text().splitlines()]
