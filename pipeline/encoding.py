@@ -101,6 +101,21 @@ def encoding_hash(
     return h.hexdigest()
 
 
+def row_digest(row: Row) -> str:
+    """sha256 of what encoding reads from a row: its messages and its images' bytes (hex).
+
+    Paths and extra fields stay out (moving a dataset keeps its digests). Under one cache fingerprint
+    (template, tokenizer, encoding settings and library versions equal) equal digests give equal
+    encodings, so the cache stage tells unchanged rows apart without encoding them.
+    """
+    h = hashlib.sha256(b"messages")
+    h.update(json.dumps(row.messages, sort_keys=True, ensure_ascii=False).encode())
+    for img in row.images:
+        h.update(b"img")
+        h.update(file_sha256(img).encode())
+    return h.hexdigest()
+
+
 def first_hash_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
     """Name the first field on which two encodings differ (for mismatch errors)."""
     for key in ("input_ids", "labels", "image_grid_thw"):

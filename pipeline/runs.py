@@ -141,7 +141,7 @@ def open_split_cache(
 
         if encoder is None:
             raise ValueError("the fingerprint policy needs the encoder the run will use")
-        expected = build_fingerprint(cfg, encoder, split_file(cfg, split))
+        expected = build_fingerprint(cfg, encoder)
     return open_cache_dir(
         root, policy, expected_fingerprint=expected, loss_temperature=cfg.custom.loss_temperature
     )
@@ -210,6 +210,7 @@ def require_cached_encoding(row: Row, enc: EncodedRow, cached: CachedSample) -> 
     if bad is not None:
         raise CacheMismatchError(
             f"{row.source}: sample {row.sample_id!r}: encoding differs from the teacher cache "
-            f"(first difference: {bad}); rebuild the cache or fix the encoding settings",
+            f"(first difference: {bad}); the row changed since it was cached: run `distill cache` to re-cache "
+            "changed rows",
             {f"sample.{row.sample_id}": ("encoding now", bad)},
         )

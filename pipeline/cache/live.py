@@ -44,17 +44,25 @@ def superseded_path(root: Path, rank: int) -> Path:
     return root / PARTS_DIR / f"rank-{rank:02d}.superseded.jsonl"
 
 
+def read_superseded_log(path: Path) -> list[dict[str, Any]]:
+    """The records of one rank's superseded log; a torn last line (interrupted append) is ignored."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("sample_id"), str) and rec.get("shard"):
+            out.append(rec)
+    return out
+
+
 def read_superseded(root: Path) -> list[dict[str, Any]]:
-    """Every rank's superseded records, ``(sample_id, shard)`` unique; a torn last line is ignored."""
+    """Every rank's superseded records, ``(sample_id, shard)`` unique, sorted."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for path in sorted((root / PARTS_DIR).glob("rank-*.superseded.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("sample_id"), str) and rec.get("shard"):
-                out.setdefault((rec["sample_id"], str(rec["shard"])), rec)
+        for rec in read_superseded_log(path):
+            out.setdefault((rec["sample_id"], str(rec["shard"])), rec)
     return [out[k] for k in sorted(out)]
 
 

@@ -26,7 +26,6 @@ from pipeline.cache.format import (
     FINGERPRINT_KEY,
     FORMAT_NAME,
     FORMAT_VERSION,
-    MANIFEST_NAME,
     PARTS_DIR,
     RECORD_KEYS,
     SHARD_RE,

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.cache.format import FORMAT_VERSION, MANIFEST_NAME, PARTS_DIR, SUPERSEDED_CHANGED, Layout
+from pipeline.cache.format import FORMAT_VERSION, MANIFEST_NAME, PARTS_DIR, Layout
 from pipeline.cache.live import LiveState, scan
 from pipeline.cache.manifest import (
     check_compatible,
@@ -143,7 +143,7 @@ def _generation_entry(
 
     def total(key: str) -> int | None:
         values = [p.get(key) for p in latest]
-        return sum(values) if complete and None not in values else None
+        return sum(int(v) for v in values if v is not None) if complete and None not in values else None
 
     rows_in = total("rows_in") if rows_in is None else rows_in
     reused = total("reused")

@@ -40,7 +40,14 @@ from pipeline.cache.format import (
     Layout,
     shard_name,
 )
-from pipeline.cache.live import LiveState, StoredRow, append_record, scan, superseded_path
+from pipeline.cache.live import (
+    LiveState,
+    StoredRow,
+    append_record,
+    read_superseded_log,
+    scan,
+    superseded_path,
+)
 from pipeline.cache.lock import CacheLock
 from pipeline.cache.manifest import (
     check_compatible,
@@ -137,8 +144,8 @@ class CacheWriter:
         self._reused: int | None = None
         self._dataset: Any = None
         self._write_part()
-        self._skip_log = self._open_skip_log()
-        self._superseded_log = open(superseded_path(self.root, self.rank), "a", encoding="utf-8")
+        self._skip_log = _open_log(skips_path(self.root, self.rank), read_skips)
+        self._superseded_log = _open_log(superseded_path(self.root, self.rank), read_superseded_log)
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -180,14 +187,6 @@ class CacheWriter:
                 shards.append(rec)
         return shards
 
-    def _open_skip_log(self) -> Any:
-        path = skips_path(self.root, self.rank)
-        if path.exists():  # drop a torn last line so the next append starts on a fresh line
-            records = read_skips(path)
-            with open(path, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        return open(path, "a", encoding="utf-8")
-
     def _write_part(self) -> None:
         part = header(self.fingerprint, self.layout) | {
             "rank": self.rank,
@@ -209,6 +208,12 @@ class CacheWriter:
         rule that does not depend on this set (e.g. ``rows[rank::world]``), since other ranks may
         write meanwhile."""
         return set(self._done)
+
+    @property
+    def state(self) -> LiveState:
+        """What the directory held at open (:func:`pipeline.cache.live.scan`), kept current by
+        ``supersede`` and ``retry``; read it before either to key a dataset against it."""
+        return self._state
 
     def live_rows(self) -> dict[str, StoredRow]:
         """The live stored rows found at open, by sample_id, less those superseded since."""
@@ -425,6 +430,16 @@ class CacheWriter:
                 self._superseded_log.close()
             except Exception:  # the original error matters more; a tmp shard is simply redone
                 pass
+
+
+def _open_log(path: Path, read: Any) -> Any:
+    """Open an append-only JSONL log, first dropping a torn last line (``read`` keeps whole records)
+    so the next append starts on a fresh line."""
+    if path.exists():
+        records = read(path)
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    return open(path, "a", encoding="utf-8")  # closed by finalize or __exit__
 
 
 def _binary_array(values: list[bytes]) -> pa.Array:

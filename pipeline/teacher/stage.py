@@ -212,15 +212,45 @@ def cache_split(
     plan: SplitPlan | None = None,
     hold_lock: bool = True,
 ) -> dict[str, Any]:
-    """Cache one split into ``<teacher_cache>/<split>``; returns the writer's counts.
+    """Cache one split into ``<teacher_cache>/<split>``; returns the manifest's counts.
 
-    ``plan`` (from :func:`plan_split`) is made here when not given; ``hold_lock=False`` when the
-    caller already holds the directory's :func:`writer_lock`.
+    Only the rows the cache does not hold with their current content are forwarded
+    (:mod:`pipeline.teacher.incremental`). ``plan`` (from :func:`plan_split`) is made here when not
+    given; ``hold_lock=False`` when the caller already holds the directory's :func:`writer_lock`.
     """
     root = Path(cfg.custom.teacher_cache or "") / split
     plan = plan or plan_split(cfg, split, strict=strict, limit=limit)
     with writer_lock(root) if hold_lock else nullcontext():
-        return _cache_planned(cfg, plan, root, teacher, encoder, strict, progress, shard_bytes)
+        return _cache_planned(
+            cfg, plan, root, teacher, encoder, strict=strict, progress=progress, shard_bytes=shard_bytes
+        )
+
+
+def _open_writer(
+    cfg: DistillConfig, plan: SplitPlan, root: Path, encoder: RowEncoder, shard_bytes: int | None
+) -> Any:
+    from pipeline.cache.writer import CacheWriter
+    from pipeline.fingerprint import build_fingerprint
+
+    rank, world = dist_info()
+    kwargs: dict[str, Any] = {}
+    if shard_bytes:
+        kwargs["shard_bytes"] = shard_bytes
+    elif cfg.custom.cache_shard_mb:
+        kwargs["shard_bytes"] = int(cfg.custom.cache_shard_mb * 2**20)
+    real_vocab = len(encoder.tokenizer)
+    return CacheWriter(
+        root,
+        fingerprint=build_fingerprint(cfg, encoder),
+        # k larger than the real vocabulary means "everything": the top-k then covers every real id.
+        top_k=min(cfg.custom.top_k, real_vocab),
+        vocab_size=real_vocab,
+        logprob_encoding=cfg.custom.logprob_encoding,
+        rank=rank,
+        world_size=world,
+        extra_meta={"sources": source_paths(cfg, plan.path)},
+        **kwargs,
+    )
 
 
 def _cache_planned(
@@ -229,76 +259,29 @@ def _cache_planned(
     root: Path,
     teacher: Any,
     encoder: RowEncoder,
+    *,
     strict: bool,
     progress: bool,
     shard_bytes: int | None,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from pipeline.cache.manifest import written_counts
-    from pipeline.cache.writer import CacheWriter, merge_rank_manifests
-    from pipeline.fingerprint import build_fingerprint
-    from pipeline.teacher.forward import teacher_topk
+    from pipeline.fingerprint import dataset_record
+    from pipeline.teacher.incremental import encoding_hash_of, key_rows, record_before_forward
 
-    split, path = plan.split, plan.path
-    rank, world = dist_info()
-    fingerprint = build_fingerprint(cfg, encoder, path)
-    device = next(teacher.parameters()).device
-    real_vocab = len(encoder.tokenizer)
-    kwargs: dict[str, Any] = {}
-    if shard_bytes:
-        kwargs["shard_bytes"] = shard_bytes
-    elif cfg.custom.cache_shard_mb:
-        kwargs["shard_bytes"] = int(cfg.custom.cache_shard_mb * 2**20)
-    # k larger than the real vocabulary means "everything": the top-k then covers every real id.
-    top_k = min(cfg.custom.top_k, real_vocab)
-    with CacheWriter(
-        root,
-        fingerprint=fingerprint,
-        top_k=top_k,
-        vocab_size=real_vocab,
-        logprob_encoding=cfg.custom.logprob_encoding,
-        rank=rank,
-        world_size=world,
-        extra_meta={"sources": source_paths(cfg, path)},
-        **kwargs,
-    ) as writer:
-        done = writer.done_ids()
-        for r in plan.unusable:
-            if r.sample_id not in done:
-                writer.skip(r.sample_id, r.reason, f"{r.source}: {r.detail}")
-        todo = [r for r in plan.usable if r.sample_id not in done]
-        todo, to_write = split_written(todo, cfg.custom.written_responses)
-        bar = tqdm(total=len(todo), desc=f"cache {split}", unit="sample", disable=not progress or rank != 0)
-        n_tok, t0 = 0, time.perf_counter()
-        for item in iterate_batches(
-            encoder, todo, cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers
-        ):
-            for sid, reason, detail in item["skipped"]:
-                if strict:
-                    raise DataError(detail)
-                writer.skip(sid, reason, detail)
-            if item["batch"] is not None:
-                topk = teacher_topk(
-                    teacher,
-                    _to_device(item["batch"], device),
-                    cfg.custom.top_k,
-                    real_vocab,
-                    cfg.custom.loss_temperature,
-                )
-                for sample in split_samples(topk, item["ids"]):
-                    writer.add(sample)
-                n_tok += int(topk.target_ids.numel())
-            bar.update(len(item["ids"]) + len(item["skipped"]))
-            dt = max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(tokens_per_s=f"{n_tok / dt:.0f}")
-
-        def forward(batch: dict[str, Any], ids: list[tuple[str, str, int]]) -> list[Any]:
-            t = teacher_topk(
-                teacher, _to_device(batch, device), top_k, real_vocab, cfg.custom.loss_temperature
-            )
-            return split_samples(t, ids)
-
+    rank, _ = dist_info()
+    with _open_writer(cfg, plan, root, encoder, shard_bytes) as writer:
+        keyed = key_rows(plan, writer.state, encoding_hash_of(encoder))
+        record_before_forward(writer, keyed, strict=strict)
+        todo, to_write = split_written(keyed.todo, cfg.custom.written_responses)
+        forward = _teacher_forward(cfg, teacher, encoder, keyed.digests)
+        bar = tqdm(
+            total=len(keyed.todo),
+            desc=f"cache {plan.split}",
+            unit="sample",
+            disable=not progress or rank != 0,
+        )
+        _cache_labelled(cfg, encoder, todo, writer, forward, bar, strict=strict)
         cache_written_rows(
             cfg,
             teacher,
@@ -311,14 +294,74 @@ def _cache_planned(
             progress=bar.update,
         )
         bar.close()
-        counts = writer.finalize(rows_in=plan.rows_in)
+        record = dataset_record(plan.path, plan.rows_in)
+        writer.finalize(rows_in=plan.rows_in, reused=keyed.reused, dataset=record)
+    return _merged_counts(cfg, root)
+
+
+def _teacher_forward(cfg: DistillConfig, teacher: Any, encoder: RowEncoder, digests: dict[str, str]) -> Any:
+    """THE teacher forward of the cache stage, for dataset rows and teacher-written rows alike:
+    a collated batch and its ``(sample_id, encoding_hash, n_tokens)`` -> one ``CachedSample`` per row,
+    each carrying its dataset row's digest (what a later generation compares)."""
+    from dataclasses import replace
+
+    from pipeline.teacher.forward import teacher_topk
+
+    device = next(teacher.parameters()).device
+    real_vocab = len(encoder.tokenizer)
+    top_k = min(cfg.custom.top_k, real_vocab)
+
+    def forward(batch: dict[str, Any], ids: list[tuple[str, str, int]]) -> list[Any]:
+        topk = teacher_topk(
+            teacher, _to_device(batch, device), top_k, real_vocab, cfg.custom.loss_temperature
+        )
+        return [replace(s, row_digest=digests[s.sample_id]) for s in split_samples(topk, ids)]
+
+    return forward
+
+
+def _cache_labelled(
+    cfg: DistillConfig,
+    encoder: RowEncoder,
+    rows: list[Row],
+    writer: Any,
+    forward: Any,
+    bar: Any,
+    *,
+    strict: bool,
+) -> None:
+    """Encode ``rows`` in dataloader workers, forward every batch, add each sample or skip the row."""
+    n_tok, t0 = 0, time.perf_counter()
+    for item in iterate_batches(encoder, rows, cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers):
+        for sid, reason, detail in item["skipped"]:
+            if strict:
+                raise DataError(detail)
+            writer.skip(sid, reason, detail)
+        if item["batch"] is not None:
+            for sample in forward(item["batch"], item["ids"]):
+                writer.add(sample)
+                n_tok += sample.num_targets
+        bar.update(len(item["ids"]) + len(item["skipped"]))
+        bar.set_postfix(tokens_per_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.0f}")
+
+
+def _merged_counts(cfg: DistillConfig, root: Path) -> dict[str, Any]:
+    """The manifest's counts once every rank finished (rank 0 merges under torchrun), with the last
+    generation's record under ``generation`` and teacher-written counts when that mode is on."""
+    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.manifest import read_json, written_counts
+    from pipeline.cache.merge import merge_rank_manifests
+
+    rank, world = dist_info()
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         if rank == 0:
-            counts = merge_rank_manifests(root)
+            merge_rank_manifests(root)
         dist.barrier()
+    manifest = read_json(root / MANIFEST_NAME)
+    counts = dict(manifest["counts"]) | {"generation": manifest["generations"][-1]}
     if cfg.custom.written_responses != "off":
         # From the manifest's row tags and skips: every session and (after the merge) every rank.
         counts["teacher_written"] = written_counts(counts)
@@ -370,10 +413,16 @@ def _cache_and_report(
     )
     rank, _ = dist_info()
     if rank == 0:
+        from pipeline.cache.format import MANIFEST_NAME
+        from pipeline.cache.manifest import read_json
+        from pipeline.teacher.incremental import generation_line
+
+        root = Path(cfg.custom.teacher_cache or "") / plan.split
         reasons = ", ".join(f"{k}: {v}" for k, v in counts.get("skipped_by_reason", {}).items()) or "none"
+        print(f"[cache {plan.split}] {generation_line(read_json(root / MANIFEST_NAME))}")
         print(
-            f"[cache {plan.split}] rows in {counts.get('rows_in')}, cached {counts.get('cached')}, "
-            f"skipped {counts.get('skipped')} ({reasons})"
+            f"[cache {plan.split}] the cache holds {counts.get('cached')} rows, "
+            f"{counts.get('skipped')} skipped ({reasons})"
         )
         if "teacher_written" in counts:
             w = counts["teacher_written"]
