@@ -251,3 +251,21 @@ def write_rows(rows: list[Row], path: str | Path) -> None:
             images = [os.path.relpath(p, base) for p in r.images]
             obj = {"sample_id": r.sample_id, "messages": r.messages, "images": images, **r.extra}
             fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def read_split_rows(files: Sequence[str | Path]) -> list[Row | BadRow]:
+    """All rows of a split made of several JSONL files, in file order. A sample_id names one row of
+    the split: one repeated in another file is a ``DataError`` naming both lines (within one file,
+    :func:`read_rows` refuses it)."""
+    rows: list[Row | BadRow] = []
+    seen: dict[str, str] = {}
+    for f in files:
+        for r in read_rows(f):
+            if r.sample_id in seen:
+                raise DataError(
+                    f"{r.source}: field 'sample_id': duplicate id {r.sample_id!r} (first at "
+                    f"{seen[r.sample_id]}): the split's files must not share sample ids"
+                )
+            seen[r.sample_id] = r.source
+            rows.append(r)
+    return rows

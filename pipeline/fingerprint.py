@@ -117,7 +117,11 @@ def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder) -> dict[str, Any]
     }
 
 
-def dataset_record(path: str | Path, rows_in: int) -> dict[str, Any]:
-    """What one generation of a cache was built from: the split file's name, sha256 and row count.
-    A record, never compared (images are covered row by row, by each row's digest and encoding hash)."""
-    return {"file": Path(path).name, "file_sha256": file_sha256(path), "rows": rows_in}
+def dataset_record(files: list[str], rows_in: int) -> dict[str, Any]:
+    """What one generation of a cache was built from: each split file's name and sha256, and the
+    rows in. A record, never compared (images are covered row by row, by each row's digest and
+    encoding hash)."""
+    return {
+        "files": [{"file": Path(f).name, "sha256": file_sha256(f)} for f in files],
+        "rows_in": rows_in,
+    }

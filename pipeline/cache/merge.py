@@ -198,7 +198,9 @@ def _live_digest(root: Path, state: LiveState, shards: list[dict[str, Any]]) -> 
 
 
 def _skip_record(rec: dict[str, Any]) -> dict[str, Any]:
-    return {k: rec[k] for k in ("sample_id", "reason", "detail", "generation", "row_digest")}
+    # Which generation skipped a row is history (the skip logs keep it); its digest lets compaction
+    # carry the skip over.
+    return {k: rec[k] for k in ("sample_id", "reason", "detail", "row_digest")}
 
 
 def _earlier_generations(previous: dict[str, Any] | None, g: int) -> list[dict[str, Any]]:

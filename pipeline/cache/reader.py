@@ -335,6 +335,16 @@ class CacheReader:
                 d, cols, _ = self._decode(block.sample_ids)
                 yield block, d, cols["positions"]
 
+    def iter_live_batches(self) -> Any:
+        """Yield ``(record batch, indices of its live rows)`` in storage order, undecoded, each
+        shard's checksum verified first (compaction copies rows as stored)."""
+        for i in range(len(self._shards)):
+            self._verify(i)
+            for b in range(self._file(i).num_record_batches):
+                batch = self._guard(i, lambda i=i, b=b: self._file(i).get_batch(b))
+                ids = batch.column("sample_id").to_pylist()
+                yield batch, [r for r, sid in enumerate(ids) if self._index.get(sid) == (i, b, r)]
+
     def iter_samples(self) -> Any:
         """Yield every :class:`CachedSample` in storage order, decoding one record batch at a time."""
         for block, d, positions in self.iter_blocks():

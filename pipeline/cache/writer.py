@@ -283,6 +283,28 @@ class CacheWriter:
         if self._buffered >= self.batch_bytes:
             self._flush()
 
+    def add_stored(self, row: dict[str, Any], tags: Iterable[str] = ()) -> None:
+        """Buffer one row as another shard of the same layout stores it (``RecordBatch.to_pylist``
+        values), unchanged: compaction copies rows this way, never decoding and re-encoding them.
+        Columns older shards lack get their defaults (not teacher-written, unknown row digest)."""
+        self._check_open()
+        sid = row["sample_id"]
+        if sid in self._done:
+            raise ValueError(f"sample {sid!r} is already cached or skipped in {self.root}")
+        defaults = {"teacher_written": False, "written_text": "", "written_ids": [], "row_digest": ""}
+        out = {f.name: row.get(f.name, defaults.get(f.name)) for f in self._schema}
+        for f in self._schema:  # list values as typed arrays, as ``add`` buffers them
+            if pa.types.is_list(f.type) and out[f.name] is not None:
+                out[f.name] = np.asarray(out[f.name], f.type.value_type.to_pandas_dtype())
+        if missing := [k for k, v in out.items() if v is None]:
+            raise ValueError(f"sample {sid!r}: stored row lacks columns {missing}")
+        self._row_tags.append(tuple(dict.fromkeys(tags)))
+        self._rows.append(out)
+        self._done.add(sid)
+        self._buffered += sum(len(v) for v in out.values() if isinstance(v, bytes))
+        if self._buffered >= self.batch_bytes:
+            self._flush()
+
     def skip(self, sample_id: str, reason: str, detail: str = "", row_digest: str = "") -> None:
         """Record that ``sample_id`` is not cached, with a short reason code (``"missing_image"``) and,
         when known, the digest of the dataset row (a later generation keeps the skip while it holds)."""

@@ -17,17 +17,16 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from pipeline.data import BadRow, Row, count_reasons, read_rows, require_rows
+from pipeline.data import BadRow, Row, count_reasons, read_split_rows, require_rows
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import load_teacher, teacher_device_map
-from pipeline.runs import split_file
 from pipeline.teacher.written import cache_written_rows, partition_for_written, split_written
 
 if TYPE_CHECKING:
@@ -127,9 +126,10 @@ def split_samples(topk: Any, ids: list[tuple[str, str, int]]) -> list[Any]:
 class SplitPlan:
     """What one rank will do with one split, decided before the teacher loads.
 
-    ``rows_in``: this rank's share of the split's rows (after ``limit``); ``usable``: rows that
-    passed the fast checks (parsed, images readable, response present); ``unusable``: the others,
-    each with its reason, to be recorded as skipped.
+    ``files``: the split's JSONL files (``path``: them joined, for messages); ``rows_in``: this
+    rank's share of their rows (after ``limit``); ``usable``: rows that passed the fast checks
+    (parsed, images readable, response present); ``unusable``: the others, each with its reason, to
+    be recorded as skipped.
     """
 
     split: str
@@ -137,6 +137,7 @@ class SplitPlan:
     rows_in: int
     usable: list[Row]
     unusable: list[BadRow]
+    files: list[str] = field(default_factory=list)
 
 
 def plan_split(
@@ -146,12 +147,26 @@ def plan_split(
     usable row (``DataError`` naming the file) or, with ``strict``, at the first unusable row."""
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every row), got {limit}")
-    path = split_file(cfg, split)
+    files = split_files(cfg, split)
+    path = ", ".join(files)
     rank, world = dist_info()
-    mine = read_rows(path)[:limit][rank::world]
+    mine = read_split_rows(files)[:limit][rank::world]
     usable, unusable = partition_for_written(mine, cfg.custom.written_responses, strict=strict)
     require_rows(path, _sum_over_ranks(len(usable), world), unusable, f"usable rows for the {split} split")
-    return SplitPlan(split, path, len(mine), usable, unusable)
+    return SplitPlan(split, path, len(mine), usable, unusable, files)
+
+
+def split_files(cfg: DistillConfig, split: str) -> list[str]:
+    """The JSONL files of ``split`` (``train`` or ``val``): one cache directory serves them all, since
+    rows are keyed by sample_id, whichever file holds them."""
+    from pipeline.runs import SPLIT_KEYS
+
+    if split not in SPLIT_KEYS:
+        raise ConfigError(f"split {split!r}: choose one of {sorted(SPLIT_KEYS)}")
+    files = list(getattr(cfg.data, SPLIT_KEYS[split]))
+    if not files:
+        raise ConfigError(f"data.{SPLIT_KEYS[split]}: no JSONL file for the {split} split")
+    return files
 
 
 def _sum_over_ranks(n: int, world: int) -> int:
@@ -248,7 +263,7 @@ def _open_writer(
         logprob_encoding=cfg.custom.logprob_encoding,
         rank=rank,
         world_size=world,
-        extra_meta={"sources": source_paths(cfg, plan.path)},
+        extra_meta={"sources": source_paths(cfg, plan.files[0])},
         **kwargs,
     )
 
@@ -294,7 +309,7 @@ def _cache_planned(
             progress=bar.update,
         )
         bar.close()
-        record = dataset_record(plan.path, plan.rows_in)
+        record = dataset_record(plan.files, plan.rows_in)
         writer.finalize(rows_in=plan.rows_in, reused=keyed.reused, dataset=record)
     return _merged_counts(cfg, root)
 

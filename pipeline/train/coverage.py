@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import BadRow, Row, count_reasons, partition_rows, read_rows, require_rows
+from pipeline.data import BadRow, Row, count_reasons, partition_rows, read_split_rows, require_rows
 from pipeline.errors import CacheMismatchError, DataError
 
 REPORT_NAME = "data_coverage.json"
@@ -72,43 +72,10 @@ def load_split(
     """Read and check every row of ``files`` (images opened); ``DataError`` naming the file(s) when no
     row is usable, or with ``strict`` at the first unusable row. ``need_response=False`` keeps rows
     without an assistant response (the teacher cache holds a response written for them)."""
-    rows: list[Row] = []
-    excluded: list[BadRow] = []
-    for f in files:
-        usable, bad = partition_rows(read_rows(f), need_response=need_response, strict=strict)
-        rows += usable
-        excluded += bad
-    require_unique_ids([*rows, *excluded])
+    rows, excluded = partition_rows(read_split_rows(files), need_response=need_response, strict=strict)
     split = SplitRows(name, [str(f) for f in files], rows, excluded)
     require_rows(split.where, len(rows), excluded, f"usable rows for the {name} split")
     return split
-
-
-def require_unique_ids(rows: Sequence[Row | BadRow]) -> None:
-    """One dataset, several files: a sample_id names one row (``DataError`` naming both lines).
-
-    Within one file :func:`pipeline.data.read_rows` refuses any repeat; across files a repeat of the
-    very same row (messages and images) is the same sample and is refused too, so counts never
-    include a row twice.
-    """
-    seen: dict[str, Row | BadRow] = {}
-    for r in rows:
-        first = seen.setdefault(r.sample_id, r)
-        if first is not r:
-            same = (
-                isinstance(r, Row)
-                and isinstance(first, Row)
-                and (r.messages, r.images)
-                == (
-                    first.messages,
-                    first.images,
-                )
-            )
-            what = "the same row twice" if same else "two different rows"
-            raise DataError(
-                f"{r.source}: field 'sample_id': duplicate id {r.sample_id!r} (first at {first.source}): "
-                f"{what}; give each row its own sample_id"
-            )
 
 
 def bind_to_cache(split: SplitRows, cache: Any, *, allow_partial: bool = False) -> SplitRows:

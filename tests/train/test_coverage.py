@@ -123,7 +123,7 @@ def test_a_sample_id_in_two_files_is_refused(tmp_path: Path) -> None:
     b = tmp_path / "more.jsonl"
     b.write_text(a.read_text().splitlines()[0].replace("small blue", "large blue") + "\n")
     with pytest.raises(
-        DataError, match=r"more.jsonl:1: field 'sample_id': duplicate id 'r00' .*two different"
+        DataError, match=r"more.jsonl:1: field 'sample_id': duplicate id 'r00' \(first at .*train.jsonl:1\)"
     ):
         load_split("train", [str(a), str(b)])
 
