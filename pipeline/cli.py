@@ -91,7 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=_positive_int, default=None, help="cache only the first N rows of each split (N >= 1)"
     )
-    p.add_argument("--dry-run", action="store_true", help="predict rows, tokens, bytes, time; write nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the rows to reuse and to compute; predict rows, tokens, bytes, time; write nothing",
+    )
+    p.add_argument(
+        "--compact",
+        action="store_true",
+        help="after caching, rewrite the cache without superseded rows and rows the dataset no longer has",
+    )
 
     p = sub.add_parser("inspect", help="summarise, audit or export a teacher cache")
     p.add_argument("cache", type=Path)
@@ -220,7 +229,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             run_dry_run(cfg, split=args.split, limit=args.limit)
             return 0
-        run_caching(cfg, split=args.split, strict=args.strict, limit=args.limit)
+        run_caching(cfg, split=args.split, strict=args.strict, limit=args.limit, compact=args.compact)
         return 0
     if cmd == "inspect":
         from pipeline.config import load_config

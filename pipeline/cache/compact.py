@@ -7,7 +7,7 @@ result is one generation, as a fresh cache of the same rows would be. The new di
 the old one's place atomically: ``renameat2(RENAME_EXCHANGE)`` on Linux swaps the two in one step,
 so a reader sees the old cache or the new one, never neither. Where the kernel lacks it, two renames
 leave a short window without ``root``; :func:`finish_compaction` (which the cache stage calls before
-it takes the lock) completes an interrupted swap.
+it holds the lock) completes an interrupted swap.
 
 A cache written before row digests and generations existed comes out in the current form: its rows
 keep their (unknown, empty) digests, its fingerprint loses the dataset hash.
@@ -115,6 +115,10 @@ def finish_compaction(root: Path) -> None:
     """Complete a compaction stopped between its two renames (``root`` absent: the new cache goes in
     when it was finished, else the old one goes back), then remove what a stopped compaction left."""
     tmp, old = building_dir(root), _old_dir(root)
+    # ``root`` holding only what taking the writer lock creates (the lock file) is not a cache.
+    bare = root.is_dir() and not (root / MANIFEST_NAME).exists() and not any(root.glob("shard-*"))
+    if bare and ((tmp / MANIFEST_NAME).is_file() or (old / MANIFEST_NAME).is_file()):
+        shutil.rmtree(root)
     if not root.exists():
         if (tmp / MANIFEST_NAME).is_file():
             os.replace(tmp, root)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.cache.format import SUPERSEDED_CHANGED, SUPERSEDED_UNUSABLE
@@ -165,3 +166,11 @@ def generation_line(manifest: dict[str, Any]) -> str:
             "versions (`distill cache --compact` drops them)"
         )
     return line
+
+
+def preview(plan: SplitPlan, root: Path, encoder: RowEncoder) -> KeyedRows:
+    """:func:`key_rows` against the cache at ``root`` as it is now, writing nothing (``--dry-run``)."""
+    from pipeline.cache.live import LiveState, scan
+
+    state = scan(root) if root.is_dir() else LiveState(0, {}, [], {}, [], {})
+    return key_rows(plan, state, encoding_hash_of(encoder))

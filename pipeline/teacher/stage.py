@@ -184,12 +184,14 @@ def _sum_over_ranks(n: int, world: int) -> int:
 def writer_lock(root: Path) -> Iterator[None]:
     """Hold ``root``'s writer lock for this launch: rank 0 takes it, the other ranks check after a
     barrier that their own rank 0 holds it (``CacheLockedError`` naming the holder otherwise)."""
+    from pipeline.cache.compact import finish_compaction
     from pipeline.cache.lock import CacheLock
 
     rank, world = dist_info()
     lock = CacheLock(root)
     if rank == 0:
         lock.acquire()
+        finish_compaction(root)  # a compaction stopped mid-swap leaves the cache beside its place
     try:
         if world > 1:
             import torch.distributed as dist
@@ -389,8 +391,11 @@ def run_caching(
     strict: bool = False,
     limit: int | None = None,
     progress: bool = True,
+    compact: bool = False,
 ) -> dict[str, Any]:
-    """``distill cache``: compatibility check, then cache the train (and val) split."""
+    """``distill cache``: compatibility check, then cache the train (and val) split: only the rows the
+    cache does not hold with their current content. ``compact`` (``--compact``) then rewrites each
+    split's cache without superseded rows and rows the dataset no longer has."""
     from pipeline.encoding import RowEncoder
     from pipeline.teacher.compat import check_pair
     from pipeline.versions import check_versions
@@ -417,7 +422,38 @@ def run_caching(
             encoder.template.model = teacher  # the template computes rope position ids with the model
         for s in splits:
             results[s] = _cache_and_report(cfg, plans[s], teacher, encoder, strict, progress)
+            if compact:
+                results[s] = compact_split(cfg, s, limit)
     return results
+
+
+def compact_split(cfg: DistillConfig, split: str, limit: int | None) -> dict[str, Any]:
+    """Rewrite ``split``'s cache holding only the rows of its dataset (rank 0; the others wait).
+    The caller holds the writer lock and has just cached the split, so nothing kept is stale."""
+    from pipeline.cache.compact import compact
+    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.manifest import read_json
+
+    root = Path(cfg.custom.teacher_cache or "") / split
+    rank, world = dist_info()
+    if rank == 0:
+        before = read_json(root / MANIFEST_NAME)
+        keep = {r.sample_id for r in read_split_rows(split_files(cfg, split))[:limit]}
+        shard_bytes = int(cfg.custom.cache_shard_mb * 2**20) if cfg.custom.cache_shard_mb else None
+        counts = compact(root, keep, shard_bytes=shard_bytes)
+        dropped = (
+            before["counts"]["cached"] + before["counts"]["skipped"] - counts["cached"] - counts["skipped"]
+        )
+        stored = before.get("storage", {}).get("superseded", 0)
+        print(
+            f"[cache {split}] compacted: kept {counts['cached']} rows and {counts['skipped']} skips, "
+            f"dropped {dropped} rows the dataset does not have and {stored} superseded versions"
+        )
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return _merged_counts(cfg, root) if rank == 0 else {}
 
 
 def _cache_and_report(
