@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cache", type=Path, help="also report a real cache directory")
     b = bsub.add_parser("cache-write", help="cache stage vs bare teacher forward on the demo")
     _add_config(b)
+    b.add_argument(
+        "--incremental",
+        action="store_true",
+        help="instead: re-caching with 5%% new rows on top of a cache vs a full cache (incremental_over_full)",
+    )
     b = bsub.add_parser("train-step", help="SFT vs cached GKD vs live GKD step time and memory")
     _add_config(b)
     b.add_argument("--steps", type=int, default=20)
@@ -261,9 +266,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             bench_cache_format(top_ks=tuple(args.k), n=args.n, real_cache=args.cache)
             return 0
         if args.bench == "cache-write":
-            from pipeline.bench.cache_write import bench_cache_write
+            from pipeline.bench.cache_write import bench_cache_write, bench_cache_write_incremental
 
-            bench_cache_write(cfg)
+            (bench_cache_write_incremental if args.incremental else bench_cache_write)(cfg)
             return 0
         if args.bench == "train-step":
             from pipeline.bench.train_step import bench_train_step
