@@ -70,7 +70,8 @@ def key_rows(plan: SplitPlan, state: LiveState, encode_hash: Callable[[Row], str
     ``encode_hash(row)``: the row's encoding hash now (``None`` when it fails to encode), asked only
     for rows stored without a digest.
     """
-    out = KeyedRows(digests={r.sample_id: row_digest(r) for r in plan.usable})
+    known = plan.digests
+    out = KeyedRows(digests={r.sample_id: known.get(r.sample_id) or row_digest(r) for r in plan.usable})
     for row in plan.usable:
         _key_usable(row, out.digests[row.sample_id], state, encode_hash, out)
     for bad in plan.unusable:

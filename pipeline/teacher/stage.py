@@ -129,7 +129,7 @@ class SplitPlan:
     ``files``: the split's JSONL files (``path``: them joined, for messages); ``rows_in``: this
     rank's share of their rows (after ``limit``); ``usable``: rows that passed the fast checks
     (parsed, images readable, response present); ``unusable``: the others, each with its reason, to
-    be recorded as skipped.
+    be recorded as skipped; ``digests``: row digests computed on the way (by sample_id).
     """
 
     split: str
@@ -138,6 +138,7 @@ class SplitPlan:
     usable: list[Row]
     unusable: list[BadRow]
     files: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 def plan_split(
@@ -151,9 +152,42 @@ def plan_split(
     path = ", ".join(files)
     rank, world = dist_info()
     mine = read_split_rows(files)[:limit][rank::world]
-    usable, unusable = partition_for_written(mine, cfg.custom.written_responses, strict=strict)
+    held, digests = _held_unchanged(Path(cfg.custom.teacher_cache or "") / split, mine)
+    usable, unusable = partition_for_written(
+        [r for r in mine if r.sample_id not in held], cfg.custom.written_responses, strict=strict
+    )
+    if held:  # back in file order
+        checked = {id(r) for r in usable}
+        usable = [r for r in mine if isinstance(r, Row) and (r.sample_id in held or id(r) in checked)]
     require_rows(path, _sum_over_ranks(len(usable), world), unusable, f"usable rows for the {split} split")
-    return SplitPlan(split, path, len(mine), usable, unusable, files)
+    return SplitPlan(split, path, len(mine), usable, unusable, files, digests)
+
+
+def _held_unchanged(root: Path, rows: list[Row | BadRow]) -> tuple[set[str], dict[str, str]]:
+    """The sample_ids the cache at ``root`` holds live with the same row digest, and every digest
+    computed. Such a row's images have the bytes they had when it was cached (and opened then), so
+    the fast check does not open them again: on a large dataset with a few new rows that check would
+    cost more than the rows' forward. A row whose digest cannot be taken (a missing image) is
+    checked as usual."""
+    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.live import scan
+    from pipeline.encoding import row_digest
+
+    if not (root / MANIFEST_NAME).is_file():
+        return set(), {}
+    live = scan(root).rows  # read without the lock: the writer keys the rows again under it
+    held, digests = set(), {}
+    for r in rows:
+        stored = live.get(r.sample_id)
+        if not isinstance(r, Row) or stored is None or not stored.row_digest:
+            continue
+        try:
+            digests[r.sample_id] = row_digest(r)
+        except OSError:
+            continue
+        if digests[r.sample_id] == stored.row_digest:
+            held.add(r.sample_id)
+    return held, digests
 
 
 def split_files(cfg: DistillConfig, split: str) -> list[str]:
