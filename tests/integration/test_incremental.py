@@ -264,3 +264,26 @@ def test_an_incremental_run_killed_resumes_to_a_fresh_cache(
     assert (g["rows_in"], g["reused"], g["new"], g["changed"], g["skipped"]) == (10, 6, 3, 1, 0)
     _cache(_config(tmp_path, demo_assets, tiny_teacher, [str(data / "t.jsonl")], cache="fresh"))
     _assert_equal_caches(tmp_path / "cache" / "train", tmp_path / "fresh" / "train")
+
+
+@pytest.mark.slow
+def test_an_incremental_run_under_torchrun_equals_a_fresh_cache(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path
+) -> None:
+    lines = _lines(data)[:12]
+    _cache(_config(tmp_path, demo_assets, tiny_teacher, [_write(data, "t.jsonl", lines[:8])]))
+    edited = json.loads(lines[5])
+    edited["messages"][-1]["content"] += " edited."
+    lines[5] = json.dumps(edited)
+    grown = _config(tmp_path, demo_assets, tiny_teacher, [_write(data, "t.jsonl", lines)])
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29541", "-m", "pipeline.cli", "cache"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*cmd, "--config", str(grown.source_files[-1])], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "12 rows: 7 reused, 4 new, 1 changed (re-cached), 0 skipped" in done.stdout
+    assert list((tmp_path / "cache" / "train").glob("shard-r01-*.arrow"))  # rank 1 cached its share
+    _cache(_config(tmp_path, demo_assets, tiny_teacher, [str(data / "t.jsonl")], cache="fresh"))
+    _assert_equal_caches(tmp_path / "cache" / "train", tmp_path / "fresh" / "train")
