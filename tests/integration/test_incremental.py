@@ -132,6 +132,12 @@ def test_an_edited_caption_and_an_edited_image_are_refused_then_recached(
     for sid, field in ((caption["sample_id"], "input_ids"), (json.loads(lines[3])["sample_id"], "image")):
         with pytest.raises(CacheMismatchError, match=rf"sample '{sid}': .*{field}.*run `distill cache`"):
             _bound_rows(cfg, only=sid)
+    from pipeline.teacher.incremental import preview
+    from pipeline.teacher.stage import plan_split
+
+    plan = plan_split(cfg, "train")  # what `distill cache --dry-run` prints, before any forward
+    keyed = preview(plan, tmp_path / "cache" / "train", _encoder(cfg))
+    assert keyed.line(plan.rows_in) == "8 rows: 6 reused, 0 new, 2 changed (to re-cache), 0 to skip"
     forwards.clear()
     out = _cache(cfg, capsys)
     assert "8 rows: 6 reused, 0 new, 2 changed (re-cached), 0 skipped" in out and sum(forwards) == 2
@@ -188,6 +194,28 @@ def _encoder(cfg: Any) -> Any:
     from pipeline.encoding import RowEncoder
 
     return RowEncoder.from_config(cfg)
+
+
+def test_a_cache_of_the_first_format_extends_in_place(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path, forwards: list[int]
+) -> None:
+    from tests.cache.helpers import downgrade_to_first_format
+
+    lines = _lines(data)[:8]
+    _cache(_config(tmp_path, demo_assets, tiny_teacher, [_write(data, "t.jsonl", lines[:6])]))
+    downgrade_to_first_format(tmp_path / "cache" / "train")
+    grown = _config(tmp_path, demo_assets, tiny_teacher, [_write(data, "t.jsonl", lines)])
+    assert (
+        len(_bound_rows(_config(tmp_path, demo_assets, tiny_teacher, [_write(data, "s.jsonl", lines[:6])])))
+        == 6
+    )
+    forwards.clear()
+    _cache(grown)  # old rows have no digest: encoded and compared, not forwarded
+    assert sum(forwards) == 2
+    g = json.loads((tmp_path / "cache" / "train" / "manifest.json").read_text())["generations"]
+    assert [(e["generation"], e["reused"], e["new"]) for e in g] == [(0, 0, 6), (1, 6, 2)]
+    _cache(_config(tmp_path, demo_assets, tiny_teacher, [str(data / "t.jsonl")], cache="fresh"))
+    _assert_equal_caches(tmp_path / "cache" / "train", tmp_path / "fresh" / "train")
 
 
 @pytest.mark.slow
