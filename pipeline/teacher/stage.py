@@ -332,14 +332,20 @@ def _cache_planned(
             unit="sample",
             disable=not progress or rank != 0,
         )
-        _cache_labelled(cfg, encoder, todo, writer, forward, bar, strict=strict)
+
+        # A skip carries its row's digest: a later generation keeps it while the row is unchanged,
+        # instead of encoding (or, for a teacher-written row, generating) the row again.
+        def skip(sid: str, reason: str, detail: str) -> None:
+            writer.skip(sid, reason, detail, keyed.digests.get(sid, ""))
+
+        _cache_labelled(cfg, encoder, todo, writer.add, skip, forward, bar, strict=strict)
         cache_written_rows(
             cfg,
             teacher,
             encoder,
             to_write,
             writer.add,
-            writer.skip,
+            skip,
             forward,
             strict=strict,
             progress=bar.update,
@@ -375,7 +381,8 @@ def _cache_labelled(
     cfg: DistillConfig,
     encoder: RowEncoder,
     rows: list[Row],
-    writer: Any,
+    add: Any,
+    skip: Any,
     forward: Any,
     bar: Any,
     *,
@@ -387,10 +394,10 @@ def _cache_labelled(
         for sid, reason, detail in item["skipped"]:
             if strict:
                 raise DataError(detail)
-            writer.skip(sid, reason, detail)
+            skip(sid, reason, detail)
         if item["batch"] is not None:
             for sample in forward(item["batch"], item["ids"]):
-                writer.add(sample)
+                add(sample)
                 n_tok += sample.num_targets
         bar.update(len(item["ids"]) + len(item["skipped"]))
         bar.set_postfix(tokens_per_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.0f}")

@@ -196,6 +196,39 @@ def _encoder(cfg: Any) -> Any:
     return RowEncoder.from_config(cfg)
 
 
+def test_a_skipped_row_keeps_its_skip_while_it_is_unchanged(
+    demo_assets: dict[str, Path],
+    tiny_teacher: Path,
+    tmp_path: Path,
+    data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import pipeline.encoding as encoding
+
+    lines = _lines(data)[:4]
+    long = json.loads(lines[0])
+    long["sample_id"] = "too-long"
+    long["messages"][-1]["content"] = " ".join(["a large red circle"] * 400)  # over max_length 512
+    lines.append(json.dumps(long))
+    cfg = _config(tmp_path, demo_assets, tiny_teacher, [_write(data, "t.jsonl", lines)])
+    _cache(cfg)
+    encoded: list[str] = []
+    real = encoding.RowEncoder.encode
+    monkeypatch.setattr(
+        encoding.RowEncoder,
+        "encode",
+        lambda self, row, *a, **k: encoded.append(row.sample_id) or real(self, row, *a, **k),
+    )
+    out = _cache(cfg, capsys)
+    # (the compatibility check encodes a few rows of its own; the skipped row is never encoded again)
+    assert "5 rows: 4 reused, 0 new, 0 changed (re-cached), 1 skipped" in out and "too-long" not in encoded
+    manifest = json.loads((tmp_path / "cache" / "train" / "manifest.json").read_text())
+    assert [(r["sample_id"], r["reason"]) for r in manifest["skipped"]] == [
+        ("too-long", "truncated_by_max_length")
+    ]
+
+
 def test_a_cache_of_the_first_format_extends_in_place(
     demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path, forwards: list[int]
 ) -> None:
