@@ -25,6 +25,7 @@ from pipeline.errors import DataError
 if TYPE_CHECKING:
     from pipeline.cache.live import LiveState
     from pipeline.cache.writer import CacheWriter
+    from pipeline.config import DistillConfig
     from pipeline.encoding import RowEncoder
     from pipeline.teacher.stage import SplitPlan
 
@@ -175,3 +176,60 @@ def preview(plan: SplitPlan, root: Path, encoder: RowEncoder) -> KeyedRows:
 
     state = scan(root) if root.is_dir() else LiveState(0, {}, [], {}, [], {})
     return key_rows(plan, state, encoding_hash_of(encoder))
+
+
+def held_unchanged(root: Path, rows: list[Row | BadRow]) -> tuple[set[str], dict[str, str]]:
+    """The sample_ids the cache at ``root`` holds live with the same row digest, and every digest
+    computed. Such a row's images have the bytes they had when it was cached (and opened then), so
+    the fast check does not open them again: on a large dataset with a few new rows that check would
+    cost more than the rows' forward. A row whose digest cannot be taken (a missing image) is
+    checked as usual."""
+    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.live import scan
+
+    if not (root / MANIFEST_NAME).is_file():
+        return set(), {}
+    live = scan(root).rows  # read without the lock: the writer keys the rows again under it
+    held, digests = set(), {}
+    for r in rows:
+        stored = live.get(r.sample_id)
+        if not isinstance(r, Row) or stored is None or not stored.row_digest:
+            continue
+        try:
+            digests[r.sample_id] = row_digest(r)
+        except OSError:
+            continue
+        if digests[r.sample_id] == stored.row_digest:
+            held.add(r.sample_id)
+    return held, digests
+
+
+def compact_split(cfg: DistillConfig, split: str, limit: int | None) -> dict[str, Any]:
+    """Rewrite ``split``'s cache holding only the rows of its dataset (rank 0; the others wait).
+    The caller holds the writer lock and has just cached the split, so nothing kept is stale."""
+    from pipeline.cache.compact import compact
+    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.manifest import read_json
+    from pipeline.data import read_split_rows
+    from pipeline.teacher.stage import _merged_counts, dist_info, split_files
+
+    root = Path(cfg.custom.teacher_cache or "") / split
+    rank, world = dist_info()
+    if rank == 0:
+        before = read_json(root / MANIFEST_NAME)
+        keep = {r.sample_id for r in read_split_rows(split_files(cfg, split))[:limit]}
+        shard_bytes = int(cfg.custom.cache_shard_mb * 2**20) if cfg.custom.cache_shard_mb else None
+        counts = compact(root, keep, shard_bytes=shard_bytes)
+        dropped = (
+            before["counts"]["cached"] + before["counts"]["skipped"] - counts["cached"] - counts["skipped"]
+        )
+        stored = before.get("storage", {}).get("superseded", 0)
+        print(
+            f"[cache {split}] compacted: kept {counts['cached']} rows and {counts['skipped']} skips, "
+            f"dropped {dropped} rows the dataset does not have and {stored} superseded versions"
+        )
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return _merged_counts(cfg, root) if rank == 0 else {}

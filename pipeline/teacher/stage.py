@@ -152,7 +152,9 @@ def plan_split(
     path = ", ".join(files)
     rank, world = dist_info()
     mine = read_split_rows(files)[:limit][rank::world]
-    held, digests = _held_unchanged(Path(cfg.custom.teacher_cache or "") / split, mine)
+    from pipeline.teacher.incremental import held_unchanged
+
+    held, digests = held_unchanged(Path(cfg.custom.teacher_cache or "") / split, mine)
     usable, unusable = partition_for_written(
         [r for r in mine if r.sample_id not in held], cfg.custom.written_responses, strict=strict
     )
@@ -161,33 +163,6 @@ def plan_split(
         usable = [r for r in mine if isinstance(r, Row) and (r.sample_id in held or id(r) in checked)]
     require_rows(path, _sum_over_ranks(len(usable), world), unusable, f"usable rows for the {split} split")
     return SplitPlan(split, path, len(mine), usable, unusable, files, digests)
-
-
-def _held_unchanged(root: Path, rows: list[Row | BadRow]) -> tuple[set[str], dict[str, str]]:
-    """The sample_ids the cache at ``root`` holds live with the same row digest, and every digest
-    computed. Such a row's images have the bytes they had when it was cached (and opened then), so
-    the fast check does not open them again: on a large dataset with a few new rows that check would
-    cost more than the rows' forward. A row whose digest cannot be taken (a missing image) is
-    checked as usual."""
-    from pipeline.cache.format import MANIFEST_NAME
-    from pipeline.cache.live import scan
-    from pipeline.encoding import row_digest
-
-    if not (root / MANIFEST_NAME).is_file():
-        return set(), {}
-    live = scan(root).rows  # read without the lock: the writer keys the rows again under it
-    held, digests = set(), {}
-    for r in rows:
-        stored = live.get(r.sample_id)
-        if not isinstance(r, Row) or stored is None or not stored.row_digest:
-            continue
-        try:
-            digests[r.sample_id] = row_digest(r)
-        except OSError:
-            continue
-        if digests[r.sample_id] == stored.row_digest:
-            held.add(r.sample_id)
-    return held, digests
 
 
 def split_files(cfg: DistillConfig, split: str) -> list[str]:
@@ -464,37 +439,10 @@ def run_caching(
         for s in splits:
             results[s] = _cache_and_report(cfg, plans[s], teacher, encoder, strict, progress)
             if compact:
+                from pipeline.teacher.incremental import compact_split
+
                 results[s] = compact_split(cfg, s, limit)
     return results
-
-
-def compact_split(cfg: DistillConfig, split: str, limit: int | None) -> dict[str, Any]:
-    """Rewrite ``split``'s cache holding only the rows of its dataset (rank 0; the others wait).
-    The caller holds the writer lock and has just cached the split, so nothing kept is stale."""
-    from pipeline.cache.compact import compact
-    from pipeline.cache.format import MANIFEST_NAME
-    from pipeline.cache.manifest import read_json
-
-    root = Path(cfg.custom.teacher_cache or "") / split
-    rank, world = dist_info()
-    if rank == 0:
-        before = read_json(root / MANIFEST_NAME)
-        keep = {r.sample_id for r in read_split_rows(split_files(cfg, split))[:limit]}
-        shard_bytes = int(cfg.custom.cache_shard_mb * 2**20) if cfg.custom.cache_shard_mb else None
-        counts = compact(root, keep, shard_bytes=shard_bytes)
-        dropped = (
-            before["counts"]["cached"] + before["counts"]["skipped"] - counts["cached"] - counts["skipped"]
-        )
-        stored = before.get("storage", {}).get("superseded", 0)
-        print(
-            f"[cache {split}] compacted: kept {counts['cached']} rows and {counts['skipped']} skips, "
-            f"dropped {dropped} rows the dataset does not have and {stored} superseded versions"
-        )
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    return _merged_counts(cfg, root) if rank == 0 else {}
 
 
 def _cache_and_report(
