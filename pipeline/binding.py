@@ -31,6 +31,7 @@ def require_cached_encoding(row: Row, enc: EncodedRow, cached: CachedSample) -> 
     if bad is not None:
         raise CacheMismatchError(
             f"{row.source}: sample {row.sample_id!r}: encoding differs from the teacher cache "
-            f"(first difference: {bad}); rebuild the cache or fix the encoding settings",
+            f"(first difference: {bad}); the row changed since it was cached: run `distill cache` to re-cache "
+            "changed rows",
             {f"sample.{row.sample_id}": ("encoding now", bad)},
         )

@@ -91,7 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=_positive_int, default=None, help="cache only the first N rows of each split (N >= 1)"
     )
-    p.add_argument("--dry-run", action="store_true", help="predict rows, tokens, bytes, time; write nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the rows to reuse and to compute; predict rows, tokens, bytes, time; write nothing",
+    )
+    p.add_argument(
+        "--compact",
+        action="store_true",
+        help="after caching, rewrite the cache without superseded rows and rows the dataset no longer has",
+    )
 
     p = sub.add_parser("inspect", help="summarise, audit or export a teacher cache")
     p.add_argument("cache", type=Path)
@@ -143,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("dry-run", help="`distill cache --dry-run` predicted over real seconds and bytes")
     _add_config(b)
     b.add_argument("--rounds", type=int, default=3)
+    b.add_argument(
+        "--incremental",
+        action="store_true",
+        help="instead: re-caching with 5%% new rows on top of a cache vs a full cache (incremental_over_full)",
+    )
     b = bsub.add_parser("train-step", help="SFT vs cached GKD vs live GKD step time and memory")
     _add_config(b)
     b.add_argument("--steps", type=int, default=20)
@@ -226,7 +240,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             run_dry_run(cfg, split=args.split, limit=args.limit)
             return 0
-        run_caching(cfg, split=args.split, strict=args.strict, limit=args.limit)
+        run_caching(cfg, split=args.split, strict=args.strict, limit=args.limit, compact=args.compact)
         return 0
     if cmd == "inspect":
         from pipeline.config import load_config
@@ -259,9 +273,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             bench_cache_format(top_ks=tuple(args.k), n=args.n, real_cache=args.cache)
             return 0
         if args.bench == "cache-write":
-            from pipeline.bench.cache_write import bench_cache_write
+            from pipeline.bench.cache_write import bench_cache_write, bench_cache_write_incremental
 
-            bench_cache_write(cfg)
+            (bench_cache_write_incremental if args.incremental else bench_cache_write)(cfg)
             return 0
         if args.bench == "dry-run":
             from pipeline.bench.cache_write import bench_dry_run

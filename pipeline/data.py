@@ -310,69 +310,19 @@ def write_rows(rows: list[Row], path: str | Path) -> None:
             fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
-ROWS_RECORD = "dataset_rows.json"  # beside a cache split's manifest: what each row was when cached
-
-
-def row_record(path: str | Path) -> dict[str, Any]:
-    """Per row of a JSONL file, what its content was: ``{sample_id: {"line", "messages", "images"}}``
-    (short sha256 of the messages, and of each image file or ``None`` when missing); a bad line is
-    ``{"line", "bad": reason}``. Kept with a cache so a changed dataset can be named row by row."""
-    out: dict[str, Any] = {}
-    for r in iter_rows(path):
-        line = int(r.source.rpartition(":")[2])
-        if isinstance(r, BadRow):
-            out[r.sample_id] = {"line": line, "bad": r.reason}
-            continue
-        text = json.dumps(r.messages, sort_keys=True, ensure_ascii=False).encode()
-        images = [file_sha256(p)[:16] if not is_remote(p) and Path(p).is_file() else None for p in r.images]
-        out[r.sample_id] = {"line": line, "messages": hashlib.sha256(text).hexdigest()[:16], "images": images}
-    return out
-
-
-def row_changes(before: dict[str, Any], after: dict[str, Any], path: str | Path, limit: int = 3) -> str:
-    """The first ``limit`` rows (in file order) that differ between two :func:`row_record`\\ s, each
-    with its line and the field that changed; empty when none do."""
-    found: list[tuple[int, str]] = []
-    for sid in before.keys() | after.keys():
-        a, b = before.get(sid), after.get(sid)
-        if a == b:
-            continue
-        if b is None:
-            assert a is not None  # one of the two has the id
-            found.append((int(a["line"]), f"sample {sid!r} (line {a['line']} when cached) is gone"))
-            continue
-        where = f"{path}:{b['line']}: sample {sid!r}"
-        if a is None:
-            found.append((int(b["line"]), f"{where}: a new row"))
-        elif a.get("messages") != b.get("messages"):
-            found.append((int(b["line"]), f"{where}: field 'messages' changed"))
-        elif a.get("images") != b.get("images"):
-            found.append((int(b["line"]), f"{where}: {_image_change(a.get('images'), b.get('images'))}"))
-        elif a.get("bad") != b.get("bad"):
-            found.append((int(b["line"]), f"{where}: unusable ({a.get('bad')} -> {b.get('bad')})"))
-        else:
-            found.append((int(b["line"]), f"{where}: moved from line {a['line']}"))
-    found.sort()
-    shown = "; ".join(msg for _, msg in found[:limit])
-    more = f" (and {len(found) - limit} more)" if len(found) > limit else ""
-    return f"{len(found)} rows differ: {shown}{more}" if found else ""
-
-
-def _image_change(before: list[Any] | None, after: list[Any] | None) -> str:
-    before, after = before or [], after or []
-    if len(before) != len(after):
-        return f"field 'images': {len(before)} images when cached, {len(after)} now"
-    i = next(i for i, (x, y) in enumerate(zip(before, after, strict=True)) if x != y)
-    return f"field 'images[{i}]': the image file " + ("is missing now" if after[i] is None else "changed")
-
-
-def changed_rows(cache_root: str | Path, path: str | Path) -> str:
-    """Which rows of ``path`` differ from what the cache at ``cache_root`` recorded (for a dataset
-    hash mismatch), or how to find out for a cache that recorded none."""
-    record = Path(cache_root) / ROWS_RECORD
-    if not record.is_file():
-        return (
-            f"the cache recorded no rows ({ROWS_RECORD}, written by newer caches): compare the file by hand"
-        )
-    before = json.loads(record.read_text(encoding="utf-8"))
-    return row_changes(before, row_record(path), path) or "no row differs (a byte outside the rows changed)"
+def read_split_rows(files: Sequence[str | Path]) -> list[Row | BadRow]:
+    """All rows of a split made of several JSONL files, in file order. A sample_id names one row of
+    the split: one repeated in another file is a ``DataError`` naming both lines (within one file,
+    :func:`read_rows` refuses it)."""
+    rows: list[Row | BadRow] = []
+    seen: dict[str, str] = {}
+    for f in files:
+        for r in read_rows(f):
+            if r.sample_id in seen:
+                raise DataError(
+                    f"{r.source}: field 'sample_id': duplicate id {r.sample_id!r} (first at "
+                    f"{seen[r.sample_id]}): the split's files must not share sample ids"
+                )
+            seen[r.sample_id] = r.source
+            rows.append(r)
+    return rows

@@ -169,6 +169,21 @@ def first_encoding_difference(
     return encoding_differences(enc, other, names)[0]
 
 
+def row_digest(row: Row) -> str:
+    """sha256 of what encoding reads from a row: its messages and its images' bytes (hex).
+
+    Paths and extra fields stay out (moving a dataset keeps its digests). Under one cache fingerprint
+    (template, tokenizer, encoding settings and library versions equal) equal digests give equal
+    encodings, so the cache stage tells unchanged rows apart without encoding them.
+    """
+    h = hashlib.sha256(b"messages")
+    h.update(json.dumps(row.messages, sort_keys=True, ensure_ascii=False).encode())
+    for img in row.images:
+        h.update(b"img")
+        h.update(file_sha256(img).encode())
+    return h.hexdigest()
+
+
 def fix_placeholder_ids(template: Any, tokenizer: Any) -> dict[str, int]:
     """Set the template instance's image/video placeholder ids from the tokenizer. Returns them."""
     fixed: dict[str, int] = {}

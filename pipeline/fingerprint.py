@@ -1,7 +1,7 @@
 """Cache fingerprint: everything that determines the teacher's cached distributions.
 
 The fingerprint holds no paths, timestamps or other run-dependent values, so the same teacher,
-tokenizer, encoding settings and data give the same fingerprint on any machine. The cache stage
+tokenizer and encoding settings give the same fingerprint on any machine, whatever the dataset. The cache stage
 writes it into ``manifest.json``; the trainer recomputes it from its own config and the reader
 refuses a cache whose fingerprint differs, listing the differing fields.
 """
@@ -14,7 +14,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.data import dataset_hash
 from pipeline.errors import ConfigError
 from pipeline.hashing import file_sha256
 
@@ -91,10 +90,13 @@ def teacher_path(cfg: DistillConfig) -> str:
     return model_location(cfg.rlhf.teacher_model, "rlhf.teacher_model", cfg.config_path)
 
 
-def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder, split_file: str | Path) -> dict[str, Any]:
-    """The fingerprint of the cache for one split of ``cfg``'s data, encoded by ``encoder``.
+def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder) -> dict[str, Any]:
+    """The distribution settings of a cache for ``cfg``, encoded by ``encoder``: what makes two caches
+    interchangeable, and what a cache must match exactly to serve a run.
 
-    Teacher-written responses add their generation settings (absent when off, so caches built
+    The dataset is not among them: rows are keyed one by one (``sample_id`` and encoding hash), so one
+    cache serves any dataset whose rows it holds (:func:`dataset_record` records what it was built
+    from). Teacher-written responses add their generation settings (absent when off, so caches built
     without them keep their fingerprint).
     """
     written = {}
@@ -113,10 +115,19 @@ def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder, split_file: str |
         "teacher_dtype": cfg.model.torch_dtype,
         "tokenizer": tokenizer_hash(encoder.tokenizer),
         "encoding": encoder.settings(),
-        "dataset_sha256": dataset_hash(split_file),
         # The k the cache stores: a k above the real vocabulary keeps every real id, so 100000 and the
         # vocabulary size are the same cache and must compare equal.
         "top_k": min(cfg.custom.top_k, len(encoder.tokenizer)),
         "loss_temperature": cfg.custom.loss_temperature,
         "logprob_encoding": cfg.custom.logprob_encoding,
+    }
+
+
+def dataset_record(files: list[str], rows_in: int) -> dict[str, Any]:
+    """What one generation of a cache was built from: each split file's name and sha256, and the
+    rows in. A record, never compared (images are covered row by row, by each row's digest and
+    encoding hash)."""
+    return {
+        "files": [{"file": Path(f).name, "sha256": file_sha256(f)} for f in files],
+        "rows_in": rows_in,
     }

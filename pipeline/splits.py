@@ -33,6 +33,17 @@ def split_file(cfg: DistillConfig, split: str) -> str:
     return files[0]
 
 
+def split_files(cfg: DistillConfig, split: str) -> list[str]:
+    """The JSONL files of ``split`` (``train`` or ``val``): one cache directory serves them all, since
+    rows are keyed by sample_id, whichever file holds them."""
+    if split not in SPLIT_KEYS:
+        raise ConfigError(f"split {split!r}: choose one of {sorted(SPLIT_KEYS)}")
+    files = list(getattr(cfg.data, SPLIT_KEYS[split]))
+    if not files:
+        raise ConfigError(f"data.{SPLIT_KEYS[split]}: no JSONL file for the {split} split")
+    return files
+
+
 def split_path(cfg: DistillConfig, split: str | Path) -> Path:
     """``train`` / ``val`` -> the config's file; ``test`` -> ``test.jsonl`` beside val; else a JSONL path."""
     if str(split) in SPLIT_KEYS:
@@ -81,21 +92,10 @@ def open_split_cache(
 
         if encoder is None:
             raise ValueError("the fingerprint policy needs the encoder the run will use")
-        expected = accept_recorded_top_k(
-            build_fingerprint(cfg, encoder, split_file(cfg, split)), read_json(root / MANIFEST_NAME)
-        )
-    try:
-        return open_cache_dir(
-            root, policy, expected_fingerprint=expected, loss_temperature=cfg.custom.loss_temperature
-        )
-    except CacheMismatchError as exc:
-        if "dataset_sha256" not in exc.differences:
-            raise
-        from pipeline.data import changed_rows
-
-        raise CacheMismatchError(
-            f"{exc}; {changed_rows(root, split_file(cfg, split))}", exc.differences
-        ) from exc
+        expected = accept_recorded_top_k(build_fingerprint(cfg, encoder), read_json(root / MANIFEST_NAME))
+    return open_cache_dir(
+        root, policy, expected_fingerprint=expected, loss_temperature=cfg.custom.loss_temperature
+    )
 
 
 def accept_recorded_top_k(expected: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:

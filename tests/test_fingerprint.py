@@ -20,7 +20,7 @@ def test_top_k_above_the_vocabulary_is_recorded_as_the_effective_k(
         raw = gkd_config(demo_assets, demo_assets["teacher"], tmp_path / "cache", tmp_path / "run")
         raw["custom"]["top_k"] = top_k
         cfg = load_config(write_config(tmp_path / f"k{top_k}.yaml", raw))
-        return build_fingerprint(cfg, RowEncoder.from_config(cfg), demo_assets["train"])
+        return build_fingerprint(cfg, RowEncoder.from_config(cfg))
 
     vocab = fingerprint(16)["tokenizer"]["len"]
     assert fingerprint(100_000)["top_k"] == vocab == fingerprint(vocab)["top_k"]

@@ -1,6 +1,9 @@
 """``distill bench cache-write``: what the cache stage costs over the teacher forward it cannot avoid;
 ``distill bench dry-run``: how close ``distill cache --dry-run`` comes to the real stage.
 
+``--incremental``: the cache stage on a dataset whose cache already holds all but its last 5% of rows,
+against the same stage building that dataset's cache from nothing; the ratio is ``incremental_over_full``.
+
 The bare loop uses the same dataloader, encoding and teacher forward (``model(**batch)``) with no top-k
 extraction and no writing; the full side is the cache stage itself (``cache_split``) into a temporary
 directory. Both alternate in one process for ``rounds`` rounds; the JSON line printed last holds each
@@ -136,5 +139,73 @@ def bench_dry_run(cfg: DistillConfig, rounds: int = 3, repeats: int = 3) -> dict
         "median_seconds_ratio": round(statistics.median(r["seconds_ratio"] for r in ratios), 4),
         "median_bytes_ratio": round(statistics.median(r["bytes_ratio"] for r in ratios), 4),
     }
+    print(json.dumps(out))
+    return out
+
+
+def bench_cache_write_incremental(
+    cfg: DistillConfig, limit: int | None = None, rounds: int = 3, new_fraction: float = 0.05
+) -> dict[str, Any]:
+    """``distill bench cache-write --incremental``: the cache stage on the train split with its last
+    ``new_fraction`` of rows new to an existing cache, vs a full cache of the same split.
+
+    Each round builds the existing cache of the other rows untimed, then times both sides in turn
+    (the teacher is loaded once, outside every timing); the teacher forward is inside both timings and
+    the rows it ran on are counted. Prints one JSON line last.
+    """
+    import pipeline.teacher.forward as fw
+    from pipeline.data import write_rows
+
+    teacher = load_teacher(cfg, teacher_device_map())
+    encoder = RowEncoder.from_config(cfg)
+    if encoder.template.use_model:
+        encoder.template.model = teacher
+    rows = [r for r in read_rows(split_file(cfg, "train"))[: limit or None] if isinstance(r, Row)]
+    n_new = max(1, round(new_fraction * len(rows)))
+    forwarded: list[int] = []
+    real_topk = fw.teacher_topk
+
+    def counting(model: Any, batch: dict[str, Any], *a: Any, **k: Any) -> Any:
+        forwarded.append(int(batch["input_ids"].shape[0]))
+        return real_topk(model, batch, *a, **k)
+
+    def timed(tmp: str, jsonl: str) -> tuple[float, int]:
+        data = replace(cfg.data, dataset=[jsonl], val_dataset=[])
+        run_cfg = replace(cfg, data=data, custom=replace(cfg.custom, teacher_cache=tmp))
+        forwarded.clear()
+        t0 = time.perf_counter()
+        cache_split(run_cfg, "train", teacher, encoder, progress=False)
+        return time.perf_counter() - t0, sum(forwarded)
+
+    fw.teacher_topk = counting  # type: ignore[assignment]  # the stage looks it up at call time
+    full_s, inc_s, full_rows, inc_rows = [], [], 0, 0
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            base, whole = f"{scratch}/base.jsonl", f"{scratch}/all.jsonl"
+            write_rows(rows[:-n_new], base)
+            write_rows(rows, whole)
+            timed(f"{scratch}/warm", base)  # warm-up: allocator, kernels, lazy imports
+            for r in range(rounds):
+                t, full_rows = timed(f"{scratch}/full{r}", whole)
+                full_s.append(t)
+                timed(f"{scratch}/inc{r}", base)  # the existing cache (untimed)
+                t, inc_rows = timed(f"{scratch}/inc{r}", whole)
+                inc_s.append(t)
+    finally:
+        fw.teacher_topk = real_topk  # type: ignore[assignment]
+    full, inc = statistics.median(full_s), statistics.median(inc_s)
+    out = {
+        "rows": len(rows),
+        "new_rows": n_new,
+        "full_s": round(full, 3),
+        "incremental_s": round(inc, 3),
+        "full_forwarded_rows": full_rows,
+        "incremental_forwarded_rows": inc_rows,
+        "incremental_over_full": round(inc / full, 4),
+    }
+    print(
+        f"full cache {full:.2f} s ({full_rows} rows forwarded) | incremental {inc:.2f} s "
+        f"({inc_rows} rows forwarded) | ratio {inc / full:.3f}"
+    )
     print(json.dumps(out))
     return out

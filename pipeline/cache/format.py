@@ -43,6 +43,13 @@ TAG_WRITTEN = "teacher_written"
 TAG_RETOKENIZED = "retokenized"  # decoding then encoding the generated ids gave other ids
 TAG_UNFINISHED_KEPT = "unfinished_kept"  # hit written_max_new_tokens without stopping, kept as written
 SKIP_WRITTEN_UNFINISHED = "written_unfinished"  # the same, skipped
+# Fingerprint keys that record what a cache was built from without deciding what it may serve. Caches
+# written before rows were keyed one by one hold ``dataset_sha256`` (the split file's hash) in their
+# fingerprints; every comparison leaves these keys out, so such a cache still opens and extends.
+RECORD_KEYS = ("dataset_sha256",)
+# Why a stored row stopped being live (``CacheWriter.supersede``).
+SUPERSEDED_CHANGED = "changed"  # its dataset row now encodes differently; a new version follows
+SUPERSEDED_UNUSABLE = "unusable"  # its dataset row is unusable now (skipped with a reason)
 
 # Mean KL(exact || decoded) the default quantiser is tuned for, per position, in nats. The step in
 # sqrt(p) is sqrt(6 * KL_DESIGN / k): the high-resolution estimate of the KL of uniform steps in sqrt(p)
@@ -89,6 +96,10 @@ class CachedSample:
     teacher_written: bool = False
     written_text: str = ""
     written_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # sha256 of the dataset row the sample was cached from (messages and image bytes): with the
+    # fingerprint equal it decides, without encoding, that the row is unchanged. "" when unknown
+    # (shards written before the column existed): the row is then encoded and its hash compared.
+    row_digest: str = ""
 
     @property
     def num_targets(self) -> int:
@@ -230,11 +241,13 @@ class Layout:
             pa.field("escape_gaps", pa.list_(pa.int32()), nullable=False),
         ]
         fields += [pa.field(name, pa.binary(), nullable=False) for name in self.plane_columns()]
-        # Optional in readers: shards written before these columns existed read as not teacher-written.
+        # Optional in readers: shards written before these columns existed read as not teacher-written
+        # and with an unknown row digest.
         fields += [
             pa.field("teacher_written", pa.bool_(), nullable=False),
             pa.field("written_text", pa.string(), nullable=False),
             pa.field("written_ids", pa.list_(pa.int32()), nullable=False),
+            pa.field("row_digest", pa.string(), nullable=False),
         ]
         metadata = {META_KEY: self.to_json().encode()}
         if fingerprint is not None:

@@ -1,12 +1,15 @@
-"""``manifest.json``: reading, writing, merging per-rank parts, and comparing fingerprints.
+"""``manifest.json``: reading and writing it, shard and skip-log records, and comparing fingerprints.
 
 A cache directory holds complete shards (``shard-rRR-IIIII.arrow``), ``parts/rank-RR.json`` (one partial
-manifest per writer rank: fingerprint, layout, its shards) and ``parts/rank-RR.skips.jsonl`` (its durable
-skip log), and, once every writer has finished, ``manifest.json``, made by :func:`merge_rank_manifests`.
+manifest per writer rank: fingerprint, layout, its shards), ``parts/rank-RR.skips.jsonl`` (its durable
+skip log), ``parts/rank-RR.superseded.jsonl`` (stored rows no longer live, :mod:`pipeline.cache.live`)
+and, once every writer has finished, ``manifest.json``, made by
+:func:`pipeline.cache.merge.merge_rank_manifests`.
 
-What two manifests are compared on (:func:`manifest_content`) is everything but the shard list: the
-same set of sample_ids with identical row data gives the same ``content_digest`` however the rows were
-split into shards or ranks, and nothing run-dependent (no time, host or path) is recorded anywhere.
+What two manifests are compared on (:func:`manifest_content`) is everything but their history (shards,
+generations, superseded rows): the same set of live sample_ids with identical row data gives the same
+``content_digest`` however the rows were split into shards, ranks or generations, and nothing
+run-dependent (no time, host or path) is recorded anywhere.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from pipeline.cache.format import (
     FINGERPRINT_KEY,
     FORMAT_NAME,
     FORMAT_VERSION,
-    MANIFEST_NAME,
     PARTS_DIR,
+    RECORD_KEYS,
     SHARD_RE,
     SKIP_WRITTEN_UNFINISHED,
     TAG_RETOKENIZED,
@@ -188,7 +191,7 @@ def skips_path(root: Path, rank: int) -> Path:
     return root / PARTS_DIR / f"rank-{rank:02d}.skips.jsonl"
 
 
-def read_skips(path: Path) -> list[dict[str, str]]:
+def read_skips(path: Path) -> list[dict[str, Any]]:
     """Skip records of one log; a torn last line (interrupted append) is ignored."""
     if not path.exists():
         return []
@@ -204,6 +207,10 @@ def read_skips(path: Path) -> list[dict[str, str]]:
                     "sample_id": rec["sample_id"],
                     "reason": str(rec.get("reason", "")),
                     "detail": str(rec.get("detail", "")),
+                    # Records from before generations belong to the first one; the digest of the
+                    # dataset row lets a later generation keep the skip without redoing the row.
+                    "generation": int(rec.get("generation", 0)),
+                    "row_digest": str(rec.get("row_digest", "")),
                 }
             )
     return out
@@ -213,9 +220,22 @@ def complete_shards(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if SHARD_RE.match(p.name))
 
 
+# Manifest entries about how the content got there (which shards, which generations, which stored rows
+# were superseded), not about the content itself.
+HISTORY_KEYS = ("shards", "generations", "superseded", "storage")
+
+
 def manifest_content(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The part of a manifest that must be equal for two caches to hold the same content."""
-    return {k: v for k, v in manifest.items() if k != "shards"}
+    """The part of a manifest that must be equal for two caches to hold the same live content
+    (an incremental cache and a fresh one of the same dataset compare equal)."""
+    return {k: v for k, v in manifest.items() if k not in HISTORY_KEYS}
+
+
+def settings_only(fingerprint: Any) -> Any:
+    """A fingerprint without its record-only keys (``RECORD_KEYS``): what two caches must share."""
+    if not isinstance(fingerprint, dict):
+        return fingerprint
+    return {k: v for k, v in fingerprint.items() if k not in RECORD_KEYS}
 
 
 def header(fingerprint: dict[str, Any], layout: Layout) -> dict[str, Any]:
@@ -231,8 +251,8 @@ def check_compatible(where: str, found: dict[str, Any], fingerprint: dict[str, A
     """Raise if a manifest or part at ``where`` was written for another fingerprint or layout."""
     check_format_version(found, where)
     diffs = compare_fingerprints(
-        {"fingerprint": fingerprint, "layout": layout.to_dict()},
-        {"fingerprint": found.get("fingerprint"), "layout": found.get("layout")},
+        {"fingerprint": settings_only(fingerprint), "layout": layout.to_dict()},
+        {"fingerprint": settings_only(found.get("fingerprint")), "layout": found.get("layout")},
     )
     if diffs:
         raise mismatch_error(where, diffs)
@@ -272,98 +292,3 @@ def written_counts(counts: dict[str, Any]) -> dict[str, int]:
         "unfinished_skipped": skipped,
         "unknown_rows": int(counts.get("tags_unknown_rows", 0) or 0),
     }
-
-
-def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[str, Any]:
-    """Merge every rank's part into ``manifest.json``; return the counts.
-
-    Call once, after every writer has finalized (under torchrun: rank 0, after a barrier). Shards on
-    disk that no part lists (a writer stopped between renaming a shard and recording it) are adopted
-    from the file. ``rows_in`` defaults to the sum that the ranks of the latest run recorded. Row tags
-    (``CacheWriter.add(..., tags)``, e.g. the cache stage's teacher-written counts) are summed over
-    every shard of every rank into ``counts.tags`` (:func:`shard_tag_counts`), outside the fingerprint.
-
-    Raises:
-        CacheFormatError: no parts, a listed shard is missing, a sample is cached twice or both cached
-            and skipped, or ``rows_in != cached + skipped`` (then no manifest is written).
-        CacheMismatchError: parts written for different fingerprints or layouts.
-    """
-    root = Path(root)
-    parts = {int(p.stem.split("-")[1]): read_json(p) for p in sorted((root / PARTS_DIR).glob("rank-*.json"))}
-    if not parts:
-        raise CacheFormatError(f"{root}: no writer parts under {PARTS_DIR}/ (was anything written?)")
-    first = parts[min(parts)]
-    fingerprint, layout = first["fingerprint"], Layout.from_dict(first["layout"], str(root))
-    listed: dict[str, dict[str, Any]] = {}
-    for rank, part in parts.items():
-        check_compatible(str(part_path(root, rank)), part, fingerprint, layout)
-        listed.update({s["file"]: s for s in part["shards"]})
-    on_disk = {p.name: p for p in complete_shards(root)}
-    if missing := sorted(set(listed) - set(on_disk)):
-        raise CacheFormatError(f"{root}: shards recorded but missing on disk: {missing}")
-    shards: list[dict[str, Any]] = []
-    owner: dict[str, str] = {}
-    for name, path in sorted(on_disk.items()):
-        schema, ids = read_shard_index(path)
-        shard_layout, shard_fp = shard_meta(schema, f"shard {name}")
-        check_compatible(
-            f"shard {name}",
-            {"format_version": FORMAT_VERSION, "fingerprint": shard_fp, "layout": shard_layout.to_dict()},
-            fingerprint,
-            layout,
-        )
-        rec = listed.get(name)
-        if rec is None or rec["bytes"] != path.stat().st_size:
-            rec = scan_shard(path)
-        shards.append(rec)
-        for sid in ids:
-            if sid in owner:
-                raise CacheFormatError(f"{root}: sample {sid!r} cached twice ({owner[sid]} and {name})")
-            owner[sid] = name
-    skipped: dict[str, dict[str, str]] = {}
-    for rank in sorted(parts):
-        for rec in read_skips(skips_path(root, rank)):
-            if rec["sample_id"] in owner:
-                raise CacheFormatError(
-                    f"{root}: sample {rec['sample_id']!r} is both cached "
-                    f"({owner[rec['sample_id']]}) and skipped ({rec['reason']})"
-                )
-            skipped.setdefault(rec["sample_id"], rec)
-    if rows_in is None:
-        world = first.get("world_size", 1)
-        latest = [p.get("rows_in") for r, p in parts.items() if r < world and p.get("world_size") == world]
-        rows_in = sum(latest) if len(latest) == world and None not in latest else None
-    by_reason: dict[str, int] = {}
-    for rec in skipped.values():
-        by_reason[rec["reason"]] = by_reason.get(rec["reason"], 0) + 1
-    counts = {
-        "rows_in": rows_in,
-        "cached": len(owner),
-        "skipped": len(skipped),
-        "skipped_by_reason": dict(sorted(by_reason.items())),
-        "targets": sum(s["targets"] for s in shards),
-    } | shard_tag_counts(shards)
-    if rows_in is not None and rows_in != counts["cached"] + counts["skipped"]:
-        raise CacheFormatError(
-            f"{root}: rows in ({rows_in}) != cached ({counts['cached']}) + skipped ({counts['skipped']}): "
-            f"{rows_in - counts['cached'] - counts['skipped']} rows were neither cached nor skipped"
-        )
-    manifest = (
-        header(fingerprint, layout)
-        | first.get("extra_meta", {})
-        | {
-            "counts": counts,
-            "content_digest": digest_hex(sum(int(s["digest"], 16) for s in shards)),
-            "skipped": [skipped[s] for s in sorted(skipped)],
-            "shards": shards,
-        }
-    )
-    write_json_atomic(root / MANIFEST_NAME, manifest)
-    # Every writer has finished: leftovers are dead (shards, and JSON of a write killed half-way).
-    for stale in [
-        *root.glob("shard-*.arrow.tmp*"),
-        *root.glob(".*.json.tmp-*"),
-        *root.glob(f"{PARTS_DIR}/.*.tmp-*"),
-    ]:
-        stale.unlink(missing_ok=True)
-    return counts

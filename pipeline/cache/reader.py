@@ -25,6 +25,7 @@ from pipeline.cache.manifest import (
     compare_fingerprints,
     mismatch_error,
     read_json,
+    settings_only,
     shard_meta,
 )
 from pipeline.hashing import file_sha256
@@ -54,6 +55,7 @@ class _Block:
         )
         self.written_text = batch.column("written_text").to_pylist() if "written_text" in names else [""] * n
         self.written_ids = batch.column("written_ids").to_pylist() if "written_ids" in names else [[]] * n
+        self.row_digests = batch.column("row_digest").to_pylist() if "row_digest" in names else [""] * n
         self.ragged: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in (*layout.plane_columns(), *_LIST_COLUMNS):
             arr = batch.column(name)
@@ -103,7 +105,9 @@ class CacheReader:
         check_format_version(self.manifest, str(path))
         self.layout = Layout.from_dict(self.manifest["layout"], str(path))
         if expected_fingerprint is not None:
-            diffs = compare_fingerprints(expected_fingerprint, self.manifest["fingerprint"])
+            diffs = compare_fingerprints(
+                settings_only(expected_fingerprint), settings_only(self.manifest["fingerprint"])
+            )
             if diffs:
                 raise mismatch_error(f"cache {self.root}", diffs)
         self.top_k, self.vocab_size = self.layout.top_k, self.layout.vocab_size
@@ -132,12 +136,16 @@ class CacheReader:
         )
         self._index: dict[str, tuple[int, int, int]] = {}
         self.sample_ids: list[str] = []
+        gone = _superseded(self.manifest)
         for i in range(len(self._shards)):
             schema, batch_ids = self._guard(i, lambda i=i: _batch_ids(self.root / self._shards[i]["file"]))
             self._guard(i, lambda schema=schema: self._check_layout(schema))
             self._check_shard(i, schema, batch_ids)
+            name = self._shards[i]["file"]
             for b, ids in enumerate(batch_ids):
                 for row, sid in enumerate(ids):
+                    if (sid, name) in gone:
+                        continue  # an earlier version of a row the cache holds again, or a dropped one
                     if sid in self._index:
                         first = self._shards[self._index[sid][0]]["file"]
                         raise _format_error(
@@ -145,7 +153,7 @@ class CacheReader:
                             f"{self._shards[i]['file']}): a shard was copied or swapped; rebuild the cache"
                         )
                     self._index[sid] = (i, b, row)
-                self.sample_ids.extend(ids)
+                    self.sample_ids.append(sid)
         self._check_counts()
 
     # -- shards ----------------------------------------------------------------------------------
@@ -165,7 +173,9 @@ class CacheReader:
         manifest or a shard from another cache shows) and hold the rows the manifest lists."""
         name = self._shards[i]["file"]
         _, stored = shard_meta(schema, f"shard {name} in {self.root}")
-        diffs = compare_fingerprints(self.manifest.get("fingerprint") or {}, stored)
+        diffs = compare_fingerprints(
+            settings_only(self.manifest.get("fingerprint") or {}), settings_only(stored)
+        )
         if diffs:
             raise _format_error(
                 f"shard {name} in {self.root}: its own fingerprint differs from {MANIFEST_NAME}'s in "
@@ -320,6 +330,16 @@ class CacheReader:
                 d, cols, _ = self._decode(block.sample_ids)
                 yield block, d, cols["positions"]
 
+    def iter_live_batches(self) -> Any:
+        """Yield ``(record batch, indices of its live rows)`` in storage order, undecoded, each
+        shard's checksum verified first (compaction copies rows as stored)."""
+        for i in range(len(self._shards)):
+            self._verify(i)
+            for b in range(self._file(i).num_record_batches):
+                batch = self._guard(i, lambda i=i, b=b: self._file(i).get_batch(b))
+                ids = batch.column("sample_id").to_pylist()
+                yield batch, [r for r, sid in enumerate(ids) if self._index.get(sid) == (i, b, r)]
+
     def iter_samples(self) -> Any:
         """Yield every :class:`CachedSample` in storage order, decoding one record batch at a time."""
         for block, d, positions in self.iter_blocks():
@@ -349,6 +369,7 @@ def _sample(block: _Block, r: int, d: Decoded, positions: np.ndarray, sl: slice)
         teacher_written=bool(block.written[r]),
         written_text=block.written_text[r],
         written_ids=np.asarray(block.written_ids[r], np.int64),
+        row_digest=block.row_digests[r],
     )
 
 
@@ -360,6 +381,15 @@ def _batch_ids(path: Path) -> tuple[pa.Schema, list[list[str]]]:
         return reader.schema, [
             reader.get_batch(b).column(0).to_pylist() for b in range(reader.num_record_batches)
         ]
+
+
+def _superseded(manifest: dict[str, Any]) -> set[tuple[str, str]]:
+    """``(sample_id, shard)`` of every stored row the manifest records as no longer live."""
+    out = set()
+    for rec in manifest.get("superseded") or []:
+        if isinstance(rec, dict):
+            out.add((str(rec.get("sample_id")), str(rec.get("shard"))))
+    return out
 
 
 def _format_error(message: str) -> Exception:

@@ -8,10 +8,13 @@ Durability model (what survives an interruption at any point):
   (:mod:`pipeline.cache.lock`) guarantees: a writer refuses to open while another launch holds it;
 - ``parts/rank-RR.json`` (fingerprint, layout, this rank's shards) is rewritten atomically after each
   rename; a shard renamed but not yet recorded is adopted from the file itself;
-- every skip is appended to ``parts/rank-RR.skips.jsonl`` and fsynced before ``skip`` returns.
+- every skip is appended to ``parts/rank-RR.skips.jsonl`` and fsynced before ``skip`` returns, and
+  every superseded row (``supersede``: its dataset row changed) to ``parts/rank-RR.superseded.jsonl``
+  before its new version is added (:mod:`pipeline.cache.live`).
 
 Reopening a writer on such a directory keeps every complete shard and skip, of every rank, and
-``done_ids()`` says which samples not to redo. Under torchrun every rank writes its own shards and
+``done_ids()`` says which samples not to redo; on a finished cache it opens the next generation
+(``live_rows()`` tells the cache stage what to reuse). Under torchrun every rank writes its own shards and
 part; rank 0 calls :func:`merge_rank_manifests` after a barrier. A single process merges in ``finalize``.
 """
 
@@ -39,13 +42,20 @@ from pipeline.cache.format import (
     Layout,
     shard_name,
 )
+from pipeline.cache.live import (
+    LiveState,
+    StoredRow,
+    append_record,
+    read_superseded_log,
+    scan,
+    superseded_path,
+)
 from pipeline.cache.lock import CacheLock
 from pipeline.cache.manifest import (
     check_compatible,
     complete_shards,
     digest_hex,
     header,
-    merge_rank_manifests,
     part_path,
     read_json,
     read_shard_index,
@@ -57,6 +67,7 @@ from pipeline.cache.manifest import (
     skips_path,
     write_json_atomic,
 )
+from pipeline.cache.merge import merge_rank_manifests
 from pipeline.errors import DiskFullError
 from pipeline.hashing import file_sha256
 
@@ -125,33 +136,36 @@ class CacheWriter:
         self._finalize_tried = False
         (self.root / PARTS_DIR).mkdir(parents=True, exist_ok=True)
         CacheLock(self.root).check_not_foreign()  # before recovery deletes any temporary shard
-        self._done: set[str] = self._check_existing()
+        self._state: LiveState = self._check_existing()
+        self.generation = self._state.generation
+        self._done: set[str] = set(self._state.rows) | set(self._state.skips)
         self._shards: list[dict[str, Any]] = self._recover_own_shards()
         self._next_index = 1 + max(
             (int(SHARD_RE.match(s["file"]).group(2)) for s in self._shards),  # type: ignore[union-attr]
             default=-1,
         )
         self._rows_in: int | None = None
+        self._reused: int | None = None
+        self._dataset: Any = None
         self._write_part()
-        for skips in (self.root / PARTS_DIR).glob("rank-*.skips.jsonl"):
-            self._done.update(rec["sample_id"] for rec in read_skips(skips))
-        self._skip_log = self._open_skip_log()
+        self._skip_log = _open_log(skips_path(self.root, self.rank), read_skips)
+        self._superseded_log = _open_log(superseded_path(self.root, self.rank), read_superseded_log)
 
     # -- setup -----------------------------------------------------------------------------------
 
-    def _check_existing(self) -> set[str]:
-        """Refuse to add to a cache built for another fingerprint or layout; return the cached ids."""
+    def _check_existing(self) -> LiveState:
+        """Refuse to add to a cache built for other distribution settings or another layout; return
+        what the directory holds (:func:`pipeline.cache.live.scan`)."""
         manifest = self.root / MANIFEST_NAME
         if manifest.exists():
             check_compatible(str(manifest), read_json(manifest), self.fingerprint, self.layout)
         for part in sorted((self.root / PARTS_DIR).glob("rank-*.json")):
             check_compatible(str(part), read_json(part), self.fingerprint, self.layout)
-        cached: set[str] = set()
-        for path in complete_shards(self.root):
-            schema, ids = read_shard_index(path)
-            shard_layout, shard_fp = shard_meta(schema, f"shard {path.name}")
+        state = scan(self.root)
+        for name, schema in state.schemas.items():
+            shard_layout, shard_fp = shard_meta(schema, f"shard {name}")
             check_compatible(
-                f"shard {path.name}",
+                f"shard {name}",
                 {
                     "format_version": shard_layout.format_version,
                     "fingerprint": shard_fp,
@@ -160,8 +174,7 @@ class CacheWriter:
                 self.fingerprint,
                 self.layout,
             )
-            cached.update(ids)
-        return cached
+        return state
 
     def _recover_own_shards(self) -> list[dict[str, Any]]:
         prefix = f"shard-r{self.rank:02d}-"
@@ -173,22 +186,19 @@ class CacheWriter:
         for path in complete_shards(self.root):
             if path.name.startswith(prefix):
                 rec = listed.get(path.name)
-                shards.append(rec if rec and rec["bytes"] == path.stat().st_size else scan_shard(path))
+                if not rec or rec["bytes"] != path.stat().st_size:
+                    rec = scan_shard(path) | {"generation": self._state.shard_generation[path.name]}
+                shards.append(rec)
         return shards
-
-    def _open_skip_log(self) -> Any:
-        path = skips_path(self.root, self.rank)
-        if path.exists():  # drop a torn last line so the next append starts on a fresh line
-            records = read_skips(path)
-            with open(path, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        return open(path, "a", encoding="utf-8")
 
     def _write_part(self) -> None:
         part = header(self.fingerprint, self.layout) | {
             "rank": self.rank,
             "world_size": self.world_size,
+            "generation": self.generation,
             "rows_in": self._rows_in,
+            "reused": self._reused,
+            "dataset": self._dataset,
             "shards": self._shards,
             "extra_meta": self.extra_meta,
         }
@@ -197,10 +207,55 @@ class CacheWriter:
     # -- writing ---------------------------------------------------------------------------------
 
     def done_ids(self) -> set[str]:
-        """sample_ids already cached or skipped: complete shards and skip logs of every rank as found at
-        open, plus this writer's own since. Partition the remaining rows by a rule that does not
-        depend on this set (e.g. ``rows[rank::world]``), since other ranks may write meanwhile."""
+        """sample_ids live (cached or skipped): complete shards and skip logs of every rank as found at
+        open, less superseded rows, plus this writer's own since. Partition the remaining rows by a
+        rule that does not depend on this set (e.g. ``rows[rank::world]``), since other ranks may
+        write meanwhile."""
         return set(self._done)
+
+    @property
+    def state(self) -> LiveState:
+        """What the directory held at open (:func:`pipeline.cache.live.scan`), kept current by
+        ``supersede`` and ``retry``; read it before either to key a dataset against it."""
+        return self._state
+
+    def live_rows(self) -> dict[str, StoredRow]:
+        """The live stored rows found at open, by sample_id, less those superseded since."""
+        return dict(self._state.rows)
+
+    def live_skips(self) -> dict[str, dict[str, Any]]:
+        """The live skip records found at open (each with its ``generation``), less those retried."""
+        return dict(self._state.skips)
+
+    def row_generation(self, sample_id: str) -> int:
+        """The generation that stored ``sample_id``'s live row."""
+        return self._state.row_generation(sample_id)
+
+    def supersede(self, sample_id: str, reason: str) -> None:
+        """Record that ``sample_id``'s live row no longer serves (its dataset row changed, or became
+        unusable), durably, before its new version or skip is written; ``sample_id`` is then free."""
+        self._check_open()
+        row = self._state.rows.pop(sample_id, None)
+        if row is None:
+            raise ValueError(f"sample {sample_id!r} has no live row in {self.root}")
+        rec = {
+            "sample_id": sample_id,
+            "shard": row.shard,
+            "encoding_hash": row.encoding_hash,
+            "generation": self.generation,
+            "reason": reason,
+        }
+        append_record(self._superseded_log, rec)
+        self._done.discard(sample_id)
+
+    def retry(self, sample_id: str) -> None:
+        """Let this generation cache or skip ``sample_id`` again, which an earlier one skipped."""
+        self._check_open()
+        rec = self._state.skips.get(sample_id)
+        if rec is None or rec["generation"] >= self.generation:
+            raise ValueError(f"sample {sample_id!r} was not skipped by an earlier generation of {self.root}")
+        del self._state.skips[sample_id]
+        self._done.discard(sample_id)
 
     def add(self, sample: CachedSample, tags: Iterable[str] = ()) -> None:
         """Buffer one sample (validated, then packed); it is durable once its shard is renamed.
@@ -223,6 +278,7 @@ class CacheWriter:
             teacher_written=bool(sample.teacher_written),
             written_text=sample.written_text,
             written_ids=np.asarray(sample.written_ids, np.int32),
+            row_digest=sample.row_digest,
         )
         self._row_tags.append(tuple(dict.fromkeys(tags)))
         self._rows.append(row)
@@ -231,17 +287,44 @@ class CacheWriter:
         if self._buffered >= self.batch_bytes:
             self._flush()
 
-    def skip(self, sample_id: str, reason: str, detail: str = "") -> None:
-        """Record that ``sample_id`` is not cached, with a short reason code (``"missing_image"``)."""
+    def add_stored(self, row: dict[str, Any], tags: Iterable[str] = ()) -> None:
+        """Buffer one row as another shard of the same layout stores it (``RecordBatch.to_pylist``
+        values), unchanged: compaction copies rows this way, never decoding and re-encoding them.
+        Columns older shards lack get their defaults (not teacher-written, unknown row digest)."""
+        self._check_open()
+        sid = row["sample_id"]
+        if sid in self._done:
+            raise ValueError(f"sample {sid!r} is already cached or skipped in {self.root}")
+        defaults = {"teacher_written": False, "written_text": "", "written_ids": [], "row_digest": ""}
+        out = {f.name: row.get(f.name, defaults.get(f.name)) for f in self._schema}
+        for f in self._schema:  # list values as typed arrays, as ``add`` buffers them
+            if pa.types.is_list(f.type) and out[f.name] is not None:
+                out[f.name] = np.asarray(out[f.name], f.type.value_type.to_pandas_dtype())
+        if missing := [k for k, v in out.items() if v is None]:
+            raise ValueError(f"sample {sid!r}: stored row lacks columns {missing}")
+        self._row_tags.append(tuple(dict.fromkeys(tags)))
+        self._rows.append(out)
+        self._done.add(sid)
+        self._buffered += sum(len(v) for v in out.values() if isinstance(v, bytes))
+        if self._buffered >= self.batch_bytes:
+            self._flush()
+
+    def skip(self, sample_id: str, reason: str, detail: str = "", row_digest: str = "") -> None:
+        """Record that ``sample_id`` is not cached, with a short reason code (``"missing_image"``) and,
+        when known, the digest of the dataset row (a later generation keeps the skip while it holds)."""
         self._check_open()
         if not reason or any(ch.isspace() for ch in reason):
             raise ValueError(f"skip reason must be a short code without spaces, got {reason!r}")
         if sample_id in self._done:
             raise ValueError(f"sample {sample_id!r} is already cached or skipped in {self.root}")
-        rec = {"sample_id": sample_id, "reason": reason, "detail": detail}
-        self._skip_log.write(json.dumps(rec, sort_keys=True) + "\n")
-        self._skip_log.flush()
-        os.fsync(self._skip_log.fileno())
+        rec = {
+            "sample_id": sample_id,
+            "reason": reason,
+            "detail": detail,
+            "generation": self.generation,
+            "row_digest": row_digest,
+        }
+        append_record(self._skip_log, rec)
         self._done.add(sample_id)
 
     def _flush(self) -> None:
@@ -300,6 +383,7 @@ class CacheWriter:
                 "sha256": file_sha256(final),
                 "digest": digest_hex(self._shard_digest),
                 "tags": dict(sorted(self._shard_tags.items())),
+                "generation": self.generation,
             }
         )
         self._file_writer = self._sink = self._tmp = None
@@ -308,13 +392,18 @@ class CacheWriter:
 
     # -- finishing -------------------------------------------------------------------------------
 
-    def finalize(self, rows_in: int | None = None) -> dict[str, Any]:
+    def finalize(
+        self, rows_in: int | None = None, *, reused: int | None = None, dataset: Any = None
+    ) -> dict[str, Any]:
         """Seal the last shard and record this rank's part; a single process also merges the manifest.
 
+        ``rows_in``: the rows of this generation's dataset (this rank's share); ``reused``: how many of
+        them earlier generations hold unchanged; ``dataset``: a JSON record of what the rows came from.
         Returns counts ``{"rows_in", "cached", "skipped", "skipped_by_reason", "targets"}``: with
-        ``world_size == 1`` over the whole cache (every session), checking ``rows_in == cached + skipped``
-        (``CacheFormatError`` otherwise, and no manifest). With several ranks, this rank's own shards and
-        skips; ``rows_in`` (this rank's share) is recorded and checked in total by the merge.
+        ``world_size == 1`` over the whole cache (:func:`merge_rank_manifests`, which checks
+        ``rows_in == reused + new + changed + skipped`` for this generation: ``CacheFormatError``
+        otherwise, and no manifest). With several ranks, this rank's own shards and skips; the part
+        records ``rows_in`` and ``reused`` and the merge checks them in total.
         """
         if self._finalized is not None:
             return self._finalized
@@ -322,18 +411,21 @@ class CacheWriter:
         self._flush()
         self._seal()
         self._skip_log.close()
-        self._rows_in = rows_in
+        self._superseded_log.close()
+        self._rows_in, self._reused = rows_in, reused
+        self._dataset = json.loads(json.dumps(dataset))
         self._write_part()
         if self.world_size == 1:
             counts = merge_rank_manifests(self.root, rows_in=rows_in)
         else:
-            skipped = read_skips(skips_path(self.root, self.rank))
+            own = read_skips(skips_path(self.root, self.rank))
+            skipped = [r for r in own if r["generation"] == self.generation]
             reasons: dict[str, int] = {}
             for rec in skipped:
                 reasons[rec["reason"]] = reasons.get(rec["reason"], 0) + 1
             counts = {
                 "rows_in": rows_in,
-                "cached": sum(s["rows"] for s in self._shards),
+                "cached": sum(s["rows"] for s in self._shards if s.get("generation") == self.generation),
                 "skipped": len(skipped),
                 "skipped_by_reason": dict(sorted(reasons.items())),
                 "targets": sum(s["targets"] for s in self._shards),
@@ -361,8 +453,19 @@ class CacheWriter:
                 self._flush()
                 self._seal()
                 self._skip_log.close()
+                self._superseded_log.close()
             except Exception:  # the original error matters more; a tmp shard is simply redone
                 pass
+
+
+def _open_log(path: Path, read: Any) -> Any:
+    """Open an append-only JSONL log, first dropping a torn last line (``read`` keeps whole records)
+    so the next append starts on a fresh line."""
+    if path.exists():
+        records = read(path)
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    return open(path, "a", encoding="utf-8")  # closed by finalize or __exit__
 
 
 def _binary_array(values: list[bytes]) -> pa.Array:

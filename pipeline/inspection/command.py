@@ -82,6 +82,10 @@ def run_inspect(
     prof = profile(reader)
     summary = summarise(reader, prof)
     print(format_summary(summary))
+    from pipeline.inspection.history import history_lines
+
+    for line in history_lines(Path(cache), reader.manifest, reader.sample_ids, cfg):
+        print(line)
     summaries = [(str(cache), summary, prof)]
     if compare is not None:
         other = open_cache_dir(compare)

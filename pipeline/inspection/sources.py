@@ -90,17 +90,16 @@ class RowSource:
 def resolve_rows(manifest: dict[str, Any], cfg: Any = None, *, want_encoder: bool = True) -> RowSource:
     """Rows from the config's dataset files or the manifest's recorded dataset; an encoder from the
     config or the recorded config (``want_encoder``: building one imports ms-swift, ~10 s)."""
-    from pipeline.data import Row, dataset_hash, read_rows
+    from pipeline.data import Row, read_rows
 
     notes: list[str] = []
     sources = recorded_sources(manifest)
-    fingerprint = manifest.get("fingerprint") or {}
     files: list[str] = []
     if cfg is not None:
         files = [*(cfg.data.dataset or []), *(cfg.data.val_dataset or [])]
     elif sources.get("dataset") and Path(sources["dataset"]).is_file():
         files = [sources["dataset"]]
-        if fingerprint.get("dataset_sha256") and dataset_hash(files[0]) != fingerprint["dataset_sha256"]:
+        if _dataset_changed(manifest, files[0]):
             notes.append(f"the dataset {files[0]} changed since caching: images and text may not match")
     else:
         notes.append("no dataset rows (the recorded dataset is gone): pass --config for images and context")
@@ -150,3 +149,16 @@ def _encoder(manifest: dict[str, Any], cfg: Any, notes: list[str]) -> Any:
         )
         return None
     return encoder
+
+
+def _dataset_changed(manifest: dict[str, Any], path: str) -> bool:
+    """Whether ``path`` differs from the dataset file the cache's last generation recorded (a cache
+    from before generations recorded the hash in its fingerprint)."""
+    from pipeline.data import dataset_hash, file_sha256
+
+    generations = manifest.get("generations") or []
+    files = ((generations[-1].get("dataset") or {}).get("files") or []) if generations else []
+    if files:
+        return all(f.get("sha256") != file_sha256(path) for f in files)
+    recorded = (manifest.get("fingerprint") or {}).get("dataset_sha256")
+    return bool(recorded) and dataset_hash(path) != recorded

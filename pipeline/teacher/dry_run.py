@@ -271,6 +271,11 @@ def run_dry_run(
     encoder = RowEncoder.from_config(cfg)
     if encoder.template.use_model:
         encoder.template.model = teacher
+    from pipeline.teacher.incremental import preview
+
+    for s in splits:  # what the stage will reuse and compute, before any forward
+        keyed = preview(plans[s], Path(cfg.custom.teacher_cache) / s, encoder)
+        print(f"[dry-run {s}] {keyed.line(plans[s].rows_in)}")
     mode = cfg.custom.written_responses
     counts = {s: count_split(encoder, plans[s], bs, workers, mode) for s in splits}
     t0 = time.perf_counter()

@@ -17,17 +17,17 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from pipeline.data import BadRow, Row, count_reasons, read_rows, require_rows
-from pipeline.errors import CacheMismatchError, ConfigError, DataError
+from pipeline.data import BadRow, Row, count_reasons, read_split_rows, require_rows
+from pipeline.errors import ConfigError, DataError
 from pipeline.models import load_teacher, teacher_device_map
-from pipeline.splits import split_file
+from pipeline.splits import split_files
 from pipeline.teacher.written import cache_written_rows, partition_for_written, split_written
 
 if TYPE_CHECKING:
@@ -127,9 +127,10 @@ def split_samples(topk: Any, ids: list[tuple[str, str, int]]) -> list[Any]:
 class SplitPlan:
     """What one rank will do with one split, decided before the teacher loads.
 
-    ``rows_in``: this rank's share of the split's rows (after ``limit``); ``usable``: rows that
-    passed the fast checks (parsed, images readable, response present); ``unusable``: the others,
-    each with its reason, to be recorded as skipped.
+    ``files``: the split's JSONL files (``path``: them joined, for messages); ``rows_in``: this
+    rank's share of their rows (after ``limit``); ``usable``: rows that passed the fast checks
+    (parsed, images readable, response present); ``unusable``: the others, each with its reason, to
+    be recorded as skipped; ``digests``: row digests computed on the way (by sample_id).
     """
 
     split: str
@@ -137,6 +138,8 @@ class SplitPlan:
     rows_in: int
     usable: list[Row]
     unusable: list[BadRow]
+    files: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
     limit: int | None = None
 
 
@@ -147,12 +150,21 @@ def plan_split(
     usable row (``DataError`` naming the file) or, with ``strict``, at the first unusable row."""
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every row), got {limit}")
-    path = split_file(cfg, split)
+    files = split_files(cfg, split)
+    path = ", ".join(files)
     rank, world = dist_info()
-    mine = read_rows(path)[:limit][rank::world]
-    usable, unusable = partition_for_written(mine, cfg.custom.written_responses, strict=strict)
+    mine = read_split_rows(files)[:limit][rank::world]
+    from pipeline.teacher.incremental import held_unchanged
+
+    held, digests = held_unchanged(Path(cfg.custom.teacher_cache or "") / split, mine)
+    usable, unusable = partition_for_written(
+        [r for r in mine if r.sample_id not in held], cfg.custom.written_responses, strict=strict
+    )
+    if held:  # back in file order
+        checked = {id(r) for r in usable}
+        usable = [r for r in mine if isinstance(r, Row) and (r.sample_id in held or id(r) in checked)]
     require_rows(path, _sum_over_ranks(len(usable), world), unusable, f"usable rows for the {split} split")
-    return SplitPlan(split, path, len(mine), usable, unusable, limit)
+    return SplitPlan(split, path, len(mine), usable, unusable, files, digests, limit)
 
 
 def _sum_over_ranks(n: int, world: int) -> int:
@@ -170,12 +182,14 @@ def _sum_over_ranks(n: int, world: int) -> int:
 def writer_lock(root: Path) -> Iterator[None]:
     """Hold ``root``'s writer lock for this launch: rank 0 takes it, the other ranks check after a
     barrier that their own rank 0 holds it (``CacheLockedError`` naming the holder otherwise)."""
+    from pipeline.cache.compact import finish_compaction
     from pipeline.cache.lock import CacheLock
 
     rank, world = dist_info()
     lock = CacheLock(root)
     if rank == 0:
         lock.acquire()
+        finish_compaction(root)  # a compaction stopped mid-swap leaves the cache beside its place
     try:
         if world > 1:
             import torch.distributed as dist
@@ -213,10 +227,11 @@ def cache_split(
     plan: SplitPlan | None = None,
     hold_lock: bool = True,
 ) -> dict[str, Any]:
-    """Cache one split into ``<teacher_cache>/<split>``; returns the writer's counts.
+    """Cache one split into ``<teacher_cache>/<split>``; returns the manifest's counts.
 
-    ``plan`` (from :func:`plan_split`) is made here when not given; ``hold_lock=False`` when the
-    caller already holds the directory's :func:`writer_lock`.
+    Only the rows the cache does not hold with their current content are forwarded
+    (:mod:`pipeline.teacher.incremental`). ``plan`` (from :func:`plan_split`) is made here when not
+    given; ``hold_lock=False`` when the caller already holds the directory's :func:`writer_lock`.
     """
     root = Path(cfg.custom.teacher_cache or "") / split
     plan = plan or plan_split(cfg, split, strict=strict, limit=limit)
@@ -225,29 +240,9 @@ def cache_split(
     if (held := _holds_more_than_the_limit(plan, root)) is not None:
         return held
     with writer_lock(root) if hold_lock else nullcontext(), disk_full_as_error(root):
-        _record_rows(plan, root)
-        try:
-            return _cache_planned(cfg, plan, root, teacher, encoder, strict, progress, shard_bytes)
-        except CacheMismatchError as exc:
-            if not any(k.endswith("dataset_sha256") for k in exc.differences):  # fingerprint.dataset_sha256
-                raise
-            from pipeline.data import changed_rows
-
-            raise CacheMismatchError(f"{exc}; {changed_rows(root, plan.path)}", exc.differences) from exc
-
-
-def _record_rows(plan: SplitPlan, root: Path) -> None:
-    """Write what each row of the split is now (``data.row_record``) beside the cache, so a later
-    dataset change is named row by row and field by field, not as two dataset hashes."""
-    from pipeline.cache.format import PARTS_DIR
-    from pipeline.cache.manifest import write_json_atomic
-    from pipeline.data import ROWS_RECORD, row_record
-
-    # Only for a cache started now: a resumed one keeps the record of the rows it was started on
-    # (a writer refuses another dataset), and the record is what a refusal compares against.
-    if dist_info()[0] == 0 and not (root / PARTS_DIR).exists():
-        root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(root / ROWS_RECORD, row_record(plan.path))
+        return _cache_planned(
+            cfg, plan, root, teacher, encoder, strict=strict, progress=progress, shard_bytes=shard_bytes
+        )
 
 
 def _holds_more_than_the_limit(plan: SplitPlan, root: Path) -> dict[str, Any] | None:
@@ -271,102 +266,147 @@ def _holds_more_than_the_limit(plan: SplitPlan, root: Path) -> dict[str, Any] | 
     return counts
 
 
+def _open_writer(
+    cfg: DistillConfig, plan: SplitPlan, root: Path, encoder: RowEncoder, shard_bytes: int | None
+) -> Any:
+    from pipeline.cache.writer import CacheWriter
+    from pipeline.fingerprint import build_fingerprint
+
+    rank, world = dist_info()
+    kwargs: dict[str, Any] = {}
+    if shard_bytes:
+        kwargs["shard_bytes"] = shard_bytes
+    elif cfg.custom.cache_shard_mb:
+        kwargs["shard_bytes"] = int(cfg.custom.cache_shard_mb * 2**20)
+    real_vocab = len(encoder.tokenizer)
+    return CacheWriter(
+        root,
+        fingerprint=build_fingerprint(cfg, encoder),
+        # k larger than the real vocabulary means "everything": the top-k then covers every real id.
+        top_k=min(cfg.custom.top_k, real_vocab),
+        vocab_size=real_vocab,
+        logprob_encoding=cfg.custom.logprob_encoding,
+        rank=rank,
+        world_size=world,
+        extra_meta={"sources": source_paths(cfg, plan.files[0])},
+        **kwargs,
+    )
+
+
 def _cache_planned(
     cfg: DistillConfig,
     plan: SplitPlan,
     root: Path,
     teacher: Any,
     encoder: RowEncoder,
+    *,
     strict: bool,
     progress: bool,
     shard_bytes: int | None,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from pipeline.cache.manifest import written_counts
-    from pipeline.cache.writer import CacheWriter, merge_rank_manifests
-    from pipeline.fingerprint import build_fingerprint
-    from pipeline.teacher.forward import teacher_topk
+    from pipeline.fingerprint import dataset_record
+    from pipeline.teacher.incremental import encoding_hash_of, key_rows, record_before_forward
 
-    split, path = plan.split, plan.path
-    rank, world = dist_info()
-    fingerprint = build_fingerprint(cfg, encoder, path)
-    device = next(teacher.parameters()).device
-    real_vocab = len(encoder.tokenizer)
-    kwargs: dict[str, Any] = {}
-    if shard_bytes:
-        kwargs["shard_bytes"] = shard_bytes
-    elif cfg.custom.cache_shard_mb:
-        kwargs["shard_bytes"] = int(cfg.custom.cache_shard_mb * 2**20)
-    # k larger than the real vocabulary means "everything": the top-k then covers every real id.
-    top_k = min(cfg.custom.top_k, real_vocab)
-    with CacheWriter(
-        root,
-        fingerprint=fingerprint,
-        top_k=top_k,
-        vocab_size=real_vocab,
-        logprob_encoding=cfg.custom.logprob_encoding,
-        rank=rank,
-        world_size=world,
-        extra_meta={"sources": source_paths(cfg, path)},
-        **kwargs,
-    ) as writer:
-        done = writer.done_ids()
-        for r in plan.unusable:
-            if r.sample_id not in done:
-                writer.skip(r.sample_id, r.reason, f"{r.source}: {r.detail}")
-        todo = [r for r in plan.usable if r.sample_id not in done]
-        todo, to_write = split_written(todo, cfg.custom.written_responses)
-        bar = tqdm(total=len(todo), desc=f"cache {split}", unit="sample", disable=not progress or rank != 0)
-        n_tok, t0 = 0, time.perf_counter()
-        for item in iterate_batches(
-            encoder, todo, cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers
-        ):
-            for sid, reason, detail in item["skipped"]:
-                if strict:
-                    raise DataError(detail)
-                writer.skip(sid, reason, detail)
-            if item["batch"] is not None:
-                topk = teacher_topk(
-                    teacher,
-                    to_device(item["batch"], device),
-                    cfg.custom.top_k,
-                    real_vocab,
-                    cfg.custom.loss_temperature,
-                )
-                for sample in split_samples(topk, item["ids"]):
-                    writer.add(sample)
-                n_tok += int(topk.target_ids.numel())
-            bar.update(len(item["ids"]) + len(item["skipped"]))
-            dt = max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(tokens_per_s=f"{n_tok / dt:.0f}")
+    rank, _ = dist_info()
+    with _open_writer(cfg, plan, root, encoder, shard_bytes) as writer:
+        keyed = key_rows(plan, writer.state, encoding_hash_of(encoder))
+        record_before_forward(writer, keyed, strict=strict)
+        todo, to_write = split_written(keyed.todo, cfg.custom.written_responses)
+        forward = _teacher_forward(cfg, teacher, encoder, keyed.digests)
+        bar = tqdm(
+            total=len(keyed.todo),
+            desc=f"cache {plan.split}",
+            unit="sample",
+            disable=not progress or rank != 0,
+        )
 
-        def forward(batch: dict[str, Any], ids: list[tuple[str, str, int]]) -> list[Any]:
-            t = teacher_topk(
-                teacher, to_device(batch, device), top_k, real_vocab, cfg.custom.loss_temperature
-            )
-            return split_samples(t, ids)
+        # A skip carries its row's digest: a later generation keeps it while the row is unchanged,
+        # instead of encoding (or, for a teacher-written row, generating) the row again.
+        def skip(sid: str, reason: str, detail: str) -> None:
+            writer.skip(sid, reason, detail, keyed.digests.get(sid, ""))
 
+        _cache_labelled(cfg, encoder, todo, writer.add, skip, forward, bar, strict=strict)
         cache_written_rows(
             cfg,
             teacher,
             encoder,
             to_write,
             writer.add,
-            writer.skip,
+            skip,
             forward,
             strict=strict,
             progress=bar.update,
         )
         bar.close()
-        counts = writer.finalize(rows_in=plan.rows_in)
+        record = dataset_record(plan.files, plan.rows_in)
+        writer.finalize(rows_in=plan.rows_in, reused=keyed.reused, dataset=record)
+    return _merged_counts(cfg, root)
+
+
+def _teacher_forward(cfg: DistillConfig, teacher: Any, encoder: RowEncoder, digests: dict[str, str]) -> Any:
+    """THE teacher forward of the cache stage, for dataset rows and teacher-written rows alike:
+    a collated batch and its ``(sample_id, encoding_hash, n_tokens)`` -> one ``CachedSample`` per row,
+    each carrying its dataset row's digest (what a later generation compares)."""
+    from dataclasses import replace
+
+    from pipeline.teacher.forward import teacher_topk
+
+    device = next(teacher.parameters()).device
+    real_vocab = len(encoder.tokenizer)
+    top_k = min(cfg.custom.top_k, real_vocab)
+
+    def forward(batch: dict[str, Any], ids: list[tuple[str, str, int]]) -> list[Any]:
+        topk = teacher_topk(teacher, to_device(batch, device), top_k, real_vocab, cfg.custom.loss_temperature)
+        return [replace(s, row_digest=digests[s.sample_id]) for s in split_samples(topk, ids)]
+
+    return forward
+
+
+def _cache_labelled(
+    cfg: DistillConfig,
+    encoder: RowEncoder,
+    rows: list[Row],
+    add: Any,
+    skip: Any,
+    forward: Any,
+    bar: Any,
+    *,
+    strict: bool,
+) -> None:
+    """Encode ``rows`` in dataloader workers, forward every batch, add each sample or skip the row."""
+    n_tok, t0 = 0, time.perf_counter()
+    for item in iterate_batches(encoder, rows, cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers):
+        for sid, reason, detail in item["skipped"]:
+            if strict:
+                raise DataError(detail)
+            skip(sid, reason, detail)
+        if item["batch"] is not None:
+            for sample in forward(item["batch"], item["ids"]):
+                add(sample)
+                n_tok += sample.num_targets
+        bar.update(len(item["ids"]) + len(item["skipped"]))
+        bar.set_postfix(tokens_per_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.0f}")
+
+
+def _merged_counts(cfg: DistillConfig, root: Path) -> dict[str, Any]:
+    """The manifest's counts once every rank finished (rank 0 merges under torchrun), with the last
+    generation's record under ``generation`` and teacher-written counts when that mode is on."""
+    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.manifest import read_json, written_counts
+    from pipeline.cache.merge import merge_rank_manifests
+
+    rank, world = dist_info()
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         if rank == 0:
-            counts = merge_rank_manifests(root)
+            merge_rank_manifests(root)
         dist.barrier()
+    manifest = read_json(root / MANIFEST_NAME)
+    counts = dict(manifest["counts"]) | {"generation": manifest["generations"][-1]}
     if cfg.custom.written_responses != "off":
         # From the manifest's row tags and skips: every session and (after the merge) every rank.
         counts["teacher_written"] = written_counts(counts)
@@ -379,8 +419,11 @@ def run_caching(
     strict: bool = False,
     limit: int | None = None,
     progress: bool = True,
+    compact: bool = False,
 ) -> dict[str, Any]:
-    """``distill cache``: compatibility check, then cache the train (and val) split."""
+    """``distill cache``: compatibility check, then cache the train (and val) split: only the rows the
+    cache does not hold with their current content. ``compact`` (``--compact``) then rewrites each
+    split's cache without superseded rows and rows the dataset no longer has."""
     from pipeline.encoding import RowEncoder
     from pipeline.teacher.compat import check_pair
     from pipeline.versions import check_versions
@@ -410,6 +453,8 @@ def run_caching(
             encoder.template.model = teacher  # the template computes rope position ids with the model
         for s in splits:
             results[s] = _cache_and_report(cfg, plans[s], teacher, encoder, strict, progress)
+            if compact:
+                results[s] = compact_split(cfg, s, limit)
     return results
 
 
@@ -421,10 +466,16 @@ def _cache_and_report(
     )
     rank, _ = dist_info()
     if rank == 0:
+        from pipeline.cache.format import MANIFEST_NAME
+        from pipeline.cache.manifest import read_json
+        from pipeline.teacher.incremental import generation_line
+
+        root = Path(cfg.custom.teacher_cache or "") / plan.split
         reasons = ", ".join(f"{k}: {v}" for k, v in counts.get("skipped_by_reason", {}).items()) or "none"
+        print(f"[cache {plan.split}] {generation_line(read_json(root / MANIFEST_NAME))}")
         print(
-            f"[cache {plan.split}] rows in {counts.get('rows_in')}, cached {counts.get('cached')}, "
-            f"skipped {counts.get('skipped')} ({reasons})"
+            f"[cache {plan.split}] the cache holds {counts.get('cached')} rows, "
+            f"{counts.get('skipped')} skipped ({reasons})"
         )
         if "teacher_written" in counts:
             w = counts["teacher_written"]
@@ -434,3 +485,33 @@ def _cache_and_report(
                 f"skipped {w['unfinished_skipped']})"
             )
     return counts
+
+
+def compact_split(cfg: DistillConfig, split: str, limit: int | None) -> dict[str, Any]:
+    """Rewrite ``split``'s cache holding only the rows of its dataset (rank 0; the others wait).
+    The caller holds the writer lock and has just cached the split, so nothing kept is stale."""
+    from pipeline.cache.compact import compact
+    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.manifest import read_json
+    from pipeline.data import read_split_rows
+
+    root = Path(cfg.custom.teacher_cache or "") / split
+    rank, world = dist_info()
+    if rank == 0:
+        before = read_json(root / MANIFEST_NAME)
+        keep = {r.sample_id for r in read_split_rows(split_files(cfg, split))[:limit]}
+        shard_bytes = int(cfg.custom.cache_shard_mb * 2**20) if cfg.custom.cache_shard_mb else None
+        counts = compact(root, keep, shard_bytes=shard_bytes)
+        dropped = (
+            before["counts"]["cached"] + before["counts"]["skipped"] - counts["cached"] - counts["skipped"]
+        )
+        stored = before.get("storage", {}).get("superseded", 0)
+        print(
+            f"[cache {split}] compacted: kept {counts['cached']} rows and {counts['skipped']} skips, "
+            f"dropped {dropped} rows the dataset does not have and {stored} superseded versions"
+        )
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return _merged_counts(cfg, root) if rank == 0 else {}

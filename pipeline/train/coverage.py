@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import BadRow, Row, count_reasons, legacy_id_hint, partition_rows, read_rows, require_rows
+from pipeline.data import (
+    BadRow,
+    Row,
+    count_reasons,
+    legacy_id_hint,
+    partition_rows,
+    read_split_rows,
+    require_rows,
+)
 from pipeline.errors import CacheMismatchError, DataError
 
 REPORT_NAME = "data_coverage.json"
@@ -39,6 +47,7 @@ class SplitRows:
     rows: list[Row]
     excluded: list[BadRow]
     cache: str | None = None
+    unused_cache_rows: int = 0  # rows the bound cache holds for sample_ids this split does not have
 
     @property
     def rows_in(self) -> int:
@@ -57,6 +66,7 @@ class SplitRows:
             "rows_used": len(self.rows),
             "excluded": len(self.excluded),
             "excluded_by_reason": count_reasons(self.excluded),
+            "unused_cache_rows": self.unused_cache_rows,
             "excluded_rows": [
                 {"sample_id": r.sample_id, "reason": r.reason, "detail": r.detail, "source": r.source}
                 for r in self.excluded
@@ -70,12 +80,7 @@ def load_split(
     """Read and check every row of ``files`` (images opened); ``DataError`` naming the file(s) when no
     row is usable, or with ``strict`` at the first unusable row. ``need_response=False`` keeps rows
     without an assistant response (the teacher cache holds a response written for them)."""
-    rows: list[Row] = []
-    excluded: list[BadRow] = []
-    for f in files:
-        usable, bad = partition_rows(read_rows(f), need_response=need_response, strict=strict)
-        rows += usable
-        excluded += bad
+    rows, excluded = partition_rows(read_split_rows(files), need_response=need_response, strict=strict)
     split = SplitRows(name, [str(f) for f in files], rows, excluded)
     require_rows(split.where, len(rows), excluded, f"usable rows for the {name} split")
     return split
@@ -85,36 +90,34 @@ def bind_to_cache(split: SplitRows, cache: Any, *, allow_partial: bool = False) 
     """The rows ``cache`` holds, in cache order; the rest of the split excluded with the reason the
     cache stage recorded (or the check's own, or ``not_cached`` under ``allow_partial``).
 
-    Raises ``CacheMismatchError`` when the cache holds ids the split does not, or when rows are
-    neither cached nor recorded as skipped and ``allow_partial`` is off.
+    Cache rows the split does not have (a subset, another file of the same cache) are counted in
+    ``unused_cache_rows``, never an error. Raises ``CacheMismatchError`` when rows are neither cached
+    nor recorded as skipped and ``allow_partial`` is off.
     """
-    cached = list(cache.sample_ids)
-    cached_set = set(cached)
-    skipped = cache.skipped()
-    by_id = {r.sample_id: r for r in split.rows}
     everything: list[Row | BadRow] = [*split.rows, *split.excluded]
     order = sorted(everything, key=_file_order)
     known = {r.sample_id for r in order}
-    foreign = [sid for sid in cached if sid not in known]
-    if foreign:
-        raise CacheMismatchError(
-            f"{cache.root}: the cache holds {len(foreign)} sample_ids that {split.where} does not, e.g. "
-            f"{foreign[:3]}; rebuild the cache for this dataset{legacy_id_hint(foreign[:20])}"
-        )
+    cached = [sid for sid in cache.sample_ids if sid in known]
+    cached_set = set(cached)
+    skipped = cache.skipped()
+    by_id = {r.sample_id: r for r in split.rows}
+    unused = len(cache.sample_ids) - len(cached)
     unusable_now = [r for r in split.excluded if r.sample_id in cached_set]
     if unusable_now:
         r = unusable_now[0]
         raise DataError(
-            f"{r.source}: sample {r.sample_id!r} is cached but unusable now: {r.reason}: {r.detail}"
+            f"{r.source}: sample {r.sample_id!r} is cached but unusable now: {r.reason}: {r.detail}; "
+            "run `distill cache` to record it as skipped"
         )
     uncovered = [r for r in order if r.sample_id not in cached_set and r.sample_id not in skipped]
     if uncovered and not allow_partial:
         raise CacheMismatchError(
             f"{cache.root}: the cache covers {split.rows_in - len(uncovered)} of the {split.rows_in} rows "
             f"of {split.where}: {len(uncovered)} rows are neither cached nor recorded as skipped (e.g. "
-            f"{uncovered[0].sample_id!r} at {uncovered[0].source}); it was built with --limit or its "
-            "caching did not finish. Run `distill cache` again to complete it, or set "
-            "custom.allow_partial_cache: true to train on the cached rows only"
+            f"{uncovered[0].sample_id!r} at {uncovered[0].source}); they are new to the cache, it was "
+            "built with --limit, or its caching did not finish. Run `distill cache` to cache just "
+            "those rows, or set custom.allow_partial_cache: true to train on the cached rows only"
+            + (legacy_id_hint(list(cache.sample_ids)[:20]) if not cached else "")
         )
     excluded: list[BadRow] = []
     for row in order:
@@ -128,7 +131,9 @@ def bind_to_cache(split: SplitRows, cache: Any, *, allow_partial: bool = False) 
         else:
             detail = "not in the partial cache (custom.allow_partial_cache)"
             excluded.append(BadRow(row.sample_id, NOT_CACHED, detail, row.source))
-    return SplitRows(split.name, split.files, [by_id[sid] for sid in cached], excluded, str(cache.root))
+    return SplitRows(
+        split.name, split.files, [by_id[sid] for sid in cached], excluded, str(cache.root), unused
+    )
 
 
 def _file_order(r: Row | BadRow) -> tuple[str, int]:
@@ -167,9 +172,10 @@ def write_report(splits: Sequence[SplitRows], output_dir: str | Path) -> Path:
         return path
     for s in splits:
         reasons = ", ".join(f"{k}: {v}" for k, v in count_reasons(s.excluded).items()) or "none"
+        unused = f"; {s.unused_cache_rows} cache rows unused" if s.unused_cache_rows else ""
         print(
             f"[train] {s.name} split ({s.where}): {s.rows_in} rows, using {len(s.rows)}, "
-            f"left out {len(s.excluded)} ({reasons})"
+            f"left out {len(s.excluded)} ({reasons}){unused}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({s.name: s.summary() for s in splits}, indent=1, sort_keys=True) + "\n")

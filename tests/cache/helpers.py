@@ -140,3 +140,51 @@ def kl_rows(orig: CachedSample, dec: CachedSample) -> np.ndarray:
     q = q - logsumexp(q, axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):
         return np.where(np.isneginf(p), 0.0, np.exp(p) * (p - q)).sum(axis=1)
+
+
+def downgrade_to_first_format(root: Any, dataset_sha256: str = "12" * 32) -> None:
+    """Turn a finished single-generation cache into what the writer made before rows were keyed one
+    by one: no ``row_digest`` column, ``dataset_sha256`` in every fingerprint (manifest, parts, shard
+    metadata), no generations, superseded records or skip generations."""
+    import json
+    from pathlib import Path
+
+    import pyarrow as pa
+
+    from pipeline.cache.format import FINGERPRINT_KEY, MANIFEST_NAME, PARTS_DIR
+    from pipeline.cache.manifest import scan_shard
+
+    root = Path(root)
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    fingerprint = {**manifest["fingerprint"], "dataset_sha256": dataset_sha256}
+    shards = []
+    for rec in manifest["shards"]:
+        path = root / rec["file"]
+        with pa.memory_map(str(path)) as src:
+            table = pa.ipc.open_file(src).read_all()
+        table = table.drop_columns(["row_digest"])
+        meta = dict(table.schema.metadata)
+        meta[FINGERPRINT_KEY] = json.dumps(fingerprint, sort_keys=True).encode()
+        table = table.replace_schema_metadata(meta)
+        options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=1))
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as w:
+            for batch in table.to_batches():
+                w.write_batch(batch)
+        shards.append({**scan_shard(path), "tags": rec.get("tags", {})})
+    for key in ("generations", "superseded", "storage"):
+        manifest.pop(key, None)
+    manifest.update(fingerprint=fingerprint, shards=shards)
+    for rec in manifest["skipped"]:
+        rec.pop("row_digest", None)
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest))
+    for part in (root / PARTS_DIR).glob("rank-*.json"):
+        p = json.loads(part.read_text())
+        for key in ("generation", "reused", "dataset"):
+            p.pop(key, None)
+        p.update(fingerprint=fingerprint, shards=shards)
+        part.write_text(json.dumps(p))
+    for log in (root / PARTS_DIR).glob("rank-*.skips.jsonl"):
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        log.write_text(
+            "".join(json.dumps({k: r[k] for k in ("sample_id", "reason", "detail")}) + "\n" for r in lines)
+        )

@@ -119,7 +119,9 @@ def test_rows_in_must_reconcile(tmp_path: Path) -> None:
     items = make_items(0, 10)
     with open_writer(tmp_path) as w:
         feed(w, items[:7])
-        with pytest.raises(CacheFormatError, match=r"rows in \(10\) != cached \(.*\) \+ skipped .*: 3 rows"):
+        with pytest.raises(
+            CacheFormatError, match=r"rows in \(10\) != reused \(0\) \+ cached \(.*\) \+ skipped .*: 3 rows"
+        ):
             w.finalize(rows_in=10)
     assert not (tmp_path / MANIFEST_NAME).exists()
     with open_writer(tmp_path) as w:  # the missing rows can still be added afterwards

@@ -110,8 +110,10 @@ def test_a_dataset_edited_after_caching_names_the_row_and_field(
     from pipeline.cache.policy import CachePolicy
     from pipeline.config import load_config
     from pipeline.encoding import RowEncoder
-    from pipeline.errors import CacheMismatchError
+    from pipeline.errors import CacheMismatchError, DataError
     from pipeline.splits import open_split_cache
+    from pipeline.train.coverage import bind_to_cache, load_split
+    from pipeline.train.data import EncodedDataset
 
     d = _copy(built, tmp_path)
     rows = [json.loads(line) for line in (d / "train.jsonl").read_text().splitlines()]
@@ -128,26 +130,37 @@ def test_a_dataset_edited_after_caching_names_the_row_and_field(
 
     shutil.rmtree(d / "cache")
     run_caching(cfg, split="train", progress=False)
+    # What training does before its first step: open the cache, bind the rows, check each encoding.
+    # The cache is keyed row by row, so the edit is found at its row, named with its field.
     if edit == "caption":
         target["messages"][-1]["content"] += " Also a dot."
         (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        field = "field 'messages' changed"
+        error, field = CacheMismatchError, "first difference: input_ids"
     elif edit == "image_in_place":
         with Image.open(image) as im:
             im.convert("RGB").point(lambda v: 255 - v).save(image)
-        field = "field 'images[0]': the image file changed"
+        error, field = CacheMismatchError, "image_grid_thw or image bytes"
     else:
         image.unlink()
-        field = "field 'images[0]': the image file is missing now"
-    with pytest.raises(CacheMismatchError) as info:
-        open_split_cache(cfg, "train", CachePolicy.FINGERPRINT, encoder=encoder)
-    named = f"1 rows differ: {d / 'train.jsonl'}:{line + 1}: sample {target['sample_id']!r}: {field}"
-    assert "dataset_sha256" in str(info.value) and named in str(info.value)
-    # Rerunning the cache stage on the edited dataset is refused the same way, and keeps the record.
-    if edit != "image_deleted":  # a missing image is a skip, so that split still has rows to cache
-        with pytest.raises(CacheMismatchError) as info:
-            run_caching(cfg, split="train", progress=False)
-        assert "dataset_sha256" in str(info.value) and named in str(info.value)
+        error, field = DataError, "is cached but unusable now: missing_image"
+    cache = open_split_cache(cfg, "train", CachePolicy.FINGERPRINT, encoder=encoder)
+    with pytest.raises(error) as info:
+        split = bind_to_cache(load_split("train", cfg.data.dataset), cache)
+        ds = EncodedDataset(split.rows, encoder, cache)
+        for i in range(len(ds)):
+            ds[i]
+    message = str(info.value)
+    assert f"{d / 'train.jsonl'}:{line + 1}: sample {target['sample_id']!r}" in message, message
+    assert field in message and "run `distill cache`" in message, message
+    # The remedy the message names: the cache stage re-caches that row alone (or records its skip),
+    # and training then binds every row.
+    run_caching(cfg, split="train", progress=False)
+    cache = open_split_cache(cfg, "train", CachePolicy.FINGERPRINT, encoder=encoder)
+    split = bind_to_cache(load_split("train", cfg.data.dataset), cache)
+    ds = EncodedDataset(split.rows, encoder, cache)
+    assert len([ds[i] for i in range(len(ds))]) == built["rows"] - N_BAD - (edit == "image_deleted")
+    last = json.loads((d / "cache" / "train" / "manifest.json").read_text())["generations"][-1]
+    assert (last["changed"], last["superseded"]) == ((0, 1) if edit == "image_deleted" else (1, 1)), last
 
 
 def test_distill_cache_on_a_full_disk_is_one_line_and_the_rerun_completes_it(

@@ -108,12 +108,24 @@ def test_full_cache_binds_with_the_recorded_skip_reasons(tmp_path: Path) -> None
         check_left_out(bound, 0.1, strict=True)
 
 
-def test_cache_with_foreign_ids_is_refused(tmp_path: Path) -> None:
+def test_cache_rows_the_split_lacks_are_counted_not_refused(tmp_path: Path) -> None:
     split = load_split("train", [str(_dataset(tmp_path))])
+    cached = ["zz", *(f"r{i:02d}" for i in range(N_ROWS) if i not in (5, 9))]
+    bound = bind_to_cache(split, FakeCache(tmp_path, cached, {"r05": "missing_image"}), allow_partial=True)
+    assert [r.sample_id for r in bound.rows] == cached[1:] and bound.unused_cache_rows == 1
+    assert write_report([bound], tmp_path / "run").is_file()
+    report = json.loads((tmp_path / "run" / REPORT_NAME).read_text())["train"]
+    assert report["unused_cache_rows"] == 1 and report["rows_used"] == N_ROWS - 2
+
+
+def test_a_sample_id_in_two_files_is_refused(tmp_path: Path) -> None:
+    a = _dataset(tmp_path)
+    b = tmp_path / "more.jsonl"
+    b.write_text(a.read_text().splitlines()[0].replace("small blue", "large blue") + "\n")
     with pytest.raises(
-        CacheMismatchError, match=r"holds 1 sample_ids that .*train.jsonl does not, e.g. \['zz'\]"
+        DataError, match=r"more.jsonl:1: field 'sample_id': duplicate id 'r00' \(first at .*train.jsonl:1\)"
     ):
-        bind_to_cache(split, FakeCache(tmp_path, ["r00", "zz"], {}))
+        load_split("train", [str(a), str(b)])
 
 
 def test_a_cache_with_ids_generated_from_a_file_name_says_how_to_move(tmp_path: Path) -> None:
