@@ -1,0 +1,35 @@
+"""``distill cache``: run the teacher once and cache its top-k distributions (or predict the cost)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.commands.options import add_config, is_main_process, load, positive_int, write_resolved
+
+HELP = "run the teacher once and cache its top-k distributions"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config(p)
+    p.add_argument("--split", choices=["train", "val", "all"], default="all")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of skipping it")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="cache only the first N rows of each split (N >= 1)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="predict rows, tokens, bytes, time; write nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    if args.dry_run:
+        from pipeline.teacher.dry_run import run_dry_run
+
+        run_dry_run(cfg, split=args.split, limit=args.limit)
+        return 0
+    from pipeline.teacher.stage import run_caching
+
+    run_caching(cfg, split=args.split, strict=args.strict, limit=args.limit)
+    if is_main_process():
+        write_resolved(args, Path(cfg.custom.teacher_cache or "") / "resolved_config.yaml")
+    return 0
