@@ -62,12 +62,12 @@ def entries(params_file: str | Path, section: str) -> list[Entry]:
         raise ConfigError(f"{params_file}: key '{section}': expected a mapping of name -> {{config, params}}")
     out = []
     for name, spec in raw.items():
-        where = f"{params_file}: key '{section}.{name}'"
+        key = f"{params_file}: key '{section}.{name}"
         if not isinstance(spec, dict) or not isinstance(spec.get("config"), str):
-            raise ConfigError(f"{where}: expected a mapping with a 'config' path")
+            raise ConfigError(f"{key}': expected a mapping with a 'config' path")
         groups = spec.get("params", [])
         if not isinstance(groups, list) or any(g not in KNOB_GROUPS for g in groups):
-            raise ConfigError(f"{where}.params: expected a list of knob groups from {', '.join(KNOB_GROUPS)}")
+            raise ConfigError(f"{key}.params': expected a list of knob groups from {', '.join(KNOB_GROUPS)}")
         out.append(Entry(str(name), Path(spec["config"]), tuple(groups)))
     return out
 
