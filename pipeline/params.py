@@ -112,6 +112,8 @@ def every_entry(params_file: str | Path) -> list[Entry]:
     seen: set[str] = set()
     for entry in every:
         if entry.name in seen:
-            raise ConfigError(f"{params_file}: '{entry.name}' names both a run and a cache; names must differ")
+            raise ConfigError(
+                f"{params_file}: '{entry.name}' names both a run and a cache; names must differ"
+            )
         seen.add(entry.name)
     return every

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "pipeline"
@@ -257,7 +256,9 @@ def test_every_stage_is_a_distill_command_its_parser_accepts(name, stage):
 def test_dvc_stage_code_deps_cover_the_code_it_runs(name, stage):
     declared = _declared_code(stage)
     runs = stage_code(stage.cmd)
-    uncovered = sorted(str(f.relative_to(ROOT)) for f in runs if not any(f.is_relative_to(d) for d in declared))
+    uncovered = sorted(
+        str(f.relative_to(ROOT)) for f in runs if not any(f.is_relative_to(d) for d in declared)
+    )
     unused = sorted(str(d.relative_to(ROOT)) for d in declared if not any(f.is_relative_to(d) for f in runs))
     assert not uncovered and not unused, (
         f"{name}: code deps drift from the code the stage runs.\n  not declared: {uncovered}\n"

@@ -41,7 +41,9 @@ def test_help_imports_nothing_heavy() -> None:
     ],
     ids=lambda argv: argv[0],
 )
-def test_missing_input_is_one_line_naming_the_file(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_input_is_one_line_naming_the_file(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ConfigError: "), lines

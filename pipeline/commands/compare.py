@@ -14,7 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="directory for comparison.{md,csv,png}")
     p.add_argument(
-        "--runs", type=Path, help="params file whose runs: give the rows and their order (each must have metrics)"
+        "--runs",
+        type=Path,
+        help="params file whose runs: give the rows and their order (each must have metrics)",
     )
     p.add_argument("--title", default="test split", help="the plot's title")
 
@@ -35,7 +37,9 @@ def metric_files(sources: list[Path], runs_file: Path | None) -> list[Path]:
     names = run_names(runs_file)
     missing = [n for n in names if n not in found]
     if missing:
-        raise ConfigError(f"{runs_file}: runs without a metrics file in {', '.join(map(str, sources))}: {missing}")
+        raise ConfigError(
+            f"{runs_file}: runs without a metrics file in {', '.join(map(str, sources))}: {missing}"
+        )
     return [found[n] for n in names]
 
 

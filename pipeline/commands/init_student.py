@@ -13,7 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="student model directory to write")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--keep-layers", help="prune: teacher LLM layers to keep, e.g. 0,3")
-    g.add_argument("--num-layers", type=int, help="share: fresh LLM layers (tower, merger, embeddings copied)")
+    g.add_argument(
+        "--num-layers", type=int, help="share: fresh LLM layers (tower, merger, embeddings copied)"
+    )
     for name in ("hidden-size", "intermediate-size", "num-attention-heads", "num-key-value-heads"):
         p.add_argument(f"--{name}", type=int, help="share: the student's LLM shape (default: the teacher's)")
     p.add_argument("--seed", type=int, default=0, help="initialisation of the fresh tensors")
