@@ -374,9 +374,15 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
 def resolve_dict(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The merged raw mapping (no ``inherit``), checked like ``load_config``; dumping it gives a
     standalone config that loads to the same ``DistillConfig``."""
+    return load_resolved(path, overrides)[1]
+
+
+def load_resolved(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> tuple[DistillConfig, dict[str, Any]]:
+    """``load_config`` and ``resolve_dict`` from one read of the chain: the config and its mapping."""
     merged, origins, files = _resolve(path, overrides)
-    _build(merged, origins, files)
-    return merged
+    return _build(merged, origins, files), merged
 
 
 # ------------------------------------------------------------------------------ run environment
@@ -413,6 +419,5 @@ def apply_vision_env(data: DataConfig, environ: Any = None) -> None:
 
 
 def needs_live_teacher(cfg: DistillConfig) -> bool:
-    """gkd_monitor always; gkd_cached only for on-policy batches (lmbda > 0)."""
-    variant, rlhf = cfg.custom.trainer_variant, cfg.rlhf
-    return rlhf is not None and (variant == "gkd_monitor" or (variant == "gkd_cached" and rlhf.lmbda > 0))
+    """gkd_monitor always; gkd_cached only for on-policy batches (lmbda > 0): ``TrainerVariant``'s rule."""
+    return cfg.rlhf is not None and cfg.custom.variant.needs_live_teacher(cfg.rlhf.lmbda)

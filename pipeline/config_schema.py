@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 from pipeline.errors import ConfigError
+from pipeline.variant import VARIANTS, TrainerVariant, trainer_variant
 
 # Allowed values. Each tuple mirrors an ms-swift 4.6 choice list (tests compare them with the
 # installed ms-swift), minus the values this pipeline cannot use.
@@ -47,7 +48,7 @@ TUNER_TYPES = (
 )
 # Names ms-swift resolves to its own bundled DeepSpeed JSON files.
 DEEPSPEED_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
-TRAINER_VARIANTS = ("sft", "gkd_monitor", "gkd_cached")
+TRAINER_VARIANTS = tuple(VARIANTS)  # sft, gkd_monitor, gkd_cached
 # pipeline.cache.format.LOGPROB_ENCODINGS (not imported: that module pulls in numpy and pyarrow).
 LOGPROB_ENCODINGS = ("quantized", "fp32")
 WRITTEN_MODES = ("off", "prompt_only", "all")  # custom.written_responses
@@ -590,6 +591,11 @@ class CustomConfig(_Section):
         },
     )
 
+    @property
+    def variant(self) -> TrainerVariant:
+        """``trainer_variant`` as its ``TrainerVariant`` (what it reads, when it needs the teacher)."""
+        return trainer_variant(self.trainer_variant)
+
     def __post_init__(self) -> None:
         self._choice("trainer_variant", TRAINER_VARIANTS)
         self._in_unit_interval("max_skipped_fraction", "a fraction of the split's rows")
@@ -628,8 +634,8 @@ class DistillConfig:
     )
 
     def __post_init__(self) -> None:
-        variant, rlhf = self.custom.trainer_variant, self.rlhf
-        if variant == "sft":
+        variant, rlhf = self.custom.variant, self.rlhf
+        if not variant.distils:
             if rlhf is not None:
                 raise ConfigFieldError(
                     ("rlhf", "custom.trainer_variant"),
@@ -642,17 +648,17 @@ class DistillConfig:
                 "custom.trainer_variant",
                 f"{variant} needs an rlhf: block (rlhf_type: gkd, teacher_model, beta, sft_alpha, lmbda, ...)",
             )
-        if variant == "gkd_monitor" and rlhf.teacher_model is None:
+        if variant.live_every_batch and rlhf.teacher_model is None:
             raise ConfigFieldError(
                 ("rlhf.teacher_model", "custom.trainer_variant"),
-                "gkd_monitor scores every batch with the live teacher: set rlhf.teacher_model "
+                f"{variant} scores every batch with the live teacher: set rlhf.teacher_model "
                 "(ms-swift would otherwise silently distil the student into itself)",
             )
-        if variant == "gkd_cached":
+        if variant.reads_cache:
             if self.custom.teacher_cache is None:
                 raise ConfigFieldError(
                     ("custom.teacher_cache", "custom.trainer_variant"),
-                    "gkd_cached reads the teacher from a cache: set custom.teacher_cache to its directory",
+                    f"{variant} reads the teacher from a cache: set custom.teacher_cache to its directory",
                 )
             if rlhf.lmbda > 0 and rlhf.teacher_model is None:
                 raise ConfigFieldError(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import DataError
+from pipeline.hashing import file_sha256
 
 IMAGE_TAG = "<image>"
 
@@ -216,14 +217,6 @@ def require_rows(path: str | Path, usable: int, bad: Sequence[BadRow], what: str
     raise DataError(
         f"{path}: no {what}: all {len(bad)} rows are unusable ({reasons}); first: {bad[0].source}"
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dataset_hash(path: str | Path) -> str:

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.data import ENCODE_FAILED, TRUNCATED, Row, check_row, file_sha256
+from pipeline.data import ENCODE_FAILED, TRUNCATED, Row, check_row
 from pipeline.errors import CompatibilityError, DataError
+from pipeline.hashing import file_sha256
 from pipeline.versions import encoding_library_versions
 
 if TYPE_CHECKING:
+    from pipeline.cache.format import CachedSample
     from pipeline.config import DistillConfig
 
 IGNORE_INDEX = -100
@@ -101,24 +103,70 @@ def encoding_hash(
     return h.hexdigest()
 
 
-def first_hash_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """Name the first field on which two encodings differ (for mismatch errors)."""
-    for key in ("input_ids", "labels", "image_grid_thw"):
-        x: Any = a.get(key)
-        y: Any = b.get(key)
-        x = x.tolist() if hasattr(x, "tolist") else x
-        y = y.tolist() if hasattr(y, "tolist") else y
-        if key == "labels" and x is not None and y is not None:
-            x = [v != IGNORE_INDEX for v in x]
-            y = [v != IGNORE_INDEX for v in y]
-        if x != y:
-            if isinstance(x, list) and isinstance(y, list):
-                if len(x) != len(y):
-                    return f"{key} (length {len(x)} vs {len(y)})"
-                i = next(i for i, (u, v) in enumerate(zip(x, y, strict=True)) if u != v)
-                return f"{key}[{i}] ({x[i]} vs {y[i]})"
-            return key
-    return "none"
+def encoding_differences(
+    enc: EncodedRow, other: EncodedRow | CachedSample, names: tuple[str, str] = ("now", "in cache")
+) -> list[str]:
+    """Every way ``enc`` (the row encoded now) differs from ``other``, most telling first; ``[]`` if equal.
+
+    ``other`` is the row's cache row (``CachedSample``) or another encoding of it (``EncodedRow``, e.g.
+    the teacher's template); ``names`` label the two sides in the messages. Order: sequence length,
+    the first supervised position, supervised positions, target ids, input ids (two encodings only),
+    then the encoding hash (which also covers the image grid and image bytes).
+    """
+    now, then = names
+    diffs: list[str] = []
+    ids = np.asarray(enc.inputs["input_ids"], dtype=np.int64)
+    if isinstance(other, EncodedRow):
+        other_ids: np.ndarray | None = np.asarray(other.inputs["input_ids"], dtype=np.int64)
+        got = other.target_positions()
+        got_targets = np.asarray(other.inputs["labels"], dtype=np.int64)[got]
+        num_tokens = len(other.inputs["input_ids"])
+    else:
+        other_ids, num_tokens = None, other.num_tokens
+        got = np.asarray(other.positions, dtype=np.int64)
+        got_targets = np.asarray(other.target_ids, dtype=np.int64)
+    if num_tokens != len(ids):
+        diffs.append(f"input_ids length ({len(ids)} {now}, {num_tokens} {then})")
+    want = enc.target_positions()
+    if want.size and (got.size == 0 or got[0] != want[0]):
+        diffs.append(
+            f"first supervised position (the first response token) is {want[0]} {now}, "
+            f"{int(got[0]) if got.size else 'none'} {then}"
+        )
+    if got.shape != want.shape or (got != want).any():
+        n = min(len(got), len(want))
+        neq = got[:n] != want[:n]
+        i = int(np.argmax(neq)) if neq.any() else n
+        diffs.append(
+            f"labels: supervised positions differ ({len(got)} {then}, {len(want)} {now}; first at target {i})"
+        )
+    else:
+        labels = np.asarray(enc.inputs["labels"], dtype=np.int64)[want]
+        bad = labels != got_targets
+        if bad.any():
+            i = int(np.argmax(bad))
+            diffs.append(
+                f"input_ids: {int(bad.sum())} target id(s) differ, first at position {int(want[i])} "
+                f"({int(labels[i])} {now}, {int(got_targets[i])} {then})"
+            )
+    if other_ids is not None and other_ids.shape == ids.shape and not diffs and (other_ids != ids).any():
+        i = int(np.argmax(other_ids != ids))
+        diffs.append(f"input_ids[{i}] ({int(ids[i])} {now}, {int(other_ids[i])} {then})")
+    if other.encoding_hash != enc.encoding_hash:
+        diffs.append(
+            f"encoding hash differs ({then} {other.encoding_hash[:12]}, {now} {enc.encoding_hash[:12]})"
+            + ("" if diffs else ": image_grid_thw or image bytes")
+        )
+    return diffs
+
+
+def first_encoding_difference(
+    enc: EncodedRow, other: EncodedRow | CachedSample, names: tuple[str, str] = ("now", "in cache")
+) -> str | None:
+    """The first difference ``encoding_differences`` finds, or None when the hashes agree."""
+    if enc.encoding_hash == other.encoding_hash:
+        return None
+    return encoding_differences(enc, other, names)[0]
 
 
 def fix_placeholder_ids(template: Any, tokenizer: Any) -> dict[str, int]:
@@ -283,7 +331,4 @@ class RowEncoder:
 
 
 def _row_error(row: Row, reason: str, detail: str) -> DataError:
-    err = DataError(f"{row.source}: sample {row.sample_id!r}: {reason}: {detail}")
-    err.reason = reason  # type: ignore[attr-defined]
-    err.detail = detail  # type: ignore[attr-defined]
-    return err
+    return DataError(f"{row.source}: sample {row.sample_id!r}: {reason}: {detail}", reason, detail)

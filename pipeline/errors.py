@@ -20,7 +20,16 @@ class ConfigError(DistillError, ValueError):
 
 
 class DataError(DistillError, ValueError):
-    """A dataset row is unusable (missing image, empty response, bad text...)."""
+    """A dataset row is unusable (missing image, empty response, bad text...).
+
+    ``reason``: the skip-reason code a stage counts the row under (``pipeline.data``'s codes; a row
+    that fails with no more specific code failed to encode); ``detail``: what is wrong, for the record.
+    """
+
+    def __init__(self, message: str, reason: str = "encode_failed", detail: str = ""):
+        super().__init__(message)
+        self.reason = reason
+        self.detail = detail
 
 
 class CacheFormatError(DistillError, ValueError):

@@ -14,8 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.data import dataset_hash, file_sha256
+from pipeline.data import dataset_hash
 from pipeline.errors import ConfigError
+from pipeline.hashing import file_sha256
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig

@@ -100,10 +100,12 @@ def overrides_from_params(
 
 def resolved_config(entry: Entry, params_file: str | Path) -> dict[str, Any]:
     """``entry``'s config, inheritance merged and its knobs applied: a standalone config mapping."""
-    from pipeline.config import load_config, resolve_dict
+    from pipeline.config import load_config, load_resolved
 
+    # The config alone is read first only to know whether it has an rlhf block (rlhf.* knobs apply
+    # only then).
     has_rlhf = load_config(entry.config).rlhf is not None
-    return resolve_dict(entry.config, overrides_from_params(params_file, entry.params, has_rlhf=has_rlhf))
+    return load_resolved(entry.config, overrides_from_params(params_file, entry.params, has_rlhf=has_rlhf))[1]
 
 
 def every_entry(params_file: str | Path) -> list[Entry]:

@@ -122,3 +122,12 @@ def test_partition_rows_gives_every_reason_and_strict_stops_at_the_first(tmp_pat
         DataError, match=r"x.jsonl: no usable rows for the val split: all 6 rows are unusable \(bad_row: 2"
     ):
         require_rows("x.jsonl", 0, bad, "usable rows for the val split")
+
+
+def test_a_data_error_without_a_code_counts_as_an_encode_failure() -> None:
+    from pipeline.data import ENCODE_FAILED
+    from pipeline.errors import DataError
+
+    assert DataError("x").reason == ENCODE_FAILED
+    err = DataError("x", "missing_image", "images[0]")
+    assert (err.reason, err.detail, str(err)) == ("missing_image", "images[0]", "x")

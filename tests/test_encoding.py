@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,3 +65,37 @@ def test_model_sees_the_whole_image(demo_assets: dict[str, Path], tmp_path: Path
     # the last image token carries the changed patches; the text before the image is untouched
     assert float(delta[image_positions[-1]]) > 1e-4
     assert float(delta[: int(image_positions[0])].max()) == 0.0
+
+
+def _enc(ids: list[int], labels: list[int]) -> Any:
+    from pipeline.encoding import EncodedRow, encoding_hash
+
+    return EncodedRow("s", {"input_ids": ids, "labels": labels}, encoding_hash(ids, labels))
+
+
+def test_one_diff_for_cache_rows_and_encodings() -> None:
+    """``encoding_differences(now, other)`` names the same first difference whether ``other`` is the
+    cache row built from an encoding or that encoding itself, and a prompt-token change (no target
+    moves) is named by its input_ids position."""
+    import numpy as np
+
+    from pipeline.cache.format import CachedSample
+    from pipeline.encoding import encoding_differences, first_encoding_difference
+
+    base = _enc([1, 2, 3, 4], [-100, -100, 3, 4])
+    longer = _enc([1, 2, 3, 4, 5], [-100, -100, 3, 4, 5])
+    pos = base.target_positions()
+    cached = CachedSample(
+        "s", base.encoding_hash, 4, pos, np.array([3, 4]), np.zeros((2, 1), np.int64),
+        np.zeros((2, 1), np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32),
+    )  # fmt: skip
+    assert first_encoding_difference(base, cached) is None and encoding_differences(base, base) == []
+    for other in (cached, base):
+        first = encoding_differences(longer, other)[0]
+        assert first.startswith("input_ids length (5 now, 4 ")
+    prompt = _enc([9, 2, 3, 4], [-100, -100, 3, 4])
+    assert (
+        first_encoding_difference(prompt, base, ("student", "teacher"))
+        == "input_ids[0] (9 student, 1 teacher)"
+    )
+    assert encoding_differences(prompt, cached)[0].startswith("encoding hash differs")

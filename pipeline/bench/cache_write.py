@@ -1,4 +1,5 @@
-"""``distill bench cache-write``: what the cache stage costs over the teacher forward it cannot avoid.
+"""``distill bench cache-write``: what the cache stage costs over the teacher forward it cannot avoid;
+``distill bench dry-run``: how close ``distill cache --dry-run`` comes to the real stage.
 
 The bare loop uses the same dataloader, encoding and teacher forward (``model(**batch)``) with no top-k
 extraction and no writing; the full side is the cache stage itself (``cache_split``) into a temporary
@@ -13,15 +14,17 @@ import statistics
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pipeline.cache.manifest import read_json
 from pipeline.data import Row, read_rows
-from pipeline.encoding import RowEncoder
+from pipeline.encoding import IGNORE_INDEX, RowEncoder
 from pipeline.models import load_teacher, teacher_device_map
-from pipeline.runs import split_file
-from pipeline.teacher.stage import _to_device, cache_split, iterate_batches
+from pipeline.splits import split_file
+from pipeline.teacher.stage import cache_split, iterate_batches, to_device
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
@@ -49,9 +52,9 @@ def bench_cache_write(cfg: DistillConfig, limit: int | None = None, rounds: int 
         with torch.no_grad():
             for item in iterate_batches(encoder, rows_, bs, workers):
                 if item["batch"] is not None:
-                    batch = _to_device(item["batch"], device)
+                    batch = to_device(item["batch"], device)
                     teacher(**{k: v for k, v in batch.items() if k not in ("labels", "text_position_ids")})
-                    n += int((batch["labels"][:, 1:] != -100).sum())
+                    n += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         return n
 
     def full() -> float:
@@ -82,5 +85,56 @@ def bench_cache_write(cfg: DistillConfig, limit: int | None = None, rounds: int 
         f"bare teacher loop {forward_s:.2f} s | cache stage {cache_s:.2f} s | ratio {cache_s / forward_s:.3f} "
         f"| {tokens} supervised tokens"
     )
+    print(json.dumps(out))
+    return out
+
+
+def bench_dry_run(cfg: DistillConfig, rounds: int = 3, repeats: int = 3) -> dict[str, Any]:
+    """``distill bench dry-run``: the dry run's predicted seconds and bytes over the real cache stage's.
+
+    Each round runs the dry run (``repeats`` runs per measured size) and then the real stage on every
+    split into a temporary directory, both with the teacher loaded; prints one line per round and split
+    and one JSON line last with every ratio and their medians. The weight hash is left out of both
+    sides: the dry run pays it once, and the real stage then finds it cached in this process.
+    """
+    from pipeline.teacher.dry_run import run_dry_run
+    from pipeline.teacher.stage import plan_split
+
+    teacher = load_teacher(cfg, teacher_device_map())
+    encoder = RowEncoder.from_config(cfg)
+    if encoder.template.use_model:
+        encoder.template.model = teacher
+    ratios: list[dict[str, Any]] = []
+    for r in range(rounds):
+        predicted = run_dry_run(cfg, repeats=repeats)
+        hash_s = predicted["teacher_hash_s"]
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg_tmp = replace(cfg, custom=replace(cfg.custom, teacher_cache=tmp))
+            for i, (split, p) in enumerate(predicted["splits"].items()):
+                plan = plan_split(cfg_tmp, split)
+                t0 = time.perf_counter()
+                cache_split(cfg_tmp, split, teacher, encoder, plan=plan, progress=False)
+                real_s = time.perf_counter() - t0
+                real_bytes = sum(s["bytes"] for s in read_json(Path(tmp) / split / "manifest.json")["shards"])
+                pred_s = p["seconds"] - (hash_s if i == 0 else 0.0)
+                row = {
+                    "round": r,
+                    "split": split,
+                    "predicted_s": round(pred_s, 3),
+                    "real_s": round(real_s, 3),
+                    "seconds_ratio": round(pred_s / real_s, 4),
+                    "bytes_ratio": round(p["bytes"] / real_bytes, 4),
+                }
+                ratios.append(row)
+                print(
+                    f"round {r} {split}: predicted {pred_s:.2f} s / real {real_s:.2f} s = "
+                    f"{row['seconds_ratio']:.3f}; bytes {row['bytes_ratio']:.3f}"
+                )
+    out = {
+        "repeats": repeats,
+        "rounds": ratios,
+        "median_seconds_ratio": round(statistics.median(r["seconds_ratio"] for r in ratios), 4),
+        "median_bytes_ratio": round(statistics.median(r["bytes_ratio"] for r in ratios), 4),
+    }
     print(json.dumps(out))
     return out

@@ -67,6 +67,7 @@ def run_side(side: str, shape: StudentStepShape) -> dict[str, Any]:
     """One step of ``side`` in this process; returns time and memory (MB)."""
     import torch
 
+    from pipeline.cache.targets import renormalise_topk
     from pipeline.train import losses
     from pipeline.train.fused import fused_token_losses
 
@@ -79,7 +80,7 @@ def run_side(side: str, shape: StudentStepShape) -> dict[str, Any]:
     labels = torch.full((1, length), losses.IGNORE_INDEX, dtype=torch.int64)
     labels[0, length - n :] = torch.randint(0, v, (n,))
     ids = _distinct_ids(n, v, shape.top_k)
-    lp, tail = losses.renormalise_topk(torch.randn(n, shape.top_k) - 3.0, torch.full((n,), -2.0))
+    lp, tail = renormalise_topk(torch.randn(n, shape.top_k) - 3.0, torch.full((n,), -2.0))
     w.grad, hidden.grad = torch.zeros_like(w), torch.zeros_like(hidden)
     params_mb = _mb(w.nbytes + hidden.nbytes)
     base_kb = _rss_kb("VmRSS")

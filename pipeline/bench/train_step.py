@@ -107,13 +107,13 @@ def _absolute_copy(src: str, out_dir: Path) -> Path:
 
 
 def _run_ours(cfg: DistillConfig, timer: Any) -> None:
-    from pipeline.train.launcher import _make_pipeline_cls, training_splits
+    from pipeline.train.launcher import training_splits
+    from pipeline.train.sft_pipeline import DistillSft
     from pipeline.train.swift_args import swift_run_args
 
     args = swift_run_args(cfg, "sft")
-    cls = _make_pipeline_cls()
 
-    class Timed(cls):  # type: ignore[misc, valid-type]
+    class Timed(DistillSft):
         def train(self, trainer: Any) -> Any:
             trainer.add_callback(timer)
             return super().train(trainer)

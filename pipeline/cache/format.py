@@ -251,12 +251,7 @@ class Layout:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "cache") -> Layout:
-        version = d.get("format_version") if isinstance(d, dict) else None
-        if version != FORMAT_VERSION:
-            raise CacheFormatError(
-                f"{where}: cache format version {version!r}, this reader reads version {FORMAT_VERSION} "
-                "(rebuild the cache with this version of the pipeline)"
-            )
+        check_format_version(d, where)
         try:
             layout = cls(
                 **{**d, "id_groups": tuple(d["id_groups"]), "level_classes": tuple(d["level_classes"])}
@@ -284,3 +279,14 @@ class Layout:
 
 # Tail masses separating the classes whose levels get separate planes (see Layout).
 CLASS_TAIL_MASS = (1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+
+
+def check_format_version(record: Any, where: str) -> None:
+    """Raise ``CacheFormatError`` unless ``record`` (a manifest, a shard's metadata or a layout dict)
+    is of this format version: the one version check, for the reader, the writer's resume and layouts."""
+    version = record.get("format_version") if isinstance(record, dict) else None
+    if version != FORMAT_VERSION:
+        raise CacheFormatError(
+            f"{where}: cache format version {version!r}, this reader reads version {FORMAT_VERSION} "
+            "(rebuild the cache with this version of the pipeline)"
+        )

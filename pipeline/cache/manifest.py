@@ -31,8 +31,10 @@ from pipeline.cache.format import (
     TAG_UNFINISHED_KEPT,
     TAG_WRITTEN,
     Layout,
+    check_format_version,
 )
 from pipeline.errors import CacheFormatError, CacheMismatchError
+from pipeline.hashing import file_sha256
 
 _DIGEST_MOD = 2**256
 
@@ -53,14 +55,6 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CacheFormatError(f"{path}: unreadable ({err})") from err
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 23):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -164,7 +158,7 @@ def scan_shard(path: Path) -> dict[str, Any]:
         "rows": rows,
         "targets": targets,
         "bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
+        "sha256": file_sha256(path),
         "digest": digest_hex(total),
     }
 
@@ -231,11 +225,7 @@ def header(fingerprint: dict[str, Any], layout: Layout) -> dict[str, Any]:
 
 def check_compatible(where: str, found: dict[str, Any], fingerprint: dict[str, Any], layout: Layout) -> None:
     """Raise if a manifest or part at ``where`` was written for another fingerprint or layout."""
-    if found.get("format_version") != FORMAT_VERSION:
-        raise CacheFormatError(
-            f"{where}: cache format version {found.get('format_version')!r}, "
-            f"this pipeline reads version {FORMAT_VERSION}"
-        )
+    check_format_version(found, where)
     diffs = compare_fingerprints(
         {"fingerprint": fingerprint, "layout": layout.to_dict()},
         {"fingerprint": found.get("fingerprint"), "layout": found.get("layout")},

@@ -20,14 +20,14 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.cache.codec import Decoded, Decoder
-from pipeline.cache.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, CachedSample, Layout
+from pipeline.cache.format import FORMAT_NAME, MANIFEST_NAME, CachedSample, Layout, check_format_version
 from pipeline.cache.manifest import (
     compare_fingerprints,
     mismatch_error,
     read_json,
-    sha256_file,
     shard_meta,
 )
+from pipeline.hashing import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -100,11 +100,7 @@ class CacheReader:
             raise _format_error(
                 f"{path}: not a teacher-cache manifest (format {self.manifest.get('format')!r})"
             )
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise _format_error(
-                f"{path}: cache format version {self.manifest.get('format_version')!r}, this "
-                f"reader reads version {FORMAT_VERSION} (rebuild the cache)"
-            )
+        check_format_version(self.manifest, str(path))
         self.layout = Layout.from_dict(self.manifest["layout"], str(path))
         if expected_fingerprint is not None:
             diffs = compare_fingerprints(expected_fingerprint, self.manifest["fingerprint"])
@@ -158,7 +154,7 @@ class CacheReader:
         if i in self._verified:
             return
         shard = self._shards[i]
-        if sha256_file(self.root / shard["file"]) != shard["sha256"]:
+        if file_sha256(self.root / shard["file"]) != shard["sha256"]:
             raise _format_error(
                 f"shard {shard['file']} in {self.root}: checksum mismatch (corrupt; rebuild the cache)"
             )
@@ -300,22 +296,21 @@ class CacheReader:
 
         Returns ``topk_ids`` int64 [N, k], ``topk_logprobs`` float32 [N, k], ``tail_logprobs`` float32 [N],
         ``target_ids`` int64 [N], ``target_logprobs`` float32 [N], ``positions`` int64 [N],
-        ``batch_index`` int64 [N] (index into ``sample_ids``), ``num_targets`` int64 [B].
+        ``batch_index`` int64 [N] (index into ``sample_ids``), ``num_targets`` int64 [B], ``cached`` bool
+        [N] (all True): ``pipeline.cache.targets.batch_targets``' dict plus positions and batch index.
         """
         import torch
 
+        from pipeline.cache.targets import batch_targets
+
         d, cols, rows = self._decode(list(sample_ids))
         num_targets = np.array([block.num_targets[r] for block, r in rows], np.int64)
-        return {
-            "topk_ids": torch.from_numpy(d.topk_ids),
-            "topk_logprobs": torch.from_numpy(d.topk_logprobs),
-            "tail_logprobs": torch.from_numpy(d.tail_logprobs),
-            "target_ids": torch.from_numpy(d.target_ids),
-            "target_logprobs": torch.from_numpy(d.target_logprobs),
-            "positions": torch.from_numpy(cols["positions"].astype(np.int64)),
-            "batch_index": torch.from_numpy(np.repeat(np.arange(len(rows), dtype=np.int64), num_targets)),
-            "num_targets": torch.from_numpy(num_targets),
-        }
+        out = batch_targets(
+            d.topk_ids, d.topk_logprobs, d.tail_logprobs, d.target_ids, d.target_logprobs, num_targets
+        )
+        out["positions"] = torch.from_numpy(cols["positions"].astype(np.int64))
+        out["batch_index"] = torch.from_numpy(np.repeat(np.arange(len(rows), dtype=np.int64), num_targets))
+        return out
 
     def iter_blocks(self) -> Any:
         """Yield ``(block, Decoded, positions)`` per record batch in storage order (for export)."""

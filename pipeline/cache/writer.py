@@ -50,12 +50,12 @@ from pipeline.cache.manifest import (
     read_skips,
     row_digests,
     scan_shard,
-    sha256_file,
     shard_meta,
     shard_tag_counts,
     skips_path,
     write_json_atomic,
 )
+from pipeline.hashing import file_sha256
 
 __all__ = ["CacheWriter", "merge_rank_manifests"]
 
@@ -294,7 +294,7 @@ class CacheWriter:
                 "rows": self._shard_rows,
                 "targets": self._shard_targets,
                 "bytes": final.stat().st_size,
-                "sha256": sha256_file(final),
+                "sha256": file_sha256(final),
                 "digest": digest_hex(self._shard_digest),
                 "tags": dict(sorted(self._shard_tags.items())),
             }

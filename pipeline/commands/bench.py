@@ -24,6 +24,13 @@ def _cache_write(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(args: argparse.Namespace) -> int:
+    from pipeline.bench.cache_write import bench_dry_run
+
+    bench_dry_run(load(args), rounds=args.rounds)
+    return 0
+
+
 def _train_step(args: argparse.Namespace) -> int:
     from pipeline.bench.train_step import bench_train_step
 
@@ -65,6 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b = bsub.add_parser("cache-write", help="cache stage vs bare teacher forward on the demo")
     add_config(b)
     b.set_defaults(func=_cache_write)
+    b = bsub.add_parser("dry-run", help="`distill cache --dry-run` predicted over real seconds and bytes")
+    add_config(b)
+    b.add_argument("--rounds", type=int, default=3)
+    b.set_defaults(func=_dry_run)
     b = bsub.add_parser("train-step", help="SFT vs cached GKD vs live GKD step time and memory")
     add_config(b)
     b.add_argument("--steps", type=int, default=20)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands.options import add_config, is_main_process, load, positive_int, write_resolved
+from pipeline.commands.options import (
+    add_config,
+    dump_config,
+    is_main_process,
+    load_with_mapping,
+    positive_int,
+)
 
 HELP = "run the teacher once and cache its top-k distributions"
 
@@ -21,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load(args)
+    cfg, resolved = load_with_mapping(args)
     if args.dry_run:
         from pipeline.teacher.dry_run import run_dry_run
 
@@ -31,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
 
     run_caching(cfg, split=args.split, strict=args.strict, limit=args.limit)
     if is_main_process():
-        write_resolved(args, Path(cfg.custom.teacher_cache or "") / "resolved_config.yaml")
+        dump_config(resolved, Path(cfg.custom.teacher_cache or "") / "resolved_config.yaml")
     return 0

@@ -41,19 +41,20 @@ def load(args: argparse.Namespace) -> Any:
     return load_config(args.config, overrides=parse_sets(args.set))
 
 
+def load_with_mapping(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """``load`` and the standalone mapping that loads to the same config (one read of the chain), for
+    a command that records the config it ran with beside its outputs."""
+    from pipeline.config import load_resolved
+
+    return load_resolved(args.config, parse_sets(args.set))
+
+
 def dump_config(resolved: dict[str, Any], out: Path) -> None:
     """Write a resolved config mapping as a standalone YAML config (sorted keys: stable bytes for DVC)."""
     import yaml
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(resolved, sort_keys=True))
-
-
-def write_resolved(args: argparse.Namespace, out: Path) -> None:
-    """Record the config a run used (inheritance merged, overrides applied) next to its outputs."""
-    from pipeline.config import resolve_dict
-
-    dump_config(resolve_dict(args.config, parse_sets(args.set)), out)
 
 
 def is_main_process() -> bool:

@@ -19,27 +19,23 @@ same image count): the CE gap to the true-image run shows whether the model look
 from __future__ import annotations
 
 import json
-import math
 import random
-import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pipeline.cache.policy import CachePolicy
 from pipeline.data import BadRow, Row, check_row, read_rows
 from pipeline.encoding import EncodedRow, RowEncoder
 from pipeline.errors import DataError
 from pipeline.evaluate.captions import caption_metrics, caption_rows, load_caption_metric
 from pipeline.models import load_trained
-from pipeline.runs import CachePolicy, open_split_cache, require_cached_encoding, split_path
-from pipeline.train.losses import (
-    renormalise_topk,
-)
+from pipeline.splits import open_split_cache, split_path
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
@@ -49,7 +45,6 @@ BATCH_SIZE = 8  # rows per CE forward
 GENERATE_BATCH_SIZE = 32
 # Room past the longest reference caption, so a model that is right but wordier is never cut short.
 GENERATION_MARGIN = 16
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 # ----------------------------------------------------------------------------------- model, rows
@@ -95,7 +90,7 @@ def encode_rows(
         try:
             good.append((row, encoder.encode(row)))
         except DataError as exc:
-            skipped[getattr(exc, "reason", "encode_failed")] += 1
+            skipped[exc.reason] += 1
     return good, skipped
 
 
@@ -115,87 +110,48 @@ def score_tokens(
 ) -> dict[str, float]:
     """Summed CE, correct-token count and (with ``cache``) GJSD over every supervised target.
 
-    The student step's own scoring (``pipeline.train.student_forward.student_token_scores``): the
-    head runs in fp32 on supervised positions only, in row chunks, so full-vocabulary logits never
-    exist for the whole ``[B, L, V]`` batch, and evaluation measures exactly what training optimises.
+    The student step's own scoring (``pipeline.train.student_forward.student_token_scores``) over the
+    training dataset and collator (``pipeline.train.data``): the head runs in fp32 on supervised
+    positions only, in row chunks, so full-vocabulary logits never exist for the whole ``[B, L, V]``
+    batch, and evaluation measures exactly what training optimises.
 
-    ``cache`` is duck-typed (``sample_ids``, ``get(id)`` -> numpy ``topk_ids [n, k]``,
-    ``topk_logprobs [n, k]``, ``tail_logprobs [n]``, ``encoding_hash``...); rows it lacks are left out
-    of the KL only. A row whose encoding differs from its cache row raises ``CacheMismatchError``.
+    ``cache`` is duck-typed (``sample_ids``, ``get(id)`` -> a ``CachedSample``); rows it lacks get
+    placeholder targets and are left out of the KL only. A row whose encoding differs from its cache
+    row raises ``CacheMismatchError``.
     """
+    from pipeline.cache.targets import teacher_topk
+    from pipeline.teacher.forward import supervised_index
+    from pipeline.train.data import IDS_KEY, TEACHER_KEY, DistillCollator, EncodedDataset
     from pipeline.train.student_forward import student_token_scores
 
     device = next(model.parameters()).device
     real_vocab = len(encoder.tokenizer)
-    cached_ids = set(cache.sample_ids) if cache is not None else set()
-    ce_sum = correct = tokens = 0.0
-    kl_sum = kl_tokens = kl_rows = 0.0
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        batch = encoder.template.data_collator([dict(enc.inputs) for _, enc in chunk])
+    rows = [row for row, _ in encoded]
+    dataset = EncodedDataset(rows, encoder, cache, partial_cache=True, encoded=[enc for _, enc in encoded])
+    collate = DistillCollator(encoder.template.data_collator, placeholders=True)
+    cached_ids = dataset.cached_ids or set()
+    sums = dict.fromkeys(("ce_sum", "correct", "tokens", "kl_sum", "kl_tokens", "kl_rows"), 0.0)
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        teacher, ids = batch.pop(TEACHER_KEY, None), batch.pop(IDS_KEY)
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        counts = [int(n) for n in (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()]
-        topk, in_cache = _cached_targets(chunk, counts, cache, cached_ids, device)
+        topk = None
+        if teacher is not None:
+            b, j = supervised_index(batch["labels"])
+            topk = teacher_topk(teacher, batch["labels"][b, j], real_vocab)
         scores = student_token_scores(
             model, batch, real_vocab=real_vocab, topk=topk, beta=beta, loss_temperature=loss_temperature
         )
         t = scores.tokens
-        ce_sum += float(t.ce.sum())
-        correct += float(t.correct.sum())
-        tokens += scores.targets.numel()
-        if t.kl is not None:
-            kl_sum += float(t.kl[in_cache].sum())
-            kl_tokens += int(in_cache.sum())
-            kl_rows += sum(1 for row, _ in chunk if row.sample_id in cached_ids)
-    return {
-        "ce_sum": ce_sum,
-        "correct": correct,
-        "tokens": tokens,
-        "kl_sum": kl_sum,
-        "kl_tokens": kl_tokens,
-        "kl_rows": kl_rows,
-    }
-
-
-def _cached_targets(
-    chunk: Sequence[tuple[Row, EncodedRow]],
-    counts: Sequence[int],
-    cache: Any,
-    cached_ids: set[str],
-    device: torch.device,
-) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, torch.Tensor]:
-    """The batch's cached top-k + tail (renormalised), and which of its N targets are cached (bool [N]).
-
-    Rows the cache lacks get a uniform placeholder distribution whose KL is never counted. None when
-    no row of the batch is cached.
-    """
-    n = sum(counts)
-    in_cache = torch.zeros(n, dtype=torch.bool, device=device)
-    if not any(row.sample_id in cached_ids for row, _ in chunk):
-        return None, in_cache
-    samples = {}
-    for row, enc in chunk:
-        if row.sample_id not in cached_ids:
-            continue
-        cached = samples[row.sample_id] = cache.get(row.sample_id)
-        require_cached_encoding(row, enc, cached)
-    k = next(iter(samples.values())).topk_ids.shape[1]
-    ids, lps, tails = [], [], []
-    start = 0
-    for (row, _), c in zip(chunk, counts, strict=True):
-        if row.sample_id in samples:
-            cached = samples[row.sample_id]
-            ids.append(torch.as_tensor(cached.topk_ids, dtype=torch.int64))
-            lps.append(torch.as_tensor(cached.topk_logprobs, dtype=torch.float32))
-            tails.append(torch.as_tensor(cached.tail_logprobs, dtype=torch.float32))
-            in_cache[start : start + c] = True
-        else:
-            ids.append(torch.arange(k, dtype=torch.int64).expand(c, k))
-            lps.append(torch.full((c, k), -math.log(k + 1)))
-            tails.append(torch.full((c,), -math.log(k + 1)))
-        start += c
-    lp, tail = renormalise_topk(torch.cat(lps).to(device), torch.cat(tails).to(device))
-    return (torch.cat(ids).to(device), lp, tail), in_cache
+        sums["ce_sum"] += float(t.ce.sum())
+        sums["correct"] += float(t.correct.sum())
+        sums["tokens"] += scores.targets.numel()
+        if t.kl is not None and teacher is not None:
+            in_cache = teacher["cached"].to(device)
+            sums["kl_sum"] += float(t.kl[in_cache].sum())
+            sums["kl_tokens"] += int(in_cache.sum())
+            sums["kl_rows"] += sum(1 for sid in ids if sid in cached_ids)
+    return sums
 
 
 # -------------------------------------------------------------------------------------- captions
@@ -223,17 +179,25 @@ def generate_captions(
 # -------------------------------------------------------------------------------------- the stage
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """What an evaluation run measures, beyond the config."""
+
+    max_rows: int | None = None  # the split's first rows only
+    generate: bool = True  # generate and score captions
+    # every row gets another row's images (the CE gap to the true images shows the model looks)
+    shuffle_images: bool = False
+    max_new_tokens: int | None = None  # None: the longest reference caption + GENERATION_MARGIN
+    batch_size: int = BATCH_SIZE  # rows per CE forward
+
+
 def run_evaluation(
     cfg: DistillConfig,
     checkpoint: str | Path | None,
     split: str | Path,
     out: str | Path,
+    options: EvalOptions = EvalOptions(),
     *,
-    max_rows: int | None = None,
-    generate: bool = True,
-    shuffle_images: bool = False,
-    max_new_tokens: int | None = None,
-    batch_size: int = BATCH_SIZE,
     model: Any = None,
     encoder: RowEncoder | None = None,
 ) -> dict[str, Any]:
@@ -244,12 +208,10 @@ def run_evaluation(
     with shuffled images, whose encodings are not the cached ones); with ``generate``: ``bleu4``,
     ``rouge_l``, ``cider``, ``caption_rows``, ``caption_examples``, ``max_new_tokens``, plus the keys
     of ``custom.caption_metric`` (the demo's: ``caption_precision/recall/f1``, ``hallucination_rate``,
-    ``baseline_f1``). Timings:
-    ``load_s``, ``score_s``, ``generate_s``, ``wall_s``.
+    ``baseline_f1``). Timings: ``load_s``, ``score_s``, ``generate_s``, ``wall_s``.
 
     ``ce`` / ``token_accuracy`` / ``kl`` are None when no token was scored. With ``shuffle_images``,
     captions generated from the wrong images are still scored against each row's own reference.
-    ``max_new_tokens`` None = the longest reference caption's token count + ``GENERATION_MARGIN``.
     ``model`` / ``encoder`` (both or neither) reuse an already loaded model.
     """
     t0 = time.perf_counter()
@@ -260,38 +222,62 @@ def run_evaluation(
     else:
         ckpt = str(checkpoint) if checkpoint is not None else "<in memory>"
     t_load = time.perf_counter()
+    metrics: dict[str, Any] = {"checkpoint": ckpt, "split": str(split)}
+    rows = _split_rows(cfg, split, options, metrics)
+    encoded, skipped = encode_rows(encoder, rows)
+    metrics.update(_token_metrics(cfg, split, model, encoder, encoded, options))
+    metrics.update(rows_skipped=sum(skipped.values()), skip_reasons=dict(skipped))
+    t_score = time.perf_counter()
+    if options.generate:
+        metrics.update(_caption_metrics(cfg, model, encoder, [row for row, _ in encoded], options))
+    t_end = time.perf_counter()
+    metrics.update(
+        load_s=t_load - t0, score_s=t_score - t_load, generate_s=t_end - t_score, wall_s=t_end - t0
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return metrics
 
-    rows = read_rows(split_path(cfg, split))[:max_rows]
-    metrics: dict[str, Any] = {
-        "checkpoint": ckpt,
-        "split": str(split),
-        "shuffle_images": shuffle_images,
-        "seed": cfg.train.seed,
-        "rows_in": len(rows),
-    }
-    if shuffle_images:
+
+def _split_rows(
+    cfg: DistillConfig, split: str | Path, options: EvalOptions, metrics: dict[str, Any]
+) -> list[Row | BadRow]:
+    """The split's rows (images deranged with ``shuffle_images``); records what was read in ``metrics``."""
+    rows = read_rows(split_path(cfg, split))[: options.max_rows]
+    metrics.update(shuffle_images=options.shuffle_images, seed=cfg.train.seed, rows_in=len(rows))
+    if options.shuffle_images:
         usable = [r for r in rows if isinstance(r, Row) and check_row(r) is None]
         deranged, metrics["rows_unshuffled"] = derange_images(usable, cfg.train.seed)
         by_id = {r.sample_id: r for r in deranged}
         rows = [by_id.get(r.sample_id, r) for r in rows]
-    encoded, skipped = encode_rows(encoder, rows)
-    cache = None if shuffle_images else open_eval_cache(cfg, split)
+    return rows
+
+
+def _token_metrics(
+    cfg: DistillConfig,
+    split: str | Path,
+    model: Any,
+    encoder: RowEncoder,
+    encoded: Sequence[tuple[Row, EncodedRow]],
+    options: EvalOptions,
+) -> dict[str, Any]:
+    """CE, token accuracy and (against the ``val`` cache, true images only) KL of the encoded rows."""
+    cache = None if options.shuffle_images else open_eval_cache(cfg, split)
     beta = cfg.rlhf.beta if cfg.rlhf is not None else 0.0
     sums = score_tokens(
         model,
         encoder,
         encoded,
-        batch_size=batch_size,
+        batch_size=options.batch_size,
         cache=cache,
         beta=beta,
         loss_temperature=cfg.custom.loss_temperature,
     )
     # None, not 0, when nothing was scored: a 0 CE or KL would read as a perfect model.
     n = sums["tokens"] or None
-    metrics.update(
+    metrics: dict[str, Any] = dict(
         rows_scored=len(encoded),
-        rows_skipped=sum(skipped.values()),
-        skip_reasons=dict(skipped),
         tokens=int(sums["tokens"]),
         ce=sums["ce_sum"] / n if n else None,
         token_accuracy=sums["correct"] / n if n else None,
@@ -303,27 +289,23 @@ def run_evaluation(
             kl_tokens=int(sums["kl_tokens"]),
             kl_beta=beta,
         )
-    t_score = time.perf_counter()
-
-    if generate:
-        cap_rows = caption_rows([row for row, _ in encoded])
-        if max_new_tokens is None:
-            longest = max((len(encoder.tokenizer.encode(r.response())) for r in cap_rows), default=0)
-            max_new_tokens = longest + GENERATION_MARGIN
-        texts = generate_captions(model, encoder, cap_rows, max_new_tokens) if cap_rows else []
-        metrics["max_new_tokens"] = max_new_tokens
-        extra = load_caption_metric(cfg.custom.caption_metric) if cfg.custom.caption_metric else None
-        train_file = cfg.data.dataset[0] if cfg.data.dataset else None
-        metrics.update(caption_metrics(cap_rows, texts, extra, train_file))
-    t_end = time.perf_counter()
-    metrics.update(
-        load_s=t_load - t0, score_s=t_score - t_load, generate_s=t_end - t_score, wall_s=t_end - t0
-    )
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return metrics
+
+
+def _caption_metrics(
+    cfg: DistillConfig, model: Any, encoder: RowEncoder, rows: Sequence[Row], options: EvalOptions
+) -> dict[str, Any]:
+    """Greedy captions of the rows with images and a reference, scored (BLEU-4, ROUGE-L, CIDEr, plus
+    ``custom.caption_metric``)."""
+    cap_rows = caption_rows(list(rows))
+    max_new_tokens = options.max_new_tokens
+    if max_new_tokens is None:
+        longest = max((len(encoder.tokenizer.encode(r.response())) for r in cap_rows), default=0)
+        max_new_tokens = longest + GENERATION_MARGIN
+    texts = generate_captions(model, encoder, cap_rows, max_new_tokens) if cap_rows else []
+    extra = load_caption_metric(cfg.custom.caption_metric) if cfg.custom.caption_metric else None
+    train_file = cfg.data.dataset[0] if cfg.data.dataset else None
+    return {"max_new_tokens": max_new_tokens, **caption_metrics(cap_rows, texts, extra, train_file)}
 
 
 def compare_true_vs_shuffled(
@@ -346,9 +328,7 @@ def compare_true_vs_shuffled(
                 path,
                 split,
                 Path(tmp) / f"{name}.json",
-                max_rows=max_rows,
-                generate=False,
-                shuffle_images=name == "shuffled",
+                EvalOptions(max_rows=max_rows, generate=False, shuffle_images=name == "shuffled"),
                 model=model,
                 encoder=encoder,
             )

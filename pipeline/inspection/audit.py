@@ -192,10 +192,10 @@ def reencode_check(
     ``data.val_dataset``): the cache's split name is not needed, and a row the config cannot find is
     itself a finding.
     """
+    from pipeline.binding import as_cached
     from pipeline.cache.manifest import compare_fingerprints
     from pipeline.data import Row, read_rows
-    from pipeline.encoding import RowEncoder
-    from pipeline.runs import as_cached, encoding_differences
+    from pipeline.encoding import RowEncoder, encoding_differences
 
     if encoder is None:
         encoder = RowEncoder.from_config(cfg)
@@ -224,6 +224,6 @@ def reencode_check(
         except DistillError as exc:
             out.add("re-encode", f"sample {sid!r}: cached, but no longer encodes: {exc}")
             continue
-        if found := encoding_differences(cached, enc):
+        if found := encoding_differences(enc, cached):
             out.add("re-encode", f"sample {sid!r}: {'; '.join(found)}")
     return encoder

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.cache.policy import open_cache_dir
 from pipeline.errors import ConfigError
 from pipeline.inspection.report import DEFAULT_LIMIT, write_report
 from pipeline.inspection.sources import resolve_rows, resolve_tokenizer
@@ -20,7 +21,6 @@ from pipeline.inspection.summary import (
     sample_table,
     summarise,
 )
-from pipeline.runs import open_cache_dir
 
 
 def parse_select(select: str | None) -> tuple[str, list[str] | None]:

@@ -70,7 +70,7 @@ def row_view(sample: CachedSample, row: Any, encoder: Any, placeholder_ids: dict
 
     A teacher-written row is shown (and re-encoded) as the cache encoded it: with the teacher's response.
     """
-    from pipeline.runs import as_cached
+    from pipeline.binding import as_cached
 
     view = RowView()
     if row is None:

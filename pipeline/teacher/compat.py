@@ -81,7 +81,7 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
     from swift.model import get_processor
 
     from pipeline.data import Row, read_rows
-    from pipeline.encoding import RowEncoder
+    from pipeline.encoding import RowEncoder, first_encoding_difference
 
     if cfg.rlhf is None or not cfg.rlhf.teacher_model:
         raise CompatibilityError("no teacher configured (rlhf.teacher_model)")
@@ -109,11 +109,9 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
             continue  # a bad row is the cache stage's business, not a compatibility problem
         b = t_enc.encode(row)
         if a.encoding_hash != b.encoding_hash:
-            from pipeline.encoding import first_hash_difference
-
             raise CompatibilityError(
                 f"sample {row.sample_id!r} encodes differently for teacher and student: "
-                f"{first_hash_difference(b.inputs, a.inputs)}"
+                f"{first_encoding_difference(a, b, ('student', 'teacher'))}"
             )
         checked += 1
         if checked >= n_rows:

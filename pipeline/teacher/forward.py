@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from pipeline.encoding import IGNORE_INDEX
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 from pipeline.data import BadRow, Row, count_reasons, read_rows, require_rows
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import load_teacher, teacher_device_map
-from pipeline.runs import split_file
+from pipeline.splits import split_file
 from pipeline.teacher.written import cache_written_rows, partition_for_written, split_written
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class _EncodeBatch:
             try:
                 enc = self.encoder.encode(row)
             except DataError as exc:
-                skipped.append((row.sample_id, getattr(exc, "reason", "encode_failed"), str(exc)))
+                skipped.append((row.sample_id, exc.reason, str(exc)))
                 continue
             good.append(enc.inputs)
             ids.append((row.sample_id, enc.encoding_hash, len(enc.inputs["input_ids"])))
@@ -94,7 +94,7 @@ def iterate_batches(
     yield from loader
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
@@ -281,7 +281,7 @@ def _cache_planned(
             if item["batch"] is not None:
                 topk = teacher_topk(
                     teacher,
-                    _to_device(item["batch"], device),
+                    to_device(item["batch"], device),
                     cfg.custom.top_k,
                     real_vocab,
                     cfg.custom.loss_temperature,
@@ -295,7 +295,7 @@ def _cache_planned(
 
         def forward(batch: dict[str, Any], ids: list[tuple[str, str, int]]) -> list[Any]:
             t = teacher_topk(
-                teacher, _to_device(batch, device), top_k, real_vocab, cfg.custom.loss_temperature
+                teacher, to_device(batch, device), top_k, real_vocab, cfg.custom.loss_temperature
             )
             return split_samples(t, ids)
 
@@ -338,7 +338,7 @@ def run_caching(
     from pipeline.versions import check_versions
 
     check_versions()
-    if cfg.custom.trainer_variant != "gkd_cached" or not cfg.custom.teacher_cache:
+    if not cfg.custom.variant.reads_cache or not cfg.custom.teacher_cache:
         raise ConfigError("distill cache needs custom.trainer_variant: gkd_cached and custom.teacher_cache")
     strict = strict or cfg.custom.strict  # `--strict` and custom.strict mean the same
     splits = ["train", "val"] if split == "all" else [split]

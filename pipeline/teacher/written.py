@@ -127,7 +127,7 @@ def write_responses(
         try:
             enc = encoder.encode(new_row)
         except DataError as exc:
-            skipped.append((row.sample_id, getattr(exc, "reason", "encode_failed"), str(exc)))
+            skipped.append((row.sample_id, exc.reason, str(exc)))
             continue
         retok = _retokenized(enc, c.token_ids, stop_ids)
         written.append(WrittenRow(new_row, enc, c.text, c.token_ids, c.stopped, retok))

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
+from pipeline.binding import as_cached, require_cached_encoding
+from pipeline.cache.targets import collate_targets
 from pipeline.data import Row
-from pipeline.encoding import RowEncoder
-from pipeline.runs import as_cached, require_cached_encoding
+from pipeline.encoding import IGNORE_INDEX, EncodedRow, RowEncoder
 
 TEACHER_KEY = "teacher"  # collated cached-teacher tensors
 ROWS_KEY = "rows"  # raw rows (for on-policy generation)
@@ -24,23 +24,45 @@ IDS_KEY = "sample_ids"
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Rows encoded on access; optional cached teacher per row (verified by encoding hash)."""
+    """Rows encoded on access; optional cached teacher per row (verified by encoding hash).
 
-    def __init__(self, rows: Sequence[Row], encoder: RowEncoder, cache: Any = None, keep_rows: bool = False):
+    Every row must be in ``cache`` unless ``partial_cache`` (evaluation: the rows the cache lacks are
+    scored without a teacher). ``encoded``: the rows' encodings when the caller already has them
+    (evaluation encodes first, to count the rows that do not encode); they are used as given, so a
+    teacher-written cache row is not substituted and must match them like any other.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[Row],
+        encoder: RowEncoder,
+        cache: Any = None,
+        keep_rows: bool = False,
+        *,
+        partial_cache: bool = False,
+        encoded: Sequence[EncodedRow] | None = None,
+    ):
         self.rows = list(rows)
         self.encoder = encoder
         self.cache = cache
         self.keep_rows = keep_rows
+        self.encoded = None if encoded is None else list(encoded)
+        self.cached_ids = set(cache.sample_ids) if cache is not None and partial_cache else None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
-        cached = self.cache.get(row.sample_id) if self.cache is not None else None
-        if cached is not None:
-            row = as_cached(row, cached)
-        enc = self.encoder.encode(row)
+        cached = None
+        if self.cache is not None and (self.cached_ids is None or row.sample_id in self.cached_ids):
+            cached = self.cache.get(row.sample_id)
+        if self.encoded is not None:
+            enc = self.encoded[i]
+        else:
+            if cached is not None:
+                row = as_cached(row, cached)
+            enc = self.encoder.encode(row)
         item = dict(enc.inputs)
         item[IDS_KEY] = row.sample_id
         if cached is not None:
@@ -51,31 +73,19 @@ class EncodedDataset(torch.utils.data.Dataset):
         return item
 
 
-def collate_cached(samples: Sequence[Any]) -> dict[str, torch.Tensor]:
-    """Concatenate cached samples in batch order (row-major, as the loss sees the targets).
+class DistillCollator:
+    """Wraps the template's collator: pops our extra fields, collates them separately.
 
-    topk_ids int64 [N, k]; topk_logprobs, tail_logprobs, target_logprobs float32; target_ids int64 [N];
-    num_targets int64 [B].
+    The cached teacher's targets (``pipeline.cache.targets.collate_targets``) are attached when every
+    row of the batch has a cache row, or, with ``placeholders`` (evaluation, which also scores rows the
+    cache lacks), when any row has one.
     """
 
-    def cat(name: str, dtype: Any) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([getattr(s, name) for s in samples]).astype(dtype, copy=False))
-
-    return {
-        "topk_ids": cat("topk_ids", np.int64),
-        "topk_logprobs": cat("topk_logprobs", np.float32),
-        "tail_logprobs": cat("tail_logprobs", np.float32),
-        "target_logprobs": cat("target_logprobs", np.float32),
-        "target_ids": cat("target_ids", np.int64),
-        "num_targets": torch.tensor([len(s.target_ids) for s in samples], dtype=torch.int64),
-    }
-
-
-class DistillCollator:
-    """Wraps the template's collator: pops our extra fields, collates them separately."""
-
-    def __init__(self, template_collator: Callable[[list[dict[str, Any]]], dict[str, Any]]):
+    def __init__(
+        self, template_collator: Callable[[list[dict[str, Any]]], dict[str, Any]], placeholders: bool = False
+    ):
         self.template_collator = template_collator
+        self.placeholders = placeholders
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         batch = [dict(b) for b in batch]
@@ -83,8 +93,11 @@ class DistillCollator:
         rows = [b.pop(ROWS_KEY, None) for b in batch]
         ids = [b.pop(IDS_KEY, None) for b in batch]
         out = self.template_collator(batch)
-        if all(t is not None for t in teachers) and teachers:
-            out[TEACHER_KEY] = collate_cached(teachers)
+        if teachers and all(t is not None for t in teachers):
+            out[TEACHER_KEY] = collate_targets(teachers)
+        elif self.placeholders and any(t is not None for t in teachers):
+            counts = (out["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1).tolist()
+            out[TEACHER_KEY] = collate_targets(teachers, counts)
         if any(r is not None for r in rows):
             out[ROWS_KEY] = rows
         out[IDS_KEY] = ids

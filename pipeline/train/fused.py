@@ -91,7 +91,7 @@ def fused_token_losses(
         real_vocab: ``len(tokenizer)``; columns ``>= real_vocab`` are padding, outside every softmax.
         bias: optional ``[Vw]``.
         topk: cached teacher ``(ids [N, k] int64 distinct per row, logprobs [N, k], tail [N])``,
-            already normalised over the real vocabulary (see ``losses.renormalise_topk``).
+            already normalised over the real vocabulary (see ``pipeline.cache.targets.renormalise_topk``).
         teacher_logits: ``[N, Vt]`` live teacher logits, ``Vt >= real_vocab`` (exclusive with ``topk``).
         beta: GJSD mixing (0 forward KL, 1 reverse KL), ``losses`` convention.
         temperature: divergence temperature (student ``logits / T``; live teacher too). CE uses raw logits.

@@ -47,6 +47,8 @@ from typing import Literal
 import torch
 from torch.utils.checkpoint import checkpoint
 
+# pipeline.encoding.IGNORE_INDEX, restated: this module imports only torch (tests/train/test_losses.py
+# holds the two equal).
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 512
 
@@ -360,18 +362,3 @@ def check_common(beta: float, temperature: float, reduction: str, chunk_size: in
     if not (math.isfinite(temperature) and temperature > 0.0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature}")
     _check_reduction_and_chunk(reduction, chunk_size)
-
-
-def renormalise_topk(
-    topk_logprobs: torch.Tensor, tail_logprobs: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Renormalise a decoded top-k + tail distribution so its k+1 categories sum to exactly 1.
-
-    A lossy cache decodes each value to its quantiser cell, so the decoded mass is 1 only to ~1e-3;
-    the divergence should compare distributions. Args: topk_logprobs float [N, k], tail_logprobs float
-    [N] (-inf allowed). Returns both shifted by the same per-row log-normaliser (fp32 at least).
-    """
-    dtype = _compute_dtype(topk_logprobs, tail_logprobs)
-    lp, tail = topk_logprobs.to(dtype), tail_logprobs.to(dtype)
-    log_z = torch.logsumexp(torch.cat([lp, tail[:, None]], dim=1), dim=1)
-    return lp - log_z[:, None], tail - log_z

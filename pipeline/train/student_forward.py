@@ -156,7 +156,7 @@ def student_token_scores(
         inputs: collated batch with ``labels [B, L]`` (``-100`` where not supervised).
         real_vocab: ``len(tokenizer)``; wider heads' padded rows are outside every softmax.
         topk: cached teacher ``(ids [N, k], logprobs [N, k], tail [N])`` for the batch's targets,
-            normalised (``losses.renormalise_topk``); or ``teacher_logits [N, Vt]`` (live teacher).
+            normalised (``pipeline.cache.targets.renormalise_topk``); or ``teacher_logits [N, Vt]`` (live teacher).
         beta, loss_temperature: the divergence's settings (see ``pipeline.train.losses``).
 
     Differentiable when called with gradients enabled (training); under ``torch.no_grad`` it scores.

@@ -30,17 +30,19 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from swift.trainers import Seq2SeqTrainer
 from transformers import Trainer as HfTrainer
 
-from pipeline.errors import CacheMismatchError, ConfigError
+from pipeline.cache.targets import teacher_topk
+from pipeline.errors import ConfigError
 from pipeline.teacher.forward import forward_context, hidden_states, project_fp32, supervised_index
 from pipeline.train import losses
 from pipeline.train.data import IDS_KEY, ROWS_KEY, TEACHER_KEY
 from pipeline.train.student_forward import output_head, student_token_scores
+from pipeline.variant import GKD_CACHED, GKD_MONITOR, SFT, TrainerVariant
 
 # Canonical telemetry names. ms-swift / HF log raw keys ("loss", "eval_loss"); ``log`` renames them so
 # each quantity appears once under one name, in logging.jsonl, TensorBoard and DVCLive alike.
@@ -64,7 +66,7 @@ _DROP = {"token_acc", "eval_token_acc"}  # ms-swift's own accuracy; ours is toke
 class DistillSettings:
     """What the loss needs, resolved from the config (temperatures kept apart by name)."""
 
-    variant: str = "sft"
+    variant: TrainerVariant = SFT
     beta: float = 0.5
     sft_alpha: float = 0.0
     lmbda: float = 0.0
@@ -78,8 +80,7 @@ class DistillSettings:
 class _DistillTrainerBase(Seq2SeqTrainer):
     """Shared loss, telemetry and on-policy machinery. Use a concrete subclass."""
 
-    uses_teacher = True
-    teacher_source = "cache"
+    variant: ClassVar[TrainerVariant]
 
     def __init__(
         self,
@@ -177,18 +178,18 @@ class _DistillTrainerBase(Seq2SeqTrainer):
             inputs.pop(key, None)
         teacher = inputs.pop(TEACHER_KEY, None)
         rows = inputs.pop(ROWS_KEY, None)
-        on_policy = mode == "train" and self.uses_teacher and self._draw_on_policy()
+        on_policy = mode == "train" and self.variant.distils and self._draw_on_policy()
         if on_policy:
             inputs = self._on_policy_inputs(model, rows)
             teacher = None
             num_items_in_batch = None  # the sampled completions have their own token count
         labels = inputs["labels"]
         topk = t_logits = None
-        if on_policy or (mode == "train" and self.uses_teacher and self.teacher_source == "live"):
+        if on_policy or (mode == "train" and self.variant.live_every_batch):
             t_logits = self._live_teacher_logits(inputs, labels)
-        elif teacher is not None and self.uses_teacher:
+        elif teacher is not None and self.variant.distils:
             b, j = supervised_index(labels)
-            topk = cached_teacher_topk(teacher, labels[b, j], self.distill)
+            topk = teacher_topk(teacher, labels[b, j], self.distill.real_vocab)
         scores = student_token_scores(
             model,
             inputs,
@@ -216,7 +217,7 @@ class _DistillTrainerBase(Seq2SeqTrainer):
                 self._record(mode, "token_accuracy", correct.float())
         if kl_tok is not None:
             self._record(mode, "kl_loss", kl_tok)
-        if mode == "train" and self.uses_teacher:
+        if mode == "train" and self.variant.distils:
             self._record(mode, "live_fraction", 1.0 if on_policy else 0.0)
         return (loss, scores.outputs) if return_outputs else loss
 
@@ -253,56 +254,24 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         return sample_completions(self, model, rows)
 
 
-def cached_teacher_topk(
-    teacher: dict[str, torch.Tensor], targets: torch.Tensor, distill: DistillSettings
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The batch's cached top-k, checked and normalised: ``(ids [N, k] int64, logprobs [N, k], tail [N])``.
-
-    The batch's supervised targets ``[N]`` must be the cached ones, in the same order: this is the
-    cheap per-batch half of the alignment check (the encoding hash is the per-sample half). Cached ids
-    must be real token ids (``< real_vocab``; the fused loss checks it again on the device).
-    """
-    t = {k: v.to(targets.device) for k, v in teacher.items()}
-    if t["target_ids"].shape != targets.shape or not torch.equal(t["target_ids"], targets):
-        raise CacheMismatchError(
-            f"batch targets disagree with the cache ({targets.numel()} supervised tokens in the batch, "
-            f"{t['target_ids'].numel()} in the cache): the collator or template changed the labels"
-        )
-    if distill.real_vocab and t["topk_ids"].numel() and int(t["topk_ids"].max()) >= distill.real_vocab:
-        raise CacheMismatchError(
-            f"cached id {int(t['topk_ids'].max())} is outside the student's real vocabulary "
-            f"({distill.real_vocab})"
-        )
-    # the default encoding decodes values to their cell centres: compare normalised distributions
-    lp, tail = losses.renormalise_topk(t["topk_logprobs"], t["tail_logprobs"])
-    return t["topk_ids"], lp, tail
-
-
 class CETrainer(_DistillTrainerBase):
     """Plain SFT (cross-entropy) with the same telemetry as the distillation variants."""
 
-    uses_teacher = False
+    variant = SFT
 
 
 class CachedGKDTrainer(_DistillTrainerBase):
     """GKD against the teacher cache; the live teacher only for on-policy (lmbda) steps."""
 
-    teacher_source = "cache"
+    variant = GKD_CACHED
 
 
 class LiveGKDTrainer(_DistillTrainerBase):
     """GKD against the live teacher on every training batch (``gkd_monitor``)."""
 
-    teacher_source = "live"
+    variant = GKD_MONITOR
 
 
-def resolve_trainer_cls(variant: str) -> type[_DistillTrainerBase]:
-    """Trainer class for ``custom.trainer_variant``."""
-    classes: dict[str, type[_DistillTrainerBase]] = {
-        "sft": CETrainer,
-        "gkd_cached": CachedGKDTrainer,
-        "gkd_monitor": LiveGKDTrainer,
-    }
-    if variant not in classes:
-        raise ConfigError(f"custom.trainer_variant: unknown {variant!r}; choose one of {sorted(classes)}")
-    return classes[variant]
+def resolve_trainer_cls(variant: TrainerVariant) -> type[_DistillTrainerBase]:
+    """Trainer class for ``variant`` (``custom.variant``)."""
+    return next(c for c in (CETrainer, CachedGKDTrainer, LiveGKDTrainer) if c.variant == variant)

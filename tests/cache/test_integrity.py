@@ -14,10 +14,10 @@ import pytest
 
 from pipeline.cache.format import MANIFEST_NAME
 from pipeline.cache.lock import LOCK_NAME, CacheLock
-from pipeline.cache.manifest import sha256_file
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.writer import CacheWriter
 from pipeline.errors import CacheFormatError, CacheLockedError
+from pipeline.hashing import file_sha256
 from tests.cache.helpers import FINGERPRINT, random_sample
 
 K, VOCAB = 8, 5000
@@ -58,7 +58,7 @@ def test_swapped_shard_with_fixed_checksum_is_refused(tmp_path: Path) -> None:
     m = _manifest(root)
     for rec in m["shards"]:
         if rec["file"] == b.name:
-            rec.update(bytes=b.stat().st_size, sha256=sha256_file(b), rows=m["shards"][0]["rows"])
+            rec.update(bytes=b.stat().st_size, sha256=file_sha256(b), rows=m["shards"][0]["rows"])
     _save(root, m)
     with pytest.raises(
         CacheFormatError, match=rf"is stored twice \({a.name} and {b.name}\): a shard was copied"

@@ -19,7 +19,7 @@ from pipeline.demo.captions import DemoObject, format_caption
 from pipeline.errors import CacheMismatchError, ConfigError
 from pipeline.evaluate import run as ev
 from pipeline.models import resolve_checkpoint
-from pipeline.runs import split_path
+from pipeline.splits import split_path
 from pipeline.teacher.forward import teacher_topk
 
 N_VAL = 10
@@ -62,7 +62,9 @@ def true_run(
     cfg: DistillConfig, assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("metrics") / "sub" / "metrics.json"
-    return ev.run_evaluation(cfg, assets["student"], "val", out, max_rows=8, max_new_tokens=16)
+    return ev.run_evaluation(
+        cfg, assets["student"], "val", out, ev.EvalOptions(max_rows=8, max_new_tokens=16)
+    )
 
 
 # --------------------------------------------------------------------------------- end to end
@@ -107,7 +109,8 @@ def test_metrics_json_written(
 ) -> None:
     model, encoder = student
     out = tmp_path / "a" / "b" / "m.json"
-    m = ev.run_evaluation(cfg, None, "val", out, max_rows=3, generate=False, model=model, encoder=encoder)
+    opts = ev.EvalOptions(max_rows=3, generate=False)
+    m = ev.run_evaluation(cfg, None, "val", out, opts, model=model, encoder=encoder)
     assert json.loads(out.read_text()) == m
     assert "caption_f1" not in m
 
@@ -117,7 +120,13 @@ def test_deterministic(
 ) -> None:
     model, encoder = student
     again = ev.run_evaluation(
-        cfg, None, "val", tmp_path / "m.json", max_rows=8, max_new_tokens=16, model=model, encoder=encoder
+        cfg,
+        None,
+        "val",
+        tmp_path / "m.json",
+        ev.EvalOptions(max_rows=8, max_new_tokens=16),
+        model=model,
+        encoder=encoder,
     )
     for key in ("ce", "token_accuracy", "tokens", "caption_f1", "baseline_f1", "caption_examples"):
         assert again[key] == true_run[key], key
@@ -132,9 +141,7 @@ def test_shuffled_images_change_ce(
         None,
         "val",
         tmp_path / "s.json",
-        max_rows=8,
-        generate=False,
-        shuffle_images=True,
+        ev.EvalOptions(max_rows=8, generate=False, shuffle_images=True),
         model=model,
         encoder=encoder,
     )
@@ -163,7 +170,7 @@ def test_unusable_rows_are_skipped(
     split.write_text("\n".join([*lines, json.dumps(broken), "{not json"]) + "\n")
     model, encoder = student
     m = ev.run_evaluation(
-        cfg, None, split, tmp_path / "m.json", max_new_tokens=8, model=model, encoder=encoder
+        cfg, None, split, tmp_path / "m.json", ev.EvalOptions(max_new_tokens=8), model=model, encoder=encoder
     )
     assert m["rows_in"] == 6 and m["rows_scored"] == 4 and m["rows_skipped"] == 2
     assert m["skip_reasons"] == {"missing_image": 1, "bad_row": 1}
@@ -249,9 +256,8 @@ def test_kl_to_teacher_cache(
     rows = [r for r in read_rows(assets["val"])[:3] if isinstance(r, Row)]
     cache = fake_cache(teacher, encoder, rows, top_k=8)
     monkeypatch.setattr(ev, "open_eval_cache", lambda cfg, split: cache)
-    m = ev.run_evaluation(
-        cfg, None, "val", tmp_path / "m.json", max_rows=3, generate=False, model=model, encoder=encoder
-    )
+    opts = ev.EvalOptions(max_rows=3, generate=False)
+    m = ev.run_evaluation(cfg, None, "val", tmp_path / "m.json", opts, model=model, encoder=encoder)
     assert m["kl"] > 0 and math.isfinite(m["kl"]) and m["kl_rows"] == 3 and m["kl_tokens"] == m["tokens"]
     # Shuffled images never meet the cache (their encodings are not the cached ones).
     s = ev.run_evaluation(
@@ -259,9 +265,7 @@ def test_kl_to_teacher_cache(
         None,
         "val",
         tmp_path / "s.json",
-        max_rows=3,
-        generate=False,
-        shuffle_images=True,
+        ev.EvalOptions(max_rows=3, generate=False, shuffle_images=True),
         model=model,
         encoder=encoder,
     )
@@ -313,7 +317,7 @@ def test_lora_checkpoint_is_applied(
     lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "run" / "checkpoint-3")
     c = make_cfg(assets, tmp_path / "run")
-    m = ev.run_evaluation(c, None, "val", tmp_path / "m.json", max_rows=8, generate=False)
+    m = ev.run_evaluation(c, None, "val", tmp_path / "m.json", ev.EvalOptions(max_rows=8, generate=False))
     assert m["checkpoint"].endswith("checkpoint-3")
     assert m["tokens"] == true_run["tokens"] and m["ce"] != true_run["ce"]
 

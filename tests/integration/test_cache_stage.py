@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import gkd_config, write_config
 
@@ -231,7 +230,11 @@ def test_data_parallel_caching_matches_single_process(
         assert np.array_equal(x.topk_ids, y.topk_ids)
         np.testing.assert_allclose(x.topk_logprobs, y.topk_logprobs, atol=1e-5)
         np.testing.assert_allclose(x.tail_logprobs, y.tail_logprobs, atol=1e-5)
-    assert torch is not None
+        assert x.encoding_hash == y.encoding_hash
+    # one manifest merged from both ranks counts what the single process counted
+    counts = ("rows_in", "cached", "skipped", "targets")
+    assert {k: a.manifest["counts"][k] for k in counts} == {k: b.manifest["counts"][k] for k in counts}
+    assert a.manifest["counts"]["cached"] == len(b.sample_ids) > 0
 
 
 # ---- reliability: bad lines, empty and mistyped splits, one writer per directory, partial caches ----

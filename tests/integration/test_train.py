@@ -162,9 +162,10 @@ def test_fused_student_scores_equal_the_dense_head(default_cache: Path) -> None:
 
 
 def test_topk16_loss_never_exceeds_live(default_cache: Path, record_property: Any) -> None:
+    from pipeline.cache.targets import teacher_topk
     from pipeline.teacher.forward import hidden_states, project_fp32
     from pipeline.train.student_forward import student_token_scores
-    from pipeline.train.trainer import DistillSettings, cached_teacher_topk
+    from pipeline.train.trainer import DistillSettings
 
     cfg = _load(default_cache)
     enc, batch = _batch(cfg, Path(cfg.custom.teacher_cache) / "train", n=8)
@@ -179,7 +180,7 @@ def test_topk16_loss_never_exceeds_live(default_cache: Path, record_property: An
         st = DistillSettings(beta=beta, real_vocab=len(enc.tokenizer))
         kw = dict(real_vocab=st.real_vocab, beta=beta)
         with torch.no_grad():
-            topk = cached_teacher_topk(batch["teacher"], targets, st)
+            topk = teacher_topk(batch["teacher"], targets, st.real_vocab)
             sparse = student_token_scores(student, inputs, topk=topk, **kw).tokens.kl
             full = student_token_scores(student, inputs, teacher_logits=t_logits, **kw).tokens.kl
         # the loss (mean over the batch's tokens) never exceeds the live loss
@@ -199,12 +200,13 @@ def test_cached_run_telemetry_lora_and_no_teacher(
     default_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pipeline.train.launcher as launcher
+    import pipeline.train.sft_pipeline as sft_pipeline
     from pipeline.train.trainer import CachedGKDTrainer
 
     def no_teacher(*a: Any, **k: Any) -> None:
         raise AssertionError("the cached variant with lmbda=0 must not load a teacher")
 
-    monkeypatch.setattr(launcher, "load_teacher", no_teacher)
+    monkeypatch.setattr(sft_pipeline, "load_teacher", no_teacher)
     monkeypatch.setattr(CachedGKDTrainer, "_live_teacher_logits", no_teacher)
     out = tmp_path / "run"
     launcher.run_training(

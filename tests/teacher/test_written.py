@@ -95,28 +95,55 @@ def test_training_reads_the_written_response_with_the_hash_check(
         EncodedDataset([rows[pool_ids[0]]], encoder, OneRow())[0]
 
 
+def test_retokenized_is_targets_other_than_generated_then_end_of_turn() -> None:
+    """Constructed encodings: a row is retokenized exactly when its supervised targets are not the
+    generated ids followed by a stop id."""
+    from pipeline.encoding import EncodedRow
+    from pipeline.teacher.written import _retokenized
+
+    def enc(targets: list[int]) -> EncodedRow:
+        return EncodedRow("s", {"input_ids": [1, 2, *targets], "labels": [-100, -100, *targets]}, "h")
+
+    generated, stop = [5, 6, 7], [99]
+    cases = {
+        (5, 6, 7, 99): False,  # generated then the end-of-turn: as written
+        (5, 6, 8, 99): True,  # a merge changed an id
+        (5, 67, 99): True,  # a merge changed the length
+        (5, 6, 7, 42): True,  # no stop id after the response
+        (5, 6, 7): True,  # no end-of-turn at all
+    }
+    assert {t: _retokenized(enc(list(t)), generated, stop) for t in cases} == cases
+
+
 def test_retokenized_rows_are_counted(written_cache: tuple[Any, dict[str, Any]]) -> None:
+    """The stage's count equals the written rows whose cached targets are not the generated ids then a
+    stop id, recomputed from the cache rows."""
     from pipeline.cache.reader import CacheReader
     from pipeline.encoding import RowEncoder
+    from pipeline.generation import stop_token_ids
 
     cfg, counts = written_cache
     reader = CacheReader(Path(cfg.custom.teacher_cache) / "train")
     encoder = RowEncoder.from_config(cfg)
-    tok = encoder.tokenizer
-    changed = 0
+    tok, stops = encoder.tokenizer, stop_token_ids(encoder)
+    changed = written = 0
     for s in reader.iter_samples():
         if s.teacher_written:
-            # targets are the response tokens then the end-of-turn: compare with what was generated
-            changed += s.target_ids[: len(s.written_ids)].tolist() != s.written_ids.tolist()
+            written += 1
+            m, targets = len(s.written_ids), s.target_ids.tolist()
+            as_generated = len(targets) > m and targets[:m] == s.written_ids.tolist() and targets[m] in stops
+            changed += not as_generated
             assert tok.decode(s.written_ids.tolist(), skip_special_tokens=True).strip() == s.written_text
-    assert counts["teacher_written"]["retokenized"] >= changed
+    assert written == N_ROWS - 32
+    assert counts["teacher_written"]["retokenized"] == changed
 
 
 def test_changed_generation_setting_is_refused_by_the_fingerprint(
     written_cache: tuple[Any, dict[str, Any]],
 ) -> None:
+    from pipeline.cache.policy import CachePolicy
     from pipeline.encoding import RowEncoder
-    from pipeline.runs import CachePolicy, open_split_cache
+    from pipeline.splits import open_split_cache
 
     cfg, _ = written_cache
     encoder = RowEncoder.from_config(cfg)

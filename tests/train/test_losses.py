@@ -533,13 +533,9 @@ def test_argument_validation(kwargs: dict[str, object], match: str) -> None:
         gjsd_full(s, s, **args)  # type: ignore[arg-type]
 
 
-def test_renormalise_topk_sums_to_one_and_keeps_ratios() -> None:
-    from pipeline.train.losses import renormalise_topk
+def test_ignore_index_is_the_encodings() -> None:
+    """``losses`` imports only torch, so it restates the label padding value; it must be the encoder's."""
+    from pipeline.encoding import IGNORE_INDEX
+    from pipeline.train.losses import IGNORE_INDEX as LOSS_IGNORE_INDEX
 
-    lp = torch.log(torch.tensor([[0.5, 0.3], [0.2, 0.1]], dtype=torch.float64))
-    tail = torch.log(torch.tensor([0.201, 0.0], dtype=torch.float64))  # mass 1.001 and 0.3 (tail empty)
-    a, b = renormalise_topk(lp, tail)
-    total = torch.logsumexp(torch.cat([a, b[:, None]], 1), 1)
-    assert torch.allclose(total, torch.zeros(2, dtype=torch.float64), atol=1e-12)
-    assert torch.allclose(a[:, 0] - a[:, 1], lp[:, 0] - lp[:, 1])
-    assert torch.isneginf(b[1])
+    assert LOSS_IGNORE_INDEX == IGNORE_INDEX == -100

@@ -1,0 +1,144 @@
+"""``DistillSft``: ms-swift's SFT pipeline with our template, datasets, trainer and teacher.
+
+ms-swift loads the model, applies the tuner (LoRA or full) and runs the Trainer loop; we supply the
+template (the shared ``RowEncoder``'s, so training encodes exactly as caching did), strict datasets
+bound to their caches, the trainer class for the variant and the live teacher when it needs one.
+Importing this module imports ms-swift (seconds, and its log lines): ``pipeline.train.launcher``
+imports it only when training starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from swift.pipelines import SwiftSft
+
+from pipeline.cache.policy import CachePolicy
+from pipeline.config import needs_live_teacher
+from pipeline.encoding import RowEncoder
+from pipeline.errors import CacheMismatchError, ConfigError
+from pipeline.models import load_teacher
+from pipeline.splits import open_split_cache
+from pipeline.train.coverage import SplitRows, bind_to_cache, check_left_out, write_report
+from pipeline.train.data import EncodedDataset
+from pipeline.train.trainer import DistillSettings, resolve_trainer_cls
+
+if TYPE_CHECKING:
+    from pipeline.config import DistillConfig
+
+# <output_dir>/final: the weights at the end of training, a stable path for the next stage
+FINAL_DIR = "final"
+
+
+class DistillSft(SwiftSft):
+    """ms-swift's SFT pipeline with our template, datasets, trainer and teacher."""
+
+    model: Any
+    processor: Any
+
+    def __init__(self, args: Any, cfg: DistillConfig, splits: list[SplitRows]):
+        self.cfg = cfg
+        self.splits = splits  # checked before the model loads (run_training)
+        super().__init__(args)
+
+    def _prepare_template(self) -> None:
+        super()._prepare_template()
+        if self.args.packing or self.args.padding_free:
+            raise ConfigError(
+                "packing / padding_free batches are not supported by the distillation trainers "
+                "(cached targets are per sample); remove them from train.extra"
+            )
+        encoder = RowEncoder.from_config(self.cfg, processor=self.processor, mode="train")
+        if encoder.template.use_model:
+            encoder.template.model = self.model
+        self.encoder = encoder
+        self.template = encoder.template
+
+    def run(self) -> Any:
+        """Bind the splits to their caches, build the datasets, the teacher and the trainer; train."""
+        cfg, args = self.cfg, self.args
+        train_ds, val_ds = self._datasets()
+        args.save_args()
+        self.model = self.prepare_model(args, self.model, template=self.template, train_dataset=train_ds)
+        teacher = self._live_teacher()
+        from pipeline.train.telemetry import TelemetryCallback
+
+        trainer = resolve_trainer_cls(cfg.custom.variant)(
+            model=self.model,
+            args=args.training_args,
+            template=self.template,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            distill=self._settings(),
+            teacher_model=teacher,
+            encoder=self.encoder,
+        )
+        trainer.add_callback(TelemetryCallback(cfg))
+        if teacher is not None:
+            teacher.to(trainer.args.device)
+        self.trainer = trainer
+        return self.train(trainer)
+
+    def _datasets(self) -> tuple[EncodedDataset, EncodedDataset | None]:
+        """The train (and val) datasets, each split bound to its cache where the variant reads one,
+        its left-out rows checked and reported."""
+        cfg, variant = self.cfg, self.cfg.custom.variant
+        train_split, *val_split = self.splits
+        partial = cfg.custom.allow_partial_cache
+        train_cache = eval_cache = None
+        if variant.reads_cache:
+            train_cache = open_split_cache(cfg, "train", CachePolicy.FINGERPRINT, encoder=self.encoder)
+            train_split = bind_to_cache(train_split, train_cache, allow_partial=partial)
+            self._check_cache_vocab(train_cache)
+        # every distilling variant reports eval/kl_loss against a cached val split when there is one
+        if variant.distils and val_split and cfg.custom.teacher_cache:
+            eval_cache = open_split_cache(
+                cfg, "val", CachePolicy.FINGERPRINT, encoder=self.encoder, required=False
+            )
+            if eval_cache is not None:
+                val_split = [bind_to_cache(val_split[0], eval_cache, allow_partial=partial)]
+        for split in (train_split, *val_split):
+            check_left_out(split, cfg.custom.max_skipped_fraction, strict=cfg.custom.strict)
+        write_report([train_split, *val_split], self.args.output_dir)
+        val_rows = val_split[0].rows if val_split else []
+        on_policy = cfg.rlhf is not None and cfg.rlhf.lmbda > 0  # sampling needs the raw rows
+        train_ds = EncodedDataset(train_split.rows, self.encoder, train_cache, keep_rows=on_policy)
+        return train_ds, EncodedDataset(val_rows, self.encoder, eval_cache) if val_rows else None
+
+    def _live_teacher(self) -> Any:
+        """The live teacher, checked against the student, when the variant needs one for this lmbda."""
+        if not needs_live_teacher(self.cfg):
+            return None
+        from pipeline.teacher.compat import check_pair
+
+        check_pair(self.cfg)
+        return load_teacher(self.cfg)
+
+    def _settings(self) -> DistillSettings:
+        cfg, rlhf = self.cfg, self.cfg.rlhf
+        return DistillSettings(
+            variant=cfg.custom.variant,
+            beta=rlhf.beta if rlhf else 0.0,
+            sft_alpha=rlhf.sft_alpha if rlhf else 1.0,
+            lmbda=rlhf.lmbda if rlhf else 0.0,
+            loss_temperature=cfg.custom.loss_temperature,
+            sampling_temperature=rlhf.temperature if rlhf else 1.0,
+            max_completion_length=rlhf.max_completion_length if rlhf else 64,
+            real_vocab=len(self.encoder.tokenizer),
+            seed=cfg.train.seed,
+        )
+
+    def train(self, trainer: Any) -> Any:
+        result = super().train(trainer)
+        # Checkpoint rotation may keep the best rather than the last checkpoint; the next stage
+        # wants the end-of-training weights at a fixed path.
+        trainer.save_model(os.path.join(self.args.output_dir, FINAL_DIR))
+        return result
+
+    def _check_cache_vocab(self, cache: Any) -> None:
+        width = self.model.get_output_embeddings().weight.shape[0]
+        if cache.vocab_size > width:
+            raise CacheMismatchError(
+                f"cache vocabulary {cache.vocab_size} exceeds the student's logit width {width}"
+            )
