@@ -53,8 +53,8 @@ class CompatibilityError(DistillError, ValueError):
 
 def exit_code(main: Callable[[], object]) -> int:
     """Run ``main`` as a command: 0 when it returns (or its int), 2 after printing a ``DistillError`` as
-    one line on stderr. Any other exception is a bug and keeps its traceback. The CLI and every DVC
-    stage script go through here, so ``dvc repro`` shows the same one-line errors as ``distill``."""
+    one line on stderr. Any other exception is a bug and keeps its traceback. Every ``distill`` command,
+    and so every DVC stage, goes through here: ``dvc repro`` shows the same one-line errors."""
     try:
         result = main()
     except DistillError as exc:

@@ -4,8 +4,9 @@
   ``if TYPE_CHECKING:`` do not, they never run).
 - The library never imports the demo (``pipeline.demo``) or the CLI; ``train/losses`` imports only
   torch and the standard library; ``cache/`` imports no model code.
-- Every ``dvc.yaml`` stage lists as deps exactly the library files its script imports (transitively),
-  so a code change re-runs exactly the stages that run that code.
+- Every ``dvc.yaml`` stage is a ``distill`` command whose parser accepts its arguments, and its code
+  deps (files and sub-package directories) cover exactly the library its command imports
+  (transitively): a code change re-runs every stage that runs that code, and each declared dep is run.
 - Every dependency in ``pyproject.toml`` is imported somewhere, or is named as a runtime requirement.
 """
 
@@ -16,9 +17,9 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "pipeline"
@@ -153,13 +154,16 @@ def test_no_import_cycles():
 
 
 def test_library_never_imports_demo_or_cli():
+    """``cli.py`` and ``commands/`` are the CLI layer on top; ``demo/`` is imported by nothing below."""
     bad = []
     for f in LIBRARY:
         rel = f.relative_to(PKG)
-        if rel.parts[0] == "demo" or rel.name == "cli.py":
+        if rel.parts[0] in ("demo", "commands") or rel.name == "cli.py":
             continue
         for name in imported_names(f):
-            if name == "pipeline.cli" or name == "pipeline.demo" or name.startswith("pipeline.demo."):
+            if name in ("pipeline.cli", "pipeline.demo", "pipeline.commands") or name.startswith(
+                ("pipeline.demo.", "pipeline.commands.")
+            ):
                 bad.append(f"{rel}: {name}")
     assert not bad, bad
 
@@ -199,66 +203,78 @@ def test_cache_package_imports_no_model_code():
         ), f"{f.name}: {sorted(own)}"
 
 
-# ---- dvc.yaml deps --------------------------------------------------------------------------------
+# ---- dvc.yaml stages -------------------------------------------------------------------------------
 
 
-def _stages() -> list[tuple[str, dict]]:
-    out = []
-    for dvc_file in (ROOT / "dvc.yaml", ROOT / "stages" / "demo" / "dvc.yaml"):
-        doc = yaml.safe_load(dvc_file.read_text())
-        for name, stage in doc["stages"].items():
-            body = stage.get("do", stage)
-            wdir = (dvc_file.parent / stage.get("wdir", ".")).resolve()
-            out.append((f"{dvc_file.relative_to(ROOT)}:{name}", {**body, "_wdir": wdir}))
-    return out
+def _stages() -> list[tuple[str, Any]]:
+    """Every stage of ``dvc.yaml`` and ``stages/demo/dvc.yaml`` as DVC resolves it (``foreach`` expanded,
+    ``${...}`` filled in, paths from each stage's ``wdir``)."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return [(s.addressing, s) for s in repo.index.stages]
 
 
-def _script(cmd: str) -> str:
+STAGES = _stages()
+ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+
+
+def _distill_args(cmd: str) -> list[str]:
+    """The arguments after ``distill`` in a stage's command (leading ``VAR=value`` settings skipped)."""
     words = shlex.split(cmd)
-    scripts = [w for w in words if w.endswith(".py")]
-    assert len(scripts) == 1, f"expected one python script in {cmd!r}"
-    return scripts[0]
+    while words and ENV_ASSIGNMENT.match(words[0]):
+        words.pop(0)
+    assert words and words[0] == "distill", f"expected a `distill` command, got {cmd!r}"
+    return words[1:]
 
 
-def _code_deps(stage: dict) -> set[str]:
-    found: set[str] = set()
-    for dep in stage.get("deps", []):
-        p = (stage["_wdir"] / dep).resolve()
-        rel = p.relative_to(ROOT)
-        if rel.parts[0] not in ("pipeline", "stages"):
-            continue
-        if p.is_dir():
-            found.update(str(f.relative_to(ROOT)) for f in p.rglob("*.py") if "__pycache__" not in f.parts)
-        else:
-            found.add(str(rel))
-    return found
+def _parse(cmd: str) -> Any:
+    from pipeline.cli import build_parser
+
+    try:
+        return build_parser().parse_args(_distill_args(cmd))
+    except SystemExit:
+        raise AssertionError(f"`distill` rejects the arguments of {cmd!r}") from None
 
 
-def _significant(f: Path) -> bool:
-    """Package ``__init__`` files hold no code (``test_package_inits_hold_no_code``): left out of deps."""
-    return f.name != "__init__.py"
+def stage_code(cmd: str) -> set[Path]:
+    """The library files a stage's command runs: the dispatcher, the command's module and what it
+    imports (the other commands' modules only build their parsers)."""
+    module = sys.modules[_parse(cmd).func.__module__]
+    return {f for f in closure(Path(module.__file__ or "")) | {PKG / "cli.py"} if f.name != "__init__.py"}
 
 
-def expected_code_deps(script: Path) -> set[str]:
-    return {str(f.relative_to(ROOT)) for f in closure(script) if _significant(f)}
+def _declared_code(stage: Any) -> list[Path]:
+    return [Path(d.fs_path) for d in stage.deps if Path(d.fs_path).is_relative_to(PKG)]
 
 
-@pytest.mark.parametrize("name,stage", _stages(), ids=[n for n, _ in _stages()])
-def test_dvc_stage_deps_equal_import_closure(name, stage):
-    script = (stage["_wdir"] / _script(stage["cmd"])).resolve()
-    want = expected_code_deps(script)
-    have = _code_deps(stage)
-    missing, extra = sorted(want - have), sorted(have - want)
-    assert not missing and not extra, (
-        f"{name}: deps drift from the code the stage runs.\n  missing: {missing}\n  not imported: {extra}\n"
-        f"  the stage's code deps should be: {sorted(want)}"
+@pytest.mark.parametrize("name,stage", STAGES, ids=[n for n, _ in STAGES])
+def test_every_stage_is_a_distill_command_its_parser_accepts(name, stage):
+    args = _parse(stage.cmd)
+    assert callable(args.func), name
+
+
+@pytest.mark.parametrize("name,stage", STAGES, ids=[n for n, _ in STAGES])
+def test_dvc_stage_code_deps_cover_the_code_it_runs(name, stage):
+    declared = _declared_code(stage)
+    runs = stage_code(stage.cmd)
+    uncovered = sorted(
+        str(f.relative_to(ROOT)) for f in runs if not any(f.is_relative_to(d) for d in declared)
+    )
+    unused = sorted(str(d.relative_to(ROOT)) for d in declared if not any(f.is_relative_to(d) for f in runs))
+    assert not uncovered and not unused, (
+        f"{name}: code deps drift from the code the stage runs.\n  not declared: {uncovered}\n"
+        f"  declared but not run: {unused}\n"
+        f"  the stage runs: {sorted(str(f.relative_to(ROOT)) for f in runs)}"
     )
 
 
-def test_cache_stage_runs_no_training_code():
-    stages = dict(_stages())
-    deps = _code_deps(stages["dvc.yaml:cache"])
-    assert not [d for d in deps if d.startswith("pipeline/train/")], sorted(deps)
+def test_cache_stages_run_no_training_code():
+    caches = [(n, s) for n, s in STAGES if n.startswith("cache@")]
+    assert len(caches) >= 2, [n for n, _ in STAGES]
+    for name, stage in caches:
+        code = {f for d in _declared_code(stage) for f in ([d] if d.is_file() else d.rglob("*.py"))}
+        assert not [f for f in code if f.is_relative_to(PKG / "train")], name
 
 
 # ---- declared dependencies ------------------------------------------------------------------------
@@ -285,7 +301,7 @@ def test_every_dependency_is_used():
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     used: set[str] = set()
-    for f in [*LIBRARY, *ROOT.joinpath("stages").rglob("*.py")]:
+    for f in LIBRARY:
         used |= _top_level(imported_names(f))
     unused = []
     for spec in deps:
@@ -294,53 +310,3 @@ def test_every_dependency_is_used():
         if mod not in used and mod not in RUNTIME_ONLY:
             unused.append(dist)
     assert not unused, f"declared but never imported (use it or name why it is needed): {unused}"
-
-
-# ---- regenerating the deps ------------------------------------------------------------------------
-
-
-def rewrite_code_deps(dvc_file: Path) -> bool:
-    """Rewrite ``dvc_file``'s code deps (``pipeline/`` and ``stages/`` entries) to each stage's import
-    closure, in place, keeping every other line, comment and dep. Returns whether anything changed."""
-    lines = dvc_file.read_text().splitlines(keepends=True)
-    wanted = {
-        name.split(":", 1)[1]: sorted(expected_code_deps((stage["_wdir"] / _script(stage["cmd"])).resolve()))
-        for name, stage in _stages()
-        if name.startswith(str(dvc_file.relative_to(ROOT)) + ":")
-    }
-    wdir = next(s["_wdir"] for n, s in _stages() if n.startswith(str(dvc_file.relative_to(ROOT)) + ":"))
-    out: list[str] = []
-    stage = None
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        if indent == 2 and stripped.endswith(":") and not stripped.startswith("#"):
-            stage = stripped[:-1]
-        if stripped == "deps:" and stage in wanted:
-            out.append(line)
-            i += 1
-            items: list[str] = []
-            while i < len(lines) and lines[i].lstrip().startswith("- "):
-                items.append(lines[i])
-                i += 1
-            prefix = items[0][: len(items[0]) - len(items[0].lstrip())] if items else " " * (indent + 2)
-            rel = [str((ROOT / d).relative_to(wdir)) if wdir != ROOT else d for d in wanted[stage]]
-            kept = [it for it in items if not it.strip()[2:].startswith(("pipeline/", "stages/"))]
-            out.extend(kept + [f"{prefix}- {d}\n" for d in rel])
-            continue
-        out.append(line)
-        i += 1
-    text = "".join(out)
-    changed = text != dvc_file.read_text()
-    dvc_file.write_text(text)
-    return changed
-
-
-if __name__ == "__main__":
-    # python -m tests.test_architecture --fix : regenerate every dvc.yaml's code deps from the imports.
-    if sys.argv[1:] != ["--fix"]:
-        raise SystemExit("usage: python -m tests.test_architecture --fix")
-    for f in (ROOT / "dvc.yaml", ROOT / "stages" / "demo" / "dvc.yaml"):
-        print(f"{f.relative_to(ROOT)}: {'rewritten' if rewrite_code_deps(f) else 'up to date'}")

@@ -1,11 +1,10 @@
-"""The CLI: fast help, one-line errors with a non-zero exit, in-process where possible."""
+"""The CLI: help that imports nothing heavy, one-line errors with a non-zero exit, in-process where possible."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ import pytest
 from pipeline.cli import main
 
 
-def test_help_is_fast_and_imports_nothing_heavy() -> None:
-    t0 = time.perf_counter()
+def test_help_imports_nothing_heavy() -> None:
     out = subprocess.run(
         [
             sys.executable,
@@ -31,7 +29,40 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
         check=True,
     )
     assert out.stdout.strip() == "[]"
-    assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--config", "configs/missing.yaml"],
+        ["cache", "--config", "configs/missing.yaml"],
+        ["evaluate", "--config", "configs/missing.yaml", "--out", "unused.json"],
+        ["export-written", "--config", "configs/missing.yaml", "--out", "unused.jsonl"],
+        ["resolve", "--params", "missing_params.yaml", "--out", "unused"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_missing_input_is_one_line_naming_the_file(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ConfigError: "), lines
+    assert argv[2] in lines[0]
+
+
+def test_stage_marker_records_command_and_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # params.yaml's config paths are relative
+    markers = tmp_path / "markers.jsonl"
+    monkeypatch.setenv("DISTILL_STAGE_MARKERS", str(markers))
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2  # a failure leaves none
+    assert not markers.exists()
+    assert main(["resolve", "--out", str(tmp_path / "configs")]) == 0
+    assert [json.loads(x)["stage"] for x in markers.read_text().splitlines()] == ["resolve"]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import gkd_config, write_config
 
+pytestmark = pytest.mark.slow  # trains or caches with real tiny models
+
 
 def _load(path: Path) -> Any:
     from pipeline.config import load_config

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # trains or caches with real tiny models
+
 REQUIRED = {
     "train/loss",
     "train/kl_loss",

@@ -42,6 +42,7 @@ def _max_rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.reshape(want.shape) - want).abs().max() / want.abs().max().clamp_min(1e-30))
 
 
+@pytest.mark.slow  # torchrun: two DeepSpeed ranks
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_zero3_step_matches_one_process(tied: bool, tmp_path: Path) -> None:
     z3 = _zero3_run(tmp_path / "zero3.pt", tied)

@@ -1,0 +1,30 @@
+"""``distill resolve``: every run's and cache's config from ``params.yaml``, knobs applied, one file each.
+
+The DVC stages train, cache and evaluate from these files; DVC hashes each one, so a stage re-runs
+exactly when the config it runs with changes (a ``student.beta`` change rewrites the GKD runs' files
+and leaves the caches' and the SFT runs' files as they were).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.commands.options import dump_config
+
+HELP = "write each run's and cache's config with params.yaml's knobs applied (what DVC stages run)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="knobs, runs and caches")
+    p.add_argument("--out", type=Path, required=True, help="directory for <name>.yaml per run and cache")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.params import every_entry, resolved_config
+
+    for entry in every_entry(args.params):
+        path = args.out / f"{entry.name}.yaml"
+        dump_config(resolved_config(entry, args.params), path)
+        print(f"{entry.name}: {entry.config} + {', '.join(entry.params) or 'no knobs'} -> {path}")
+    return 0

@@ -1,0 +1,121 @@
+"""``params.yaml``: the pipeline's knobs, its runs and caches, and how a knob becomes a config key.
+
+The knob groups (``teacher``, ``student``, ``cache``, ``demo``) hold the sweepable values. ``runs``
+lists every model the pipeline trains and evaluates, in the comparison's order; ``caches`` lists every
+teacher cache. Each entry names its config and the knob groups it reads. ``distill resolve`` writes
+each entry's config with its knobs applied as one standalone file, and the DVC stages run on those
+files: a stage re-runs exactly when its own resolved config changes, so a student knob never re-runs
+the cache stage and a GKD knob never re-runs an SFT student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+PARAM_TO_CONFIG = {
+    "cache.top_k": "custom.top_k",
+    "cache.loss_temperature": "custom.loss_temperature",
+    "cache.logprob_encoding": "custom.logprob_encoding",
+    "teacher.learning_rate": "train.learning_rate",
+    "teacher.max_steps": "train.max_steps",
+    "student.model": "model.model",
+    "student.learning_rate": "train.learning_rate",
+    "student.max_steps": "train.max_steps",
+    "student.seed": "train.seed",
+    "student.beta": "rlhf.beta",
+    "student.sft_alpha": "rlhf.sft_alpha",
+    "student.lmbda": "rlhf.lmbda",
+}
+KNOB_GROUPS = ("teacher", "student", "cache")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ``runs:`` or ``caches:`` entry: a config and the knob groups applied to it."""
+
+    name: str
+    config: Path
+    params: tuple[str, ...]
+
+
+def load_params(params_file: str | Path) -> dict[str, Any]:
+    path = Path(params_file)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    params = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of knob groups, runs and caches")
+    return params
+
+
+def entries(params_file: str | Path, section: str) -> list[Entry]:
+    """The ``runs`` or ``caches`` of ``params_file``, in file order, each entry checked."""
+    params = load_params(params_file)
+    raw = params.get(section)
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{params_file}: key '{section}': expected a mapping of name -> {{config, params}}")
+    out = []
+    for name, spec in raw.items():
+        key = f"{params_file}: key '{section}.{name}"
+        if not isinstance(spec, dict) or not isinstance(spec.get("config"), str):
+            raise ConfigError(f"{key}': expected a mapping with a 'config' path")
+        groups = spec.get("params", [])
+        if not isinstance(groups, list) or any(g not in KNOB_GROUPS for g in groups):
+            raise ConfigError(f"{key}.params': expected a list of knob groups from {', '.join(KNOB_GROUPS)}")
+        out.append(Entry(str(name), Path(spec["config"]), tuple(groups)))
+    return out
+
+
+def run_names(params_file: str | Path) -> list[str]:
+    """Every run the pipeline trains and evaluates, in the comparison's order."""
+    return [e.name for e in entries(params_file, "runs")]
+
+
+def overrides_from_params(
+    params_file: str | Path, groups: tuple[str, ...] | list[str], has_rlhf: bool = True
+) -> dict[str, Any]:
+    """Config overrides for the knobs of ``groups`` (``rlhf.*`` ones only if the config has ``rlhf:``,
+    so an SFT run reads the student's optimizer knobs and none of its distillation knobs)."""
+    params = load_params(params_file)
+    out: dict[str, Any] = {}
+    for group in groups:
+        for key, value in (params.get(group) or {}).items():
+            dotted = f"{group}.{key}"
+            if dotted not in PARAM_TO_CONFIG:
+                raise ConfigError(
+                    f"{params_file}: key '{dotted}': not a known knob ({', '.join(sorted(PARAM_TO_CONFIG))})"
+                )
+            target = PARAM_TO_CONFIG[dotted]
+            if target.startswith("rlhf.") and not has_rlhf:
+                continue
+            out[target] = value
+    return out
+
+
+def resolved_config(entry: Entry, params_file: str | Path) -> dict[str, Any]:
+    """``entry``'s config, inheritance merged and its knobs applied: a standalone config mapping."""
+    from pipeline.config import load_config, load_resolved
+
+    # The config alone is read first only to know whether it has an rlhf block (rlhf.* knobs apply
+    # only then).
+    has_rlhf = load_config(entry.config).rlhf is not None
+    return load_resolved(entry.config, overrides_from_params(params_file, entry.params, has_rlhf=has_rlhf))[1]
+
+
+def every_entry(params_file: str | Path) -> list[Entry]:
+    """Every cache and run of ``params_file``; their names must differ (each names one resolved file)."""
+    every = entries(params_file, "caches") + entries(params_file, "runs")
+    seen: set[str] = set()
+    for entry in every:
+        if entry.name in seen:
+            raise ConfigError(
+                f"{params_file}: '{entry.name}' names both a run and a cache; names must differ"
+            )
+        seen.add(entry.name)
+    return every
