@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, default=None)
     p.add_argument("--n-labelled", type=int, default=None, help="captioned rows of the student's project")
     p.add_argument("--n-pool", type=int, default=None, help="uncaptioned images (prompt-only rows)")
+    p.add_argument(
+        "--captions",
+        choices=["exact", "varied"],
+        default="exact",
+        help="caption style: one canonical caption per image, or many valid phrasings (params.yaml demo.captions)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace demo assets already in --out")
 
     p = sub.add_parser("prepare", help="validate a JSONL dataset and assign stable sample ids")
@@ -165,7 +171,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             for k in ("n_train", "n_val", "n_test", "n_labelled", "n_pool")
             if getattr(args, k) is not None
         }
-        paths = build_demo_assets(args.out, seed=args.seed, overwrite=args.overwrite, **kwargs)
+        paths = build_demo_assets(
+            args.out, seed=args.seed, overwrite=args.overwrite, captions=args.captions, **kwargs
+        )
         for name, path in paths.items():
             print(f"{name}: {path}")
         return 0

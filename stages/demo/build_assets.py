@@ -18,6 +18,7 @@ def main() -> None:
     p.add_argument("--n-test", type=int, required=True)
     p.add_argument("--n-labelled", type=int, required=True)
     p.add_argument("--n-pool", type=int, required=True)
+    p.add_argument("--captions", choices=["exact", "varied"], default="exact")
     a = p.parse_args()
     build_demo_assets(
         a.out,
@@ -27,6 +28,7 @@ def main() -> None:
         n_test=a.n_test,
         n_labelled=a.n_labelled,
         n_pool=a.n_pool,
+        captions=a.captions,
         overwrite=True,
     )
     leave_marker("demo_assets")
