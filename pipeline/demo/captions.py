@@ -12,12 +12,12 @@ Rows with several images prefix each image's sentences with ``image N:`` (1-base
 
 That is the ``exact`` caption style: one valid caption per image, so a trained teacher is almost
 certain of every token. Real dense captions are not like that: annotators and captioning models
-describe one image in many valid ways. The ``varied`` style (``varied_caption``) samples, per row, the
-object order, a sentence template, size synonyms and optional extra detail, while everything the image
+describe one image in many valid ways. The ``varied`` style (``varied_caption``) samples, per row, a
+sentence template, prepositions, size synonyms and optional extra detail, while everything the image
 decides (which objects, their shape, colour, size and cell, how many there are) stays fixed::
 
-    there are two objects. there is a little blue square in the bottom right corner and there is a
-    big red circle in the top left corner.
+    there are two objects. there is a big red circle in the top left corner and there is a little
+    blue square in the bottom right corner.
 
 ``parse_caption`` reads every phrasing of both styles, so the object F1 rewards the objects named,
 never one wording.
@@ -46,6 +46,12 @@ CAPTION_STYLES: tuple[str, ...] = ("exact", "varied")
 SIZE_WORDS: dict[str, tuple[str, ...]] = {"large": ("large", "big"), "small": ("small", "little")}
 VERTICAL_WORDS: dict[str, tuple[str, ...]] = {"top": ("top", "upper"), "bottom": ("bottom", "lower")}
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
+# Share of varied captions that name objects from the bottom right backwards. Measured on the 500-step
+# demo teacher (test split, same scenes): reading order only, caption F1 0.59; half reversed, 0.25;
+# any order, 0.43 (exact style: 0.94). Naming an object's cell after its attributes, in an order the
+# image does not fix, takes a lookup over the image tokens that this teacher does not learn in 500
+# steps, so the order stays fixed until a longer teacher is affordable.
+REVERSED_ORDER_SHARE = 0.0
 
 
 class DemoObject(NamedTuple):
@@ -108,14 +114,12 @@ def _varied_mention(obj: DemoObject, template: str, prep: str, corner: bool, rng
 
 
 def _varied_sentences(objects: list[DemoObject], rng: Random, compact: bool = False) -> str:
-    """One image's objects in a sampled order and template; the last two may share a sentence.
+    """One image's objects in a sampled template; the last two may share a sentence.
 
     ``compact``: object-first sentences without ``corner``, as long in tokens as the exact style's.
     """
     ordered = sorted(objects, key=sort_key)
-    # Half the captions run backwards from the bottom right. Not a free shuffle: with objects in any
-    # order the demo teacher lost which cell an object sits in (test F1 0.43 against 0.94).
-    if rng.random() < 0.5:
+    if rng.random() < REVERSED_ORDER_SHARE:
         ordered.reverse()
     template = "object_first" if compact else rng.choice(("object_first", "there_is"))
     prep = rng.choice(("at", "in"))
@@ -129,12 +133,12 @@ def _varied_sentences(objects: list[DemoObject], rng: Random, compact: bool = Fa
 def varied_caption(objects: Iterable[DemoObject], n_images: int, rng: Random) -> str:
     """One of many valid captions of ``objects``, drawn from ``rng``.
 
-    Varies what a captioner chooses: object order (reading order or its reverse), sentence template
-    (object first or ``there is ...``), preposition (at / in), ``corner`` or not, size synonyms
-    (big / large, little / small), joining the last two objects with ``and``, and an optional count
-    sentence before single-image captions. Multi-image captions
-    keep the order, synonym, preposition and ``and`` choices but use compact object-first sentences:
-    six objects must fit the teacher-written caption budget of 64 tokens. Every object is
+    Varies what a captioner chooses: sentence template (object first or ``there is ...``),
+    preposition (at / in), ``corner`` or not, size synonyms (big / large, little / small), joining the
+    last two objects with ``and``, an optional count sentence before single-image captions, and the
+    object order by ``REVERSED_ORDER_SHARE`` (0 today: reading order). Multi-image captions keep the
+    synonym, preposition and ``and`` choices but use compact object-first sentences: six objects must
+    fit the teacher-written caption budget of 64 tokens. Every object is
     named with all four attributes, so ``parse_caption`` recovers exactly ``objects``.
     """
     objects = list(objects)

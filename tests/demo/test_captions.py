@@ -138,7 +138,7 @@ def test_varied_captions_vary_where_the_image_does_not_decide() -> None:
     assert len(texts) > 50
     # every lever is pulled somewhere: order, templates, synonyms, prepositions, count sentences
     firsts = {next(iter(sorted(parse_caption(t), key=lambda o: t.find(o.shape)))) for t in texts}
-    assert firsts == {RED_CIRCLE, BLUE_SQUARE}  # reading order or its reverse, never the middle first
+    assert firsts == {RED_CIRCLE}  # REVERSED_ORDER_SHARE 0: reading order, whatever the wording
     for word in ("big", "little", " in the ", "corner", "there is", " and ", "three", "grey"):
         assert any(word in t for t in texts), word
     assert any(t.startswith(("a ", "there is a")) for t in texts)  # and some have no count sentence
