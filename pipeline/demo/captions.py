@@ -47,10 +47,10 @@ SIZE_WORDS: dict[str, tuple[str, ...]] = {"large": ("large", "big"), "small": ("
 VERTICAL_WORDS: dict[str, tuple[str, ...]] = {"top": ("top", "upper"), "bottom": ("bottom", "lower")}
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
 # Share of varied captions that name objects from the bottom right backwards. Measured on the 500-step
-# demo teacher (test split, same scenes): reading order only, caption F1 0.59; half reversed, 0.25;
-# any order, 0.43 (exact style: 0.94). Naming an object's cell after its attributes, in an order the
-# image does not fix, takes a lookup over the image tokens that this teacher does not learn in 500
-# steps, so the order stays fixed until a longer teacher is affordable.
+# demo teacher (test split, same scenes, cells in the exact words): reading order only, caption F1
+# 0.59; half reversed, 0.25 (exact style: 0.94). Naming an object's cell in an order the image does
+# not fix takes a lookup over the image tokens that this teacher does not learn in 500 steps, so the
+# order stays fixed until a longer teacher is affordable.
 REVERSED_ORDER_SHARE = 0.0
 
 
@@ -218,8 +218,10 @@ def parse_caption(text: str) -> list[DemoObject]:
     return found
 
 
-# Words that name what the image decides: an object's attributes and cell, in every synonym, and the
-# count. Everything else in a caption is wording (articles, prepositions, templates, punctuation).
+# Words that name what the image decides: shape, colour, cell (in every synonym) and the count.
+# Size words are their own class: in the varied style each size has two words (big / large), so the
+# teacher's uncertainty there is wording even though the size itself is decided by the image.
+# Everything else in a caption is wording (articles, prepositions, templates, punctuation).
 OBJECT_WORDS: frozenset[str] = frozenset(
     (
         *SHAPES,
@@ -227,18 +229,22 @@ OBJECT_WORDS: frozenset[str] = frozenset(
         "left",
         "right",
         *NUMBER_WORDS,
-        *(w for ws in (*SIZE_WORDS.values(), *VERTICAL_WORDS.values()) for w in ws),
+        *(w for ws in VERTICAL_WORDS.values() for w in ws),
     )
 )
+SIZE_WORD_SET: frozenset[str] = frozenset(w for ws in SIZE_WORDS.values() for w in ws)
 
 
 def token_class(text: str) -> str:
-    """Class of one decoded caption token: ``object`` (a word naming what the image decides),
+    """Class of one decoded caption token: ``object`` (shape, colour, cell or count word), ``size``,
     ``end`` (a special token such as ``<|im_end|>``) or ``phrasing`` (every other word or mark)."""
     stripped = text.strip()
     if stripped.startswith("<|") and stripped.endswith("|>"):
         return "end"
-    return "object" if stripped.lower() in OBJECT_WORDS else "phrasing"
+    word = stripped.lower()
+    if word in SIZE_WORD_SET:
+        return "size"
+    return "object" if word in OBJECT_WORDS else "phrasing"
 
 
 def match_count(predicted: Sequence[DemoObject], reference: Sequence[DemoObject]) -> int:

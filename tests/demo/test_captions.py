@@ -196,6 +196,7 @@ def test_f1_does_not_reward_one_phrasing() -> None:
 
 
 def test_token_class() -> None:
-    assert [token_class(t) for t in (" big", "red", " upper", " three", " left")] == ["object"] * 5
+    assert [token_class(t) for t in ("red", " upper", " three", " left", " circle")] == ["object"] * 5
+    assert [token_class(t) for t in (" big", " little", " large", "small")] == ["size"] * 4
     assert [token_class(t) for t in (" there", " a", ".", " corner", " in")] == ["phrasing"] * 5
     assert token_class("<|im_end|>") == "end"
