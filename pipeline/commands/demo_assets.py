@@ -16,6 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-test", type=int, default=None)
     p.add_argument("--n-labelled", type=int, default=None, help="captioned rows of the student's project")
     p.add_argument("--n-pool", type=int, default=None, help="uncaptioned images (prompt-only rows)")
+    p.add_argument(
+        "--captions",
+        choices=["exact", "varied"],
+        default="exact",
+        help="caption style: one canonical caption per image, or many valid phrasings (params.yaml demo.captions)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace demo assets already in --out")
 
 
@@ -27,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
         for k in ("n_train", "n_val", "n_test", "n_labelled", "n_pool")
         if getattr(args, k) is not None
     }
-    paths = build_demo_assets(args.out, seed=args.seed, overwrite=args.overwrite, **kwargs)
+    paths = build_demo_assets(
+        args.out, seed=args.seed, overwrite=args.overwrite, captions=args.captions, **kwargs
+    )
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

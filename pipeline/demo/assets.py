@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .captions import CAPTION_STYLES, CaptionStyle
 from .dataset import build_split
 from .models import STUDENT_SPEC, TEACHER_SPEC, ModelSpec
 
@@ -48,6 +49,7 @@ def build_demo_assets(
     n_pool: int = DEFAULT_SPLIT_SIZES["pool"],
     *,
     overwrite: bool = False,
+    captions: CaptionStyle = "exact",
     teacher_spec: ModelSpec = TEACHER_SPEC,
     student_spec: ModelSpec = STUDENT_SPEC,
 ) -> dict[str, Path]:
@@ -57,20 +59,26 @@ def build_demo_assets(
     ``train`` (the teacher's own training data), ``val``, ``test``, ``labelled``, ``pool`` and
     ``labelled_pool`` (jsonl files), ``summary`` (``demo_assets.json``).
 
-    Raises ``ConfigError`` if ``out_dir`` already holds demo assets and ``overwrite`` is false, or if
+    ``captions``: ``exact`` (one canonical caption per image) or ``varied`` (many valid phrasings;
+    see ``pipeline.demo.captions``). Both draw the same scenes; the tokenizer (and so the models'
+    vocabulary) follows the style's words.
+
+    Raises ``ConfigError`` if ``captions`` is not a known style, if ``out_dir`` already holds demo assets and ``overwrite`` is false, or if
     the teacher is not at least 4x the student (the demo exists to show a real size gap).
     """
     # Heavy imports stay inside: ``import pipeline.demo`` must stay cheap for caption scoring.
     from .models import build_model, count_parameters, save_model_dir
     from .tokenizer import build_processor, build_tokenizer, special_token_config
 
+    if captions not in CAPTION_STYLES:
+        raise ConfigError(f"captions must be one of {', '.join(CAPTION_STYLES)}, got {captions!r}")
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("n_labelled", n_labelled)):
         if n < 1:
             raise ConfigError(f"{name} must be >= 1, got {n}")
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, overwrite)
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(captions=captions)
     processor = build_processor(tokenizer)
     # Distinct seeds per model so the student is not a slice of the teacher's random draw.
     teacher = build_model(teacher_spec, tokenizer, seed=2 * seed)
@@ -83,15 +91,16 @@ def build_demo_assets(
 
     data_dir = out_dir / "data"
     sizes = {"train": n_train, "val": n_val, "test": n_test}
-    splits = {split: build_split(split, n, seed, data_dir) for split, n in sizes.items()}
-    splits["labelled"] = build_split("labelled", n_labelled, seed, data_dir)
-    splits["pool"] = build_split("pool", n_pool, seed, data_dir, prompt_only=True)
+    splits = {split: build_split(split, n, seed, data_dir, captions=captions) for split, n in sizes.items()}
+    splits["labelled"] = build_split("labelled", n_labelled, seed, data_dir, captions=captions)
+    splits["pool"] = build_split("pool", n_pool, seed, data_dir, prompt_only=True, captions=captions)
     splits["labelled_pool"] = data_dir / "labelled_pool.jsonl"
     splits["labelled_pool"].write_bytes(splits["labelled"].read_bytes() + splits["pool"].read_bytes())
     sizes.update(labelled=n_labelled, pool=n_pool)
 
     summary: dict[str, Any] = {
         "seed": seed,
+        "captions": captions,
         "split_sizes": sizes,
         "tokenizer_size": len(tokenizer),
         "special_token_ids": special_token_config(tokenizer),

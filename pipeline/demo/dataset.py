@@ -14,7 +14,21 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .captions import COLOURS, POSITIONS, SHAPES, SIZES, DemoObject, format_caption
+from .captions import (
+    COLOURS,
+    NUMBER_WORDS,
+    POSITIONS,
+    SHAPES,
+    SIZE_WORDS,
+    SIZES,
+    VERTICAL_WORDS,
+    CaptionStyle,
+    DemoObject,
+    caption_for,
+    format_caption,
+    sort_key,
+    varied_caption,
+)
 from .scene import render, sample_objects
 
 SYSTEM_PROMPT = "You are a helpful assistant."  # what Qwen2.5-VL's chat template injects by default
@@ -53,11 +67,13 @@ def text_question(rng: random.Random) -> tuple[str, str]:
     return f"Is {word} a shape, a colour or a size?", f"{word} is a {category}."
 
 
-def corpus_texts() -> list[str]:
+def corpus_texts(captions: CaptionStyle = "exact") -> list[str]:
     """Every prompt, answer pattern and caption word, for training the demo tokenizer.
 
     Built from the vocabulary, not from sampled rows, so the tokenizer does not depend on the
-    dataset sizes chosen for a build.
+    dataset sizes chosen for a build. ``varied`` adds the varied style's words (templates, synonyms,
+    count sentences); ``exact`` is the corpus the exact task has always used, so its tokenizer and
+    models stay byte-identical.
     """
     texts = [SYSTEM_PROMPT, CAPTION_PROMPT.replace("<image>", ""), MULTI_PROMPT.replace("<image>", "")]
     for shape in SHAPES:
@@ -73,17 +89,52 @@ def corpus_texts() -> list[str]:
                 for position in POSITIONS:
                     obj = DemoObject(shape, colour, size, position)
                     texts += [format_caption([obj]), f"image 1: {format_caption([obj])} image 2:"]
+    if captions == "varied":
+        texts += _varied_corpus()
     return texts
 
 
-def build_split(split: str, n_rows: int, seed: int, out_dir: Path, *, prompt_only: bool = False) -> Path:
+def _varied_corpus() -> list[str]:
+    # Every synonym and template word in context, several draws per object, so each word is seen
+    # often enough to become one BPE token.
+    rng = random.Random("demo-tokenizer-corpus")
+    texts = []
+    for size in SIZES:
+        for colour in COLOURS:
+            for shape in SHAPES:
+                for position in POSITIONS:
+                    obj = DemoObject(shape, colour, size, position)
+                    texts += [varied_caption([obj], 1, rng) for _ in range(4)]
+    words = [w for ws in SIZE_WORDS.values() for w in ws] + [w for ws in VERTICAL_WORDS.values() for w in ws]
+    texts += [" ".join(words), " ".join(NUMBER_WORDS)]
+    for n in range(1, 4):
+        texts += [
+            f"there are {NUMBER_WORDS[n]} objects.",
+            f"the image shows {NUMBER_WORDS[n]} objects.",
+            f"{NUMBER_WORDS[n]} shapes on a grey background.",
+        ]
+    return texts
+
+
+def build_split(
+    split: str,
+    n_rows: int,
+    seed: int,
+    out_dir: Path,
+    *,
+    prompt_only: bool = False,
+    captions: CaptionStyle = "exact",
+) -> Path:
     """Write ``out_dir/{split}.jsonl`` and its PNGs under ``out_dir/images``; return the jsonl path.
 
     The split's rng is seeded from ``(seed, split)`` so splits are independent of each other's sizes.
     ``prompt_only``: an unlabelled pool, each row holding only its user turn and images (no assistant
-    turn, no ``objects``), as uncaptioned images arrive in a real project.
+    turn, no ``objects``), as uncaptioned images arrive in a real project. ``captions``: the caption
+    style (see ``pipeline.demo.captions``). Phrasings come from their own rng, seeded per split, so
+    both styles draw the same scenes, images and tasks: the tasks differ only in their wording.
     """
     rng = random.Random(f"demo-{seed}-{split}")  # str seeds hash with sha512: stable across runs
+    phrasing = random.Random(f"demo-{seed}-{split}-phrasing")
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -105,7 +156,8 @@ def build_split(split: str, n_rows: int, seed: int, out_dir: Path, *, prompt_onl
             objects += scene
             images.append(f"images/{name}")
         task, prompt = ("caption", CAPTION_PROMPT) if n_images == 1 else ("multi_caption", MULTI_PROMPT)
-        rows.append(_row(sample_id, task, prompt, format_caption(objects, n_images), images, objects))
+        caption = caption_for(objects, n_images, captions, phrasing)
+        rows.append(_row(sample_id, task, prompt, caption, images, objects))
     if prompt_only:
         for row in rows:
             row["messages"] = row["messages"][:1]
@@ -128,7 +180,8 @@ def _row(
     # Text-only rows carry no "images" key at all, like most text rows in real mixed datasets.
     if images:
         row["images"] = images
-    row["objects"] = [_object_record(o) for o in objects]
+    # Canonical order whatever order the caption names them in: the ground truth is a set.
+    row["objects"] = [_object_record(o) for o in sorted(objects, key=sort_key)]
     return row
 
 

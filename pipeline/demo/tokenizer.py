@@ -14,12 +14,16 @@ from typing import Any
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE
 
+from .captions import CaptionStyle
 from .dataset import SYSTEM_PROMPT, corpus_texts
 from .scene import IMAGE_SIZE
 
 # Same split regex as transformers' Qwen2Tokenizer, so a reloaded tokenizer pre-tokenizes identically.
 PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 BPE_VOCAB_SIZE = 400  # 256 byte symbols + merges; enough for every demo word to be one token
+# The varied captions' extra words (synonyms, templates, count sentences) need more merges to stay one
+# token each: a word split in pieces would lengthen every caption and blur the per-word entropy.
+BPE_VOCAB_SIZES: dict[str, int] = {"exact": BPE_VOCAB_SIZE, "varied": 460}
 # Qwen2.5-VL's added tokens, in id order. The first 14 are special (skipped when decoding).
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
@@ -67,8 +71,8 @@ MIN_PIXELS = IMAGE_SIZE * IMAGE_SIZE  # a 56x56 demo image stays 56x56: 4 LLM to
 MAX_PIXELS = 4 * MIN_PIXELS  # larger inputs are shrunk to at most 16 tokens
 
 
-def train_backend_tokenizer(vocab_size: int = BPE_VOCAB_SIZE) -> Tokenizer:
-    """Train the byte-level BPE on the demo corpus and append Qwen's added tokens.
+def train_backend_tokenizer(vocab_size: int = BPE_VOCAB_SIZE, captions: CaptionStyle = "exact") -> Tokenizer:
+    """Train the byte-level BPE on the demo corpus of ``captions`` and append Qwen's added tokens.
 
     The trainer is deterministic (merge ties are broken by the pair itself), so the same corpus
     gives the same ``tokenizer.json``.
@@ -91,18 +95,18 @@ def train_backend_tokenizer(vocab_size: int = BPE_VOCAB_SIZE) -> Tokenizer:
         special_tokens=[],  # added afterwards so they get ids after the BPE vocab, as in Qwen
     )
     chat_framing = ["system\n" + SYSTEM_PROMPT, "user\n", "assistant\n"]
-    tok.train_from_iterator(chat_framing + corpus_texts(), trainer=trainer)
+    tok.train_from_iterator(chat_framing + corpus_texts(captions), trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in NON_SPECIAL_ADDED_TOKENS])
     return tok
 
 
-def build_tokenizer(vocab_size: int = BPE_VOCAB_SIZE) -> Any:
+def build_tokenizer(vocab_size: int | None = None, captions: CaptionStyle = "exact") -> Any:
     """A ``Qwen2Tokenizer`` over the trained BPE (transformers 5 folded ``Qwen2TokenizerFast`` into it:
     the old name is an alias of the same tokenizers-backed class).
 
     Special-token roles follow Qwen2.5-VL-Instruct: eos ``<|im_end|>``, pad ``<|endoftext|>``,
-    no bos, no unk.
+    no bos, no unk. ``vocab_size`` None: the BPE size of the ``captions`` style.
     """
     from transformers import Qwen2Tokenizer
 
@@ -111,7 +115,7 @@ def build_tokenizer(vocab_size: int = BPE_VOCAB_SIZE) -> Any:
     roles: dict[str, Any] = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None}
     roles["unk_token"] = None
     tokenizer = Qwen2Tokenizer(
-        tokenizer_object=train_backend_tokenizer(vocab_size),
+        tokenizer_object=train_backend_tokenizer(vocab_size or BPE_VOCAB_SIZES[captions], captions),
         extra_special_tokens=list(SPECIAL_TOKENS[1:]),
         model_max_length=32768,
         errors="replace",

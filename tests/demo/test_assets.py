@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline.demo.assets import build_demo_assets
-from pipeline.demo.captions import objects_from_records, parse_caption
+from pipeline.demo.captions import objects_from_records, parse_caption, sort_key
 from pipeline.demo.dataset import read_rows
 from pipeline.demo.models import STUDENT_SPEC, TEACHER_SPEC, mrope_section
 from pipeline.errors import ConfigError
@@ -134,7 +134,7 @@ def test_rows_parse_back_to_their_ground_truth(assets: dict[str, Path]) -> None:
             images = row.get("images", [])
             assert prompt.count("<image>") == len(images)
             assert all((assets[split].parent / image).is_file() for image in images)
-            assert parse_caption(answer) == objects_from_records(row["objects"])
+            assert parse_caption(answer) == objects_from_records(row["objects"])  # exact: canonical order
             assert (row["task"] == "text_qa") == (not images)
 
 
@@ -164,3 +164,43 @@ def test_models_forward_and_generate(assets: dict[str, Path], loaded: dict[str, 
         assert logits.shape == (1, batch["input_ids"].shape[1], model.config.text_config.vocab_size)
         assert torch.isfinite(logits).all()
         assert generated.shape[1] > batch["input_ids"].shape[1]
+
+
+def test_varied_captions_keep_the_scenes_and_change_the_words(
+    assets: dict[str, Path], tmp_path: Path
+) -> None:
+    varied = build_demo_assets(
+        tmp_path / "varied",
+        seed=0,
+        n_train=SIZES["train"],
+        n_val=SIZES["val"],
+        n_test=SIZES["test"],
+        captions="varied",
+    )
+    base = _hashes(assets["root"])
+    other = _hashes(varied["root"])
+    images = [name for name in base if name.endswith(".png")]
+    assert images and all(other[name] == base[name] for name in images)  # the same scenes, pixel for pixel
+    changed = 0
+    for split in ("train", "test"):
+        for exact_row, varied_row in zip(read_rows(assets[split]), read_rows(varied[split]), strict=True):
+            assert varied_row["objects"] == exact_row["objects"]
+            answer = varied_row["messages"][1]["content"]
+            if varied_row["task"] != "text_qa":
+                assert sorted(parse_caption(answer), key=sort_key) == objects_from_records(
+                    varied_row["objects"]
+                )
+                changed += answer != exact_row["messages"][1]["content"]
+    assert changed > SIZES["train"] // 2
+    # every word of the varied style is one token, so wording choices are single decisions
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(varied["teacher"])
+    for word in ("big", "little", "upper", "lower", "corner", "there", "objects", "shapes", "background"):
+        assert len(tokenizer.encode(" " + word)) == 1, word
+    assert json.loads(varied["summary"].read_text())["captions"] == "varied"
+
+
+def test_unknown_caption_style_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="captions must be one of"):
+        build_demo_assets(tmp_path / "x", captions="terse")  # type: ignore[arg-type]
