@@ -333,6 +333,21 @@ def test_an_incremental_run_killed_resumes_to_a_fresh_cache(
 def test_an_incremental_run_under_torchrun_equals_a_fresh_cache(
     demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path
 ) -> None:
+    import torch
+
+    # Bitwise equality needs one float reduction order: the ranks below run one thread each, so the
+    # in-process caches (the existing one and the fresh one) do too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _cache_under_torchrun_and_fresh(demo_assets, tiny_teacher, tmp_path, data)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cache_under_torchrun_and_fresh(
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path
+) -> None:
     lines = _lines(data)[:12]
     _cache(_config(tmp_path, demo_assets, tiny_teacher, [_write(data, "t.jsonl", lines[:8])]))
     edited = json.loads(lines[5])
