@@ -27,7 +27,8 @@ from pipeline.data import Row, read_rows
 from pipeline.encoding import IGNORE_INDEX, RowEncoder
 from pipeline.models import load_teacher, teacher_device_map
 from pipeline.splits import split_file
-from pipeline.teacher.stage import cache_split, iterate_batches, to_device
+from pipeline.teacher.batches import iterate_batches, to_device
+from pipeline.teacher.stage import cache_split
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
