@@ -19,6 +19,7 @@ from pipeline.evaluate.sweep import (
     ensure,
     format_report,
     headline_differences,
+    headline_methods,
     headline_points,
     load_results,
     phase_points,
@@ -74,7 +75,7 @@ def _fake_runner(calls: list[tuple[str, tuple[str, ...]]]) -> Any:
         peak = (
             {1e-3: 0.5, 3e-3: 0.8, 1e-2: 0.6}
             if p.method == "sft_written"
-            else {1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.7}
+            else {1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.7 if p.method == "gkd_b0_a0" else 0.65}
         )
         f1 = peak[p.lr] + 0.05 * p.seed
         out: dict[str, dict[str, Any]] = {"train_wall_s": {"value": 40.0 + p.seed}}
@@ -98,12 +99,12 @@ def test_driver_pairs_by_seed_and_skips_what_is_done(tmp_path: Path) -> None:
     best = choose_learning_rates(data["runs"], SPEC)
     assert best == {"sft_written": 3e-3, "gkd_b0_a0": 1e-2, "gkd_b05_a05": 1e-2}
     assert all(split == ("val",) for _, split in calls)  # selection never evaluates test
-    ensure(headline_points(SPEC, best), ["test"], data, runner, save)
+    heads = headline_methods(data["runs"], SPEC, best)
+    assert heads == ["sft_written", "gkd_b0_a0"]  # the better distilling method on val
+    ensure(headline_points(SPEC, best, heads), ["test"], data, runner, save)
     # seeds 0 and 1 at the chosen rates were trained in the selection: only their test split ran
-    assert calls[18:21] == [
-        (f"{m}/lr{best[m]:g}/s0", ("test",)) for m in ("sft_written", "gkd_b0_a0", "gkd_b05_a05")
-    ]
-    assert len(calls) == 18 + 15
+    assert calls[18:20] == [(f"{m}/lr{best[m]:g}/s0", ("test",)) for m in heads]
+    assert len(calls) == 18 + 10
 
     # a second driver on the saved file runs nothing
     again = load_results(path, SPEC)
@@ -111,7 +112,7 @@ def test_driver_pairs_by_seed_and_skips_what_is_done(tmp_path: Path) -> None:
     assert ensure(selection_points(SPEC), ["val"], again, _fake_runner(more), save) == 0
     assert (
         ensure(
-            headline_points(SPEC, choose_learning_rates(again["runs"], SPEC)),
+            headline_points(SPEC, best, heads),
             ["test"],
             again,
             _fake_runner(more),
@@ -121,7 +122,7 @@ def test_driver_pairs_by_seed_and_skips_what_is_done(tmp_path: Path) -> None:
     )
     assert more == []
 
-    diffs = headline_differences(again["runs"], SPEC, best)
+    diffs = headline_differences(again["runs"], SPEC, best, methods=heads)
     f1 = diffs["gkd_b0_a0"]["caption_f1"]
     # the seed shift cancels in the pairs: every difference is exactly 0.7 - 0.8
     assert [round(d, 9) for _, d in f1.differences] == [-0.1] * 5

@@ -4,7 +4,7 @@ split, then the methods compared at their own best rates on more seeds, paired b
     python -m pipeline.evaluate.sweep plan    # print the runs the sweep needs, run nothing
     python -m pipeline.evaluate.sweep all     # select + headline + report (skips what is done)
     python -m pipeline.evaluate.sweep select  # the lr grid on the selection seeds (val only)
-    python -m pipeline.evaluate.sweep headline  # every method at its best lr on the headline seeds
+    python -m pipeline.evaluate.sweep headline  # baseline + best distiller (val) at their lrs, 5 seeds
     python -m pipeline.evaluate.sweep report  # the markdown tables from the results file alone
 
 It needs what ``dvc repro`` builds up to ``export_written`` (the teacher, ``runs/demo/cache_written``,
@@ -39,7 +39,7 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -191,9 +191,14 @@ def choose_learning_rates(runs: Mapping[str, Any], spec: SweepSpec) -> dict[str,
     return {m.name: choose_learning_rate(runs, spec, m.name) for m in spec.methods}
 
 
-def headline_points(spec: SweepSpec, best_lr: Mapping[str, float]) -> list[Point]:
-    """Every method at its own best rate on the headline seeds (the selection seeds are reused)."""
-    return [Point(m.name, best_lr[m.name], s) for s in spec.headline_seeds for m in spec.methods]
+def headline_methods(runs: Mapping[str, Any], spec: SweepSpec, best_lr: Mapping[str, float]) -> list[str]:
+    """The headline pair: the baseline and the distilling method that is best on val (:func:`best_offline`)."""
+    return [spec.baseline, best_offline(runs, spec, best_lr)]
+
+
+def headline_points(spec: SweepSpec, best_lr: Mapping[str, float], methods: Sequence[str]) -> list[Point]:
+    """The headline methods at their own best rates on the headline seeds (selection seeds reused)."""
+    return [Point(m, best_lr[m], s) for s in spec.headline_seeds for m in methods]
 
 
 # ------------------------------------------------------------------------- on-policy phase (optional)
@@ -271,7 +276,11 @@ def format_phase(data: Mapping[str, Any], spec: SweepSpec) -> str:
 
 
 def headline_differences(
-    runs: Mapping[str, Any], spec: SweepSpec, best_lr: Mapping[str, float], seeds: Sequence[int] | None = None
+    runs: Mapping[str, Any],
+    spec: SweepSpec,
+    best_lr: Mapping[str, float],
+    seeds: Sequence[int] | None = None,
+    methods: Sequence[str] | None = None,
 ) -> dict[str, dict[str, PairedDifference]]:
     """method -> test metric -> paired difference (method - baseline), each at its own best rate.
 
@@ -279,32 +288,29 @@ def headline_differences(
     (:func:`paired_difference` refuses an unpaired seed).
     """
     seeds = tuple(spec.headline_seeds if seeds is None else seeds)
+    names = [m.name for m in spec.methods] if methods is None else list(methods)
     out: dict[str, dict[str, PairedDifference]] = {}
-    for m in spec.methods:
-        if m.name == spec.baseline:
+    for name in names:
+        if name == spec.baseline:
             continue
         for metric in spec.report_metrics:
-            a = values(runs, m.name, best_lr[m.name], seeds, "test", metric)
+            a = values(runs, name, best_lr[name], seeds, "test", metric)
             b = values(runs, spec.baseline, best_lr[spec.baseline], seeds, "test", metric)
-            for side, got in ((m.name, a), (spec.baseline, b)):
+            for side, got in ((name, a), (spec.baseline, b)):
                 if set(got) != set(seeds):
                     raise ValueError(f"{side}: no test {metric} for seeds {sorted(set(seeds) - set(got))}")
-            out.setdefault(m.name, {})[metric] = paired_difference(a, b)
+            out.setdefault(name, {})[metric] = paired_difference(a, b)
     return out
 
 
 def complete_headline_seeds(
-    runs: Mapping[str, Any], spec: SweepSpec, best_lr: Mapping[str, float]
+    runs: Mapping[str, Any], spec: SweepSpec, best_lr: Mapping[str, float], methods: Sequence[str]
 ) -> list[int]:
-    """The headline seeds on which every method has every report metric on test at its best rate."""
+    """The headline seeds on which every one of ``methods`` has every report metric on test."""
     return [
         s
         for s in spec.headline_seeds
-        if all(
-            values(runs, m.name, best_lr[m.name], [s], "test", k)
-            for m in spec.methods
-            for k in spec.report_metrics
-        )
+        if all(values(runs, m, best_lr[m], [s], "test", k) for m in methods for k in spec.report_metrics)
     ]
 
 
@@ -340,26 +346,27 @@ def format_report(data: Mapping[str, Any], spec: SweepSpec) -> str:
     except ValueError as e:
         return "\n".join([*lines, "", f"(selection incomplete: {e})"]) + "\n"
     lines += ["", "Chosen (val): " + ", ".join(f"{m} lr {lr:g}" for m, lr in best.items()) + ".", ""]
-    seeds = complete_headline_seeds(runs, spec, best)
+    heads = headline_methods(runs, spec, best)
+    seeds = complete_headline_seeds(runs, spec, best, heads)
     lines += [
         f"**Test split, each method at its chosen lr, seeds {', '.join(map(str, seeds)) or '-'}:**",
         "",
         "| method | lr | caption F1 per seed | mean [95% CI] | CE per seed | mean [95% CI] | train s (median) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for m in spec.methods:
-        lr = best[m.name]
-        row = [m.name, f"{lr:g}"]
+    for name in heads:
+        lr = best[name]
+        row = [name, f"{lr:g}"]
         for k in spec.report_metrics:
-            got = values(runs, m.name, lr, seeds, "test", k)
+            got = values(runs, name, lr, seeds, "test", k)
             row.append(" / ".join(f"{got[s]:.3f}" for s in seeds) or "-")
             row.append(_iv(got.values()))
-        walls = [runs[Point(m.name, lr, s).key].get("train_wall_s") for s in seeds]
+        walls = [runs[Point(name, lr, s).key].get("train_wall_s") for s in seeds]
         walls_f = [float(w) for w in walls if w is not None]
         row.append(f"{statistics.median(walls_f):.0f}" if walls_f else "-")
         lines.append("| " + " | ".join(row) + " |")
     if len(seeds) >= 2:
-        diffs = headline_differences(runs, spec, best, seeds)
+        diffs = headline_differences(runs, spec, best, seeds, heads)
         lines += [
             "",
             f"**Paired by seed (method - {spec.baseline}), test, mean [95% t-interval]:**",
@@ -506,8 +513,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("runs/sweep"), help="models, logs, resolved configs")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--seeds", type=int, nargs="+", help="headline seeds (default 0-4)")
+    p.add_argument("--select-seeds", type=int, nargs="+", help="lr-selection seeds (default 0 1)")
+    p.add_argument("--methods", nargs="+", help="a subset of the methods (the baseline always stays)")
     a = p.parse_args(argv)
-    spec = SweepSpec() if not a.seeds else SweepSpec(headline_seeds=tuple(a.seeds))
+    spec = SweepSpec()
+    if a.methods:
+        unknown = sorted(set(a.methods) - {m.name for m in spec.methods})
+        if unknown:
+            p.error(f"unknown methods {unknown}")
+        keep = {spec.baseline, *a.methods}
+        spec = replace(spec, methods=tuple(m for m in spec.methods if m.name in keep))
+    if a.seeds:
+        spec = replace(spec, headline_seeds=tuple(a.seeds))
+    if a.select_seeds:
+        spec = replace(spec, select_seeds=tuple(a.select_seeds))
     data = load_results(a.results, spec)
     runner = DistillRunner(spec, a.work, a.params)
 
@@ -521,7 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.phase in ("select", "all"):
         ensure(selection_points(spec), ["val"], data, runner, save)
     if a.phase in ("headline", "all"):
-        ensure(headline_points(spec, choose_learning_rates(data["runs"], spec)), ["test"], data, runner, save)
+        best = choose_learning_rates(data["runs"], spec)
+        heads = headline_methods(data["runs"], spec, best)
+        ensure(headline_points(spec, best, heads), ["test"], data, runner, save)
     if a.phase == "onpolicy":
         best = choose_learning_rates(data["runs"], spec)
         start = best_offline(data["runs"], spec, best)
