@@ -90,6 +90,12 @@ def teacher_path(cfg: DistillConfig) -> str:
     return model_location(cfg.rlhf.teacher_model, "rlhf.teacher_model", cfg.config_path)
 
 
+def effective_top_k(cfg: DistillConfig, encoder: RowEncoder) -> int:
+    """The k a cache stores: a k above the real vocabulary keeps every real id, so 100000 and the
+    vocabulary size are the same cache (recorded, written and compared as the vocabulary size)."""
+    return min(cfg.custom.top_k, len(encoder.tokenizer))
+
+
 def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder) -> dict[str, Any]:
     """The distribution settings of a cache for ``cfg``, encoded by ``encoder``: what makes two caches
     interchangeable, and what a cache must match exactly to serve a run.
@@ -115,9 +121,7 @@ def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder) -> dict[str, Any]
         "teacher_dtype": cfg.model.torch_dtype,
         "tokenizer": tokenizer_hash(encoder.tokenizer),
         "encoding": encoder.settings(),
-        # The k the cache stores: a k above the real vocabulary keeps every real id, so 100000 and the
-        # vocabulary size are the same cache and must compare equal.
-        "top_k": min(cfg.custom.top_k, len(encoder.tokenizer)),
+        "top_k": effective_top_k(cfg, encoder),
         "loss_temperature": cfg.custom.loss_temperature,
         "logprob_encoding": cfg.custom.logprob_encoding,
     }

@@ -196,7 +196,7 @@ def _open_writer(
     cfg: DistillConfig, plan: SplitPlan, root: Path, encoder: RowEncoder, shard_bytes: int | None
 ) -> Any:
     from pipeline.cache.writer import CacheWriter
-    from pipeline.fingerprint import build_fingerprint
+    from pipeline.fingerprint import build_fingerprint, effective_top_k
 
     rank, world = dist_info()
     kwargs: dict[str, Any] = {}
@@ -208,8 +208,7 @@ def _open_writer(
     return CacheWriter(
         root,
         fingerprint=build_fingerprint(cfg, encoder),
-        # k larger than the real vocabulary means "everything": the top-k then covers every real id.
-        top_k=min(cfg.custom.top_k, real_vocab),
+        top_k=effective_top_k(cfg, encoder),
         vocab_size=real_vocab,
         logprob_encoding=cfg.custom.logprob_encoding,
         rank=rank,
@@ -277,11 +276,12 @@ def _teacher_forward(cfg: DistillConfig, teacher: Any, encoder: RowEncoder, dige
     each carrying its dataset row's digest (what a later generation compares)."""
     from dataclasses import replace
 
+    from pipeline.fingerprint import effective_top_k
     from pipeline.teacher.forward import teacher_topk
 
     device = next(teacher.parameters()).device
     real_vocab = len(encoder.tokenizer)
-    top_k = min(cfg.custom.top_k, real_vocab)
+    top_k = effective_top_k(cfg, encoder)
 
     def forward(batch: dict[str, Any], ids: list[tuple[str, str, int]]) -> list[Any]:
         topk = teacher_topk(teacher, to_device(batch, device), top_k, real_vocab, cfg.custom.loss_temperature)
