@@ -25,6 +25,7 @@ from pipeline.commands import (
     compare,
     demo_assets,
     evaluate,
+    evidence,
     export_written,
     init_student,
     inspect_cache,
@@ -49,6 +50,7 @@ COMMANDS: dict[str, ModuleType] = {
     "evaluate": evaluate,
     "compare": compare,
     "sweep": sweep,
+    "evidence": evidence,
     "bench": bench,
 }
 

@@ -191,6 +191,18 @@ class EvalOptions:
     batch_size: int = BATCH_SIZE  # rows per CE forward
 
 
+def recipe(cfg: DistillConfig) -> dict[str, Any]:
+    """The training knobs a comparison names a run by: trainer, rate, steps and, for GKD, its loss."""
+    out: dict[str, Any] = {
+        "trainer": cfg.custom.trainer_variant,
+        "learning_rate": cfg.train.learning_rate,
+        "max_steps": cfg.train.max_steps,
+    }
+    if cfg.rlhf is not None:
+        out.update(beta=cfg.rlhf.beta, sft_alpha=cfg.rlhf.sft_alpha, lmbda=cfg.rlhf.lmbda)
+    return out
+
+
 def run_evaluation(
     cfg: DistillConfig,
     checkpoint: str | Path | None,
@@ -222,7 +234,7 @@ def run_evaluation(
     else:
         ckpt = str(checkpoint) if checkpoint is not None else "<in memory>"
     t_load = time.perf_counter()
-    metrics: dict[str, Any] = {"checkpoint": ckpt, "split": str(split)}
+    metrics: dict[str, Any] = {"checkpoint": ckpt, "split": str(split), "recipe": recipe(cfg)}
     rows = _split_rows(cfg, split, options, metrics)
     encoded, skipped = encode_rows(encoder, rows)
     metrics.update(_token_metrics(cfg, split, model, encoder, encoded, options))

@@ -22,7 +22,15 @@ RUNS = list(yaml.safe_load((ROOT / "params.yaml").read_text())["runs"])
 def _metrics(where: Path, names: list[str], f1: float = 0.5) -> None:
     where.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
-        (where / f"{name}.json").write_text(json.dumps({"ce": 1.0 + i, "caption_f1": f1 + i / 100}))
+        recipe = {
+            "trainer": "gkd_cached",
+            "learning_rate": 0.003,
+            "max_steps": 300,
+            "beta": 0.0,
+            "sft_alpha": 0.5,
+        }
+        metrics = {"ce": 1.0 + i, "caption_f1": f1 + i / 100, "recipe": recipe}
+        (where / f"{name}.json").write_text(json.dumps(metrics))
 
 
 def test_compare_orders_rows_as_the_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -31,9 +39,19 @@ def test_compare_orders_rows_as_the_runs(tmp_path: Path, capsys: pytest.CaptureF
     assert (
         main(["compare", str(tmp_path / "runs"), "--runs", str(ROOT / "params.yaml"), "--out", str(out)]) == 0
     )
-    rows = [line.split("|")[1].strip() for line in (out / "comparison.md").read_text().splitlines()[2:]]
+    table = (out / "comparison.md").read_text().splitlines()
+    rows = [line.split("|")[1].strip() for line in table[2:] if line.startswith("|")]
     assert rows == RUNS
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    # the students best on F1 and on CE are named with their recipe; the teacher (listed first) never
+    by_f1 = {r: 0.5 + i / 100 for i, r in enumerate(sorted(RUNS))}
+    best = max(RUNS[1:], key=by_f1.__getitem__)
+    assert (
+        f"Student with the highest caption F1: {best} ({by_f1[best]:.4f}; gkd_cached, lr 0.003, beta 0, sft_alpha 0.5)."
+        in table
+    )
+    lowest = min(RUNS[1:], key=by_f1.__getitem__)  # CE grows with F1 in these stand-in metrics
+    assert any(line.startswith(f"Student with the lowest CE: {lowest} ") for line in table)
 
 
 def test_compare_names_the_runs_without_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -409,3 +409,25 @@ def test_reference_metrics_score_any_captions() -> None:
         load_caption_metric("pipeline.demo.caption_metric")
     with pytest.raises(ConfigError, match="cannot load"):
         load_caption_metric("pipeline.demo.caption_metric:nope")
+
+
+def test_recipe_names_the_training_knobs_a_comparison_shows() -> None:
+    from pipeline.config import load_config
+    from pipeline.evaluate.report import describe_recipe
+    from pipeline.evaluate.run import recipe
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "demo"
+    gkd = recipe(load_config(root / "student_gkd_written.yaml", overrides={"rlhf.beta": 0.0}))
+    assert gkd == {
+        "trainer": "gkd_cached",
+        "learning_rate": gkd["learning_rate"],
+        "max_steps": 300,
+        "beta": 0.0,
+        "sft_alpha": 0.5,
+        "lmbda": 0.0,
+    }
+    assert describe_recipe(gkd).startswith("gkd_cached, lr ") and describe_recipe(gkd).endswith(
+        "beta 0, sft_alpha 0.5, lmbda 0"
+    )
+    sft = recipe(load_config(root / "student_sft.yaml"))
+    assert set(sft) == {"trainer", "learning_rate", "max_steps"}

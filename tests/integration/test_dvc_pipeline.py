@@ -104,8 +104,9 @@ def test_demo_pipeline_repro_and_sweep_reuse_the_cache(tmp_path: Path) -> None:
         assert set(m) >= METRIC_KEYS, (run.name, set(m))
         assert m["split"] == "test", run.name
     table = (work / "metrics" / "comparison" / "comparison.md").read_text()
-    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
     assert rows == [run.name for run in RUNS], table
+    assert "Student with the highest caption F1: student_" in table, table
     assert (work / "metrics" / "comparison" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     status = _run(["dvc", "status"], work, env)
     assert "up to date" in status.lower() or not status.strip(), status

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.evaluate.stats import best_setting, mean_interval, paired_difference
+from pipeline.evidence.stats import best_setting, mean_interval, paired_difference
 
 # Student t quantiles t_{0.975, df} from printed tables, so the test does not trust scipy to check scipy.
 T975 = {1: 12.7062, 2: 4.30265, 4: 2.77645}

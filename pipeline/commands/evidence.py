@@ -1,0 +1,110 @@
+"""``distill evidence <phase>``: the evidence sweep over one cache (:mod:`pipeline.evidence.sweep`).
+
+Each method's learning rate chosen on val over one grid, then the headline comparisons at those rates
+on test, paired by seed; the on-policy phase, the live-teacher arm and the learning curve from the best
+distiller; tables, CSV and PNG written from the results file (:mod:`pipeline.evidence.report`), which
+a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.evidence.report import format_report, write_curves
+from pipeline.evidence.sweep import (
+    DistillRunner,
+    Point,
+    SweepSpec,
+    arm_points,
+    best_offline,
+    choose_learning_rates,
+    curve_points,
+    ensure,
+    headline_methods,
+    headline_points,
+    load_results,
+    phase_points,
+    save_results,
+    selection_points,
+)
+
+HELP = "the evidence sweep: fair learning rates, paired seeds, on-policy and curves (docs/guide.md)"
+
+PHASES = ("plan", "select", "headline", "onpolicy", "live", "mixed", "curves", "report", "all")
+"""``all`` is select, headline, onpolicy, live and curves (``mixed`` is costly: run it by name)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("phase", choices=PHASES)
+    p.add_argument("--results", type=Path, default=Path("docs/evidence/sweep_exact.json"))
+    p.add_argument("--work", type=Path, default=Path("runs/sweep"), help="models, logs, resolved configs")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--seeds", type=int, nargs="+", help="the seeds of the phase(s) run (default: the spec's)")
+    p.add_argument("--select-seeds", type=int, nargs="+", help="lr-selection seeds (default 0 1)")
+    p.add_argument("--methods", nargs="+", help="a subset of the methods (the baseline and references stay)")
+
+
+def _spec(a: argparse.Namespace) -> SweepSpec:
+    spec = SweepSpec()
+    if a.methods:
+        unknown = sorted(set(a.methods) - {m.name for m in spec.methods})
+        if unknown:
+            raise SystemExit(f"unknown methods {unknown}")
+        keep = {spec.baseline, *spec.references, *a.methods}
+        spec = replace(spec, methods=tuple(m for m in spec.methods if m.name in keep))
+    if a.seeds:
+        seeds = tuple(a.seeds)
+        spec = replace(
+            spec,
+            headline_seeds=seeds,
+            phase_seeds=seeds,
+            live_seeds=seeds,
+            mixed_seeds=seeds,
+            curve_seeds=seeds,
+        )
+    if a.select_seeds:
+        spec = replace(spec, select_seeds=tuple(a.select_seeds))
+    return spec
+
+
+def run(a: argparse.Namespace) -> int:
+    spec = _spec(a)
+    data = load_results(a.results, spec)
+    runner = DistillRunner(spec, a.work, a.params)
+
+    def save(d: Mapping[str, Any]) -> None:
+        save_results(a.results, d)
+
+    if a.phase == "plan":
+        for pt in selection_points(spec):
+            print(pt.key, "val", "done" if "val" in data["runs"].get(pt.key, {}) else "todo")
+        return 0
+    if a.phase in ("select", "all"):
+        ensure(selection_points(spec), ["val"], data, runner, save)
+    if a.phase not in ("select", "report"):
+        best_lr = choose_learning_rates(data["runs"], spec)
+        winner = best_offline(data["runs"], spec, best_lr)
+        data["best"] = {"method": winner, "lr": best_lr[winner], "baseline_lr": best_lr[spec.baseline]}
+        runner.best = winner
+        todo: list[Point] = []
+        if a.phase in ("headline", "all"):
+            todo += headline_points(spec, best_lr, headline_methods(data["runs"], spec, best_lr))
+        if a.phase in ("onpolicy", "all"):
+            todo += phase_points(spec, best_lr[winner])
+        if a.phase in ("live", "all"):
+            todo += arm_points(spec, "live", best_lr[winner])
+        if a.phase in ("curves", "all"):
+            todo += curve_points(spec, best_lr, winner)
+        if a.phase == "mixed":
+            todo += arm_points(spec, "mixed", best_lr[winner])
+        ensure(todo, ["test"], data, runner, save)
+    report = format_report(data, spec)
+    a.results.with_suffix(".md").write_text(report)
+    for path in write_curves(data, spec, a.results.with_suffix("")):
+        print("wrote", path)
+    print(report)
+    return 0

@@ -1,0 +1,431 @@
+"""The evidence sweep over one cache: each method's learning rate chosen on a few seeds by the VAL
+split, then the methods compared at their own best rates on more seeds, paired by seed, on TEST, and
+the arms measured from the best distiller (on-policy phase, live teacher, lmbda throughout, smaller
+pools). ``distill evidence <phase>`` drives it (:mod:`pipeline.commands.evidence`); the tables and the
+figure are :mod:`pipeline.evidence.report`.
+
+It needs what ``dvc repro`` builds up to ``export_written`` (the teacher, ``runs/demo/cache_written``,
+``runs/demo/written``, ``data/prepared``). Every run is ``distill train`` + ``distill evaluate`` on
+the config ``distill resolve`` writes for a run of ``params.yaml``, with the method's knobs, the
+learning rate, the seed and a per-seed student init (``distill init-student --seed``) set on the
+command line, so one seed means the same fresh layers *and* the same data order for every method:
+that is what makes the per-seed differences paired (:mod:`pipeline.evidence.stats`).
+
+Why this shape:
+
+- Every method gets its rate from the same grid, chosen by the same rule: the highest mean val caption
+  F1 over the selection seeds, ties to the lower mean val CE, then to the lower rate
+  (:func:`choose_learning_rate`). The test split is evaluated only for the headline runs, after the
+  choice, so it cannot leak into it.
+- Each finished evaluation is written to the results file (a few KB of JSON, committed) at once; a
+  rerun skips every (method, lr, seed, split) already there and every training whose model is still
+  in ``--work``, so an interrupted sweep resumes and the report is rebuilt from the file alone.
+- The results file records the setting it was measured at (task, steps, pool); a run at another
+  setting refuses to mix into it.
+
+Pure planning and selection functions first; the subprocess calls at the bottom, behind a ``Runner``
+that the tests replace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.data import read_split_rows
+
+SPLITS = ("val", "test")
+KEPT_METRICS = ("caption_f1", "ce", "token_accuracy", "bleu4", "rouge_l", "hallucination_rate", "rows_scored")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A student recipe: the ``params.yaml`` run whose resolved config it trains, plus ``--set`` knobs.
+
+    ``start``: a method whose model (same lr, same seed) this one continues from. ``pool``: train on
+    the labels plus only the first ``pool`` teacher-written rows (a subset of the same cache), not
+    the run's whole file.
+    """
+
+    name: str
+    run: str
+    sets: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+    start: str | None = None
+    pool: int | None = None
+
+
+def _gkd(beta: float, sft_alpha: float) -> Method:
+    name = f"gkd_b{beta:g}_a{sft_alpha:g}".replace("0.", "0")
+    kl = {0.0: " (forward KL)", 1.0: " (reverse KL)"}.get(beta, "")
+    return Method(
+        name,
+        "student_gkd_written",
+        {"rlhf.beta": beta, "rlhf.sft_alpha": sft_alpha},
+        f"cached GKD, beta {beta:g}{kl}, sft_alpha {sft_alpha:g}",
+    )
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What the sweep runs.
+
+    ``baseline`` is the method every other one is compared with, by seed; ``references`` are compared
+    against too but are never the best distiller. The arms (:data:`ARMS`) and the curve points
+    (``<method>@p<pool>``, ``<method>@s<steps>``) are derived from the best distilling method once the
+    headline has chosen it.
+    """
+
+    methods: tuple[Method, ...] = (
+        Method("sft_written", "student_sft_written", {}, "SFT on the teacher-written text"),
+        Method("sft_labels", "student_sft", {}, "SFT on the 32 labels alone"),
+        *(_gkd(b, a) for a in (0.0, 0.5) for b in (0.0, 0.5, 1.0)),
+    )
+    baseline: str = "sft_written"
+    references: tuple[str, ...] = ("sft_labels",)
+    learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    select_seeds: tuple[int, ...] = (0, 1)
+    headline_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    select_metric: str = "caption_f1"  # higher is better
+    tiebreak_metric: str = "ce"  # lower is better
+    report_metrics: tuple[str, ...] = ("caption_f1", "ce")
+    phase_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # the on-policy phase against the same offline steps
+    phase_steps: int = 60
+    phase_lmbda: float = 0.5
+    live_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # the best setting with the live teacher, not the cache
+    mixed_seeds: tuple[int, ...] = (0, 1, 2)  # the best setting with lmbda mixed in throughout
+    mixed_lmbda: float = 0.5
+    pools: tuple[int, ...] = (0, 100, 300)  # the learning curve's smaller pools (the full one: headline)
+    full_pool: int = 1000
+    curve_seeds: tuple[int, ...] = (0, 1, 2)
+    pool_run: str = "student_gkd_written"  # whose train file orders the pool (labels first)
+    step_budgets: tuple[int, ...] = (100, 200)  # the curve over steps: shorter runs, own schedule each
+    setting: Mapping[str, Any] = field(
+        default_factory=lambda: {
+            "task": "exact",
+            "max_steps": 300,
+            "rows": "32 labels + 1,000 teacher-written",
+            "student_init": "distill init-student --num-layers 2 --seed <seed>",
+        }
+    )
+
+    def method(self, name: str, best: str | None = None) -> Method:
+        """A listed method, a curve point (``<method>@p<pool>``: the first ``pool`` teacher-written rows;
+        ``<method>@s<steps>``: a run of ``steps`` optimizer steps), or an arm of the ``best`` method."""
+        if "@p" in name:
+            base, pool = name.rsplit("@p", 1)
+            m = self.method(base, best)
+            return replace(m, name=name, pool=int(pool), label=f"{m.label}, pool {pool}")
+        if "@s" in name:
+            base, steps = name.rsplit("@s", 1)
+            m = self.method(base, best)
+            sets = {**m.sets, "train.max_steps": int(steps)}
+            return replace(m, name=name, sets=sets, label=f"{m.label}, {steps} steps")
+        if name in ARMS:
+            if best is None:
+                raise KeyError(f"{name} needs the best distilling method")
+            return arm_method(self, name, self.method(best))
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise KeyError(f"no method {name!r}; methods: {[m.name for m in self.methods]}")
+
+    def distillers(self) -> list[str]:
+        return [m.name for m in self.methods if m.name != self.baseline and m.name not in self.references]
+
+
+@dataclass(frozen=True, order=True)
+class Point:
+    """One training run: a method at a learning rate and a seed."""
+
+    method: str
+    lr: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}/lr{self.lr:g}/s{self.seed}"
+
+
+# ---------------------------------------------------------------------------------------- results
+
+
+def load_results(path: Path, spec: SweepSpec) -> dict[str, Any]:
+    """The results file (or an empty one at ``spec.setting``); refuses one measured at another setting."""
+    if not path.is_file():
+        return {"setting": dict(spec.setting), "runs": {}}
+    data = json.loads(path.read_text())
+    if data.get("setting") != dict(spec.setting):
+        raise ValueError(
+            f"{path} was measured at {data.get('setting')}, this sweep runs {dict(spec.setting)}: "
+            "use another --results file"
+        )
+    data.setdefault("runs", {})
+    return data
+
+
+def save_results(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def values(
+    runs: Mapping[str, Any], method: str, lr: float, seeds: Iterable[int], split: str, metric: str
+) -> dict[int, float]:
+    """seed -> metric of one method at one rate on one split, for the seeds that have it."""
+    out = {}
+    for s in seeds:
+        entry = runs.get(Point(method, lr, s).key, {}).get(split)
+        if entry is not None and entry.get(metric) is not None:
+            out[s] = float(entry[metric])
+    return out
+
+
+# -------------------------------------------------------------------------------------- selection
+
+
+def selection_points(spec: SweepSpec) -> list[Point]:
+    """The grid on the selection seeds, seed-major so that a cut-short sweep has whole seeds."""
+    return [
+        Point(m.name, lr, s) for s in spec.select_seeds for m in spec.methods for lr in spec.learning_rates
+    ]
+
+
+def choose_learning_rate(runs: Mapping[str, Any], spec: SweepSpec, method: str) -> float:
+    """The method's rate with the best mean val ``select_metric`` over exactly the selection seeds.
+
+    Ties go to the lower mean val ``tiebreak_metric``, then to the lower rate. Only the val split is
+    read; a rate missing a seed is an error (the choice is never made on different draws).
+    """
+    scores = {}
+    for lr in spec.learning_rates:
+        main = values(runs, method, lr, spec.select_seeds, "val", spec.select_metric)
+        tie = values(runs, method, lr, spec.select_seeds, "val", spec.tiebreak_metric)
+        missing = sorted(set(spec.select_seeds) - set(main) | set(spec.select_seeds) - set(tie))
+        if missing:
+            raise ValueError(
+                f"{method} at lr {lr:g}: no val {spec.select_metric}/{spec.tiebreak_metric} for seeds {missing}"
+            )
+        scores[lr] = (-statistics.fmean(main.values()), statistics.fmean(tie.values()), lr)
+    return min(scores, key=lambda lr: scores[lr])
+
+
+def choose_learning_rates(runs: Mapping[str, Any], spec: SweepSpec) -> dict[str, float]:
+    return {m.name: choose_learning_rate(runs, spec, m.name) for m in spec.methods}
+
+
+def headline_methods(runs: Mapping[str, Any], spec: SweepSpec, best_lr: Mapping[str, float]) -> list[str]:
+    """The baseline, the references and the distilling method that is best on val (:func:`best_offline`)."""
+    return [spec.baseline, *spec.references, best_offline(runs, spec, best_lr)]
+
+
+def headline_points(spec: SweepSpec, best_lr: Mapping[str, float], methods: Sequence[str]) -> list[Point]:
+    """The headline methods at their own best rates on the headline seeds (selection seeds reused)."""
+    return [Point(m, best_lr[m], s) for s in spec.headline_seeds for m in methods]
+
+
+def best_offline(runs: Mapping[str, Any], spec: SweepSpec, best_lr: Mapping[str, float]) -> str:
+    """The distilling method with the best mean val F1 at its chosen rate, ties by val CE."""
+
+    def score(m: str) -> tuple[float, float]:
+        f1 = values(runs, m, best_lr[m], spec.select_seeds, "val", spec.select_metric)
+        ce = values(runs, m, best_lr[m], spec.select_seeds, "val", spec.tiebreak_metric)
+        return (-statistics.fmean(f1.values()), statistics.fmean(ce.values()))
+
+    return min(spec.distillers(), key=score)
+
+
+# ----------------------------------------------------------------- arms of the best distiller
+
+ARMS = ("phase_onpolicy", "phase_offline", "live", "mixed")
+"""What is measured from the best offline setting (``best``, at its lr):
+
+- ``phase_onpolicy`` / ``phase_offline``: ``phase_steps`` more steps from ``best``'s trained model,
+  with ``lmbda = phase_lmbda`` (on-policy batches: the student samples, the live teacher scores) or 0
+  (the same number of offline steps from the same start);
+- ``live``: ``best``'s loss from the same init, the live teacher in place of the cache (same rows);
+- ``mixed``: ``best``'s run with ``lmbda = mixed_lmbda`` throughout.
+"""
+
+ARM_PAIRS = (
+    ("phase_onpolicy", "phase_offline", "On-policy phase against the same offline steps"),
+    ("live", "best", "Live teacher against the cache, same rows, steps and seed"),
+    ("mixed", "best", "lmbda mixed in throughout against offline"),
+)
+
+
+def arm_method(spec: SweepSpec, arm: str, best: Method) -> Method:
+    if arm in ("phase_onpolicy", "phase_offline"):
+        lmbda = spec.phase_lmbda if arm == "phase_onpolicy" else 0.0
+        sets = {**best.sets, "rlhf.lmbda": lmbda, "train.max_steps": spec.phase_steps}
+        label = f"{spec.phase_steps} more steps of {best.name}, lmbda {lmbda:g}"
+        return Method(arm, best.run, sets, label, start=best.name)
+    if arm == "live":
+        return Method(arm, "student_gkd_live", dict(best.sets), f"{best.name} with the live teacher")
+    if arm == "mixed":
+        sets = {**best.sets, "rlhf.lmbda": spec.mixed_lmbda}
+        return Method(arm, best.run, sets, f"{best.name} with lmbda {spec.mixed_lmbda:g} throughout")
+    raise KeyError(f"no arm {arm!r}; arms: {ARMS}")
+
+
+def arm_points(spec: SweepSpec, arm: str, lr: float) -> list[Point]:
+    seeds = {"live": spec.live_seeds, "mixed": spec.mixed_seeds}.get(arm, spec.phase_seeds)
+    return [Point(arm, lr, s) for s in seeds]
+
+
+def phase_points(spec: SweepSpec, lr: float) -> list[Point]:
+    """Both phase arms, seed-major (a cut-short phase has whole pairs)."""
+    return [Point(arm, lr, s) for s in spec.phase_seeds for arm in ("phase_onpolicy", "phase_offline")]
+
+
+def curve_points(spec: SweepSpec, best_lr: Mapping[str, float], best: str) -> list[Point]:
+    """The baseline and ``best`` on each smaller pool and each shorter step budget, at the rates chosen
+    on the full pool and steps, seed-major (the full points are the headline runs)."""
+    tags = [f"p{n}" for n in spec.pools] + [f"s{n}" for n in spec.step_budgets]
+    return [
+        Point(f"{m}@{t}", best_lr[m], s)
+        for s in spec.curve_seeds
+        for t in tags
+        for m in (spec.baseline, best)
+    ]
+
+
+# ------------------------------------------------------------------------------------------ driving
+
+
+Runner = Callable[[Point, Sequence[str]], dict[str, dict[str, Any]]]
+"""Trains (or reuses) a point and evaluates it on the given splits: split -> kept metrics, plus
+``"train_wall_s"`` -> {"value": seconds}."""
+
+
+def ensure(
+    points: Iterable[Point],
+    splits: Sequence[str],
+    data: dict[str, Any],
+    runner: Runner,
+    save: Callable[[Mapping[str, Any]], None],
+) -> int:
+    """Run each point's missing splits through ``runner``, saving after each; returns how many ran."""
+    ran = 0
+    for p in points:
+        entry = data["runs"].setdefault(p.key, {"method": p.method, "lr": p.lr, "seed": p.seed})
+        todo = [s for s in splits if s not in entry]
+        if not todo:
+            continue
+        got = runner(p, todo)
+        wall = got.pop("train_wall_s", None)
+        if wall is not None:
+            entry["train_wall_s"] = wall["value"]
+        entry.update(got)
+        save(data)
+        ran += 1
+    return ran
+
+
+@dataclass
+class DistillRunner:
+    """The real runner: ``distill init-student`` / ``train`` / ``evaluate`` subprocesses under ``work``."""
+
+    spec: SweepSpec
+    work: Path
+    params: Path = Path("params.yaml")
+    teacher: Path = Path("runs/demo/teacher/final")
+    threads: int = 2
+    best: str | None = None  # the best distilling method, for the arms
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+
+    def _call(self, cmd: list[str], log: Path) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print("$", " ".join(cmd), flush=True)
+        with log.open("a") as fh:
+            subprocess.run(cmd, check=True, env=self._env(), stdout=fh, stderr=subprocess.STDOUT)
+
+    def config(self, run: str) -> Path:
+        path = self.work / "configs" / f"{run}.yaml"
+        if not path.is_file():
+            self._call(
+                ["distill", "resolve", "--params", str(self.params), "--out", str(path.parent)],
+                self.work / "resolve.log",
+            )
+        return path
+
+    def init(self, seed: int) -> Path:
+        out = self.work / "init" / f"s{seed}"
+        if not (out / "config.json").is_file():
+            cmd = ["distill", "init-student", "--teacher", str(self.teacher), "--out", str(out)]
+            cmd += ["--num-layers", "2", "--seed", str(seed), "--overwrite"]
+            self._call(cmd, self.work / "init.log")
+        return out
+
+    def _train_file(self, run: str) -> Path:
+        files = yaml.safe_load(self.config(run).read_text())["data"]["dataset"]
+        if len(files) != 1:
+            raise ValueError(f"{run}: a pool subset needs one train file, the config lists {files}")
+        return Path(files[0])
+
+    def subset(self, run: str, pool: int) -> Path:
+        """``run``'s train file cut to the labels plus the first ``pool`` pool rows of ``pool_run``'s
+        file, chosen by sample id, so that every method's subset holds the same images."""
+        out = self.work / "data" / f"{run}-p{pool}.jsonl"
+        if out.is_file():
+            return out
+        labelled = int(yaml.safe_load(self.params.read_text())["demo"]["n_labelled"])
+        order = [r.sample_id for r in read_split_rows([self._train_file(self.spec.pool_run)])]
+        keep = set(order[: labelled + pool])
+        src = self._train_file(run)
+        lines = src.read_text().splitlines()
+        kept = [
+            lines[int(r.source.rsplit(":", 1)[1]) - 1] for r in read_split_rows([src]) if r.sample_id in keep
+        ]
+        if len(kept) != len(keep):
+            raise ValueError(f"{src}: {len(kept)} of the {len(keep)} subset rows are there")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(kept) + "\n")
+        return out
+
+    def train(self, p: Point) -> tuple[Path, list[str]]:
+        """Train ``p`` unless its model is there (a start model first, if missing); its output folder
+        and the ``distill`` arguments that name its config and knobs."""
+        m = self.spec.method(p.method, self.best)
+        out = self.work / "runs" / p.method / f"lr{p.lr:g}-s{p.seed}"
+        init = self.train(Point(m.start, p.lr, p.seed))[0] / "final" if m.start else self.init(p.seed)
+        sets: dict[str, Any] = {
+            **m.sets,
+            "train.learning_rate": p.lr,
+            "train.seed": p.seed,
+            "model.model": str(init),
+            "train.output_dir": str(out),
+        }
+        if m.pool is not None:
+            sets["data.dataset"] = f"[{self.subset(m.run, m.pool)}]"
+        args = ["--config", str(self.config(m.run))]
+        for k, v in sets.items():
+            args += ["--set", f"{k}={v}"]
+        if not (out / "train_time.json").is_file():
+            self._call(["distill", "train", *args], out.parent / f"lr{p.lr:g}-s{p.seed}.log")
+        return out, args
+
+    def __call__(self, p: Point, splits: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out, args = self.train(p)
+        got: dict[str, dict[str, Any]] = {
+            "train_wall_s": {"value": json.loads((out / "train_time.json").read_text())["train_wall_s"]}
+        }
+        for split in splits:
+            path = out / f"metrics_{split}.json"
+            log = out.parent / f"lr{p.lr:g}-s{p.seed}.log"
+            self._call(["distill", "evaluate", *args, "--split", split, "--out", str(path)], log)
+            metrics = json.loads(path.read_text())
+            got[split] = {k: metrics.get(k) for k in KEPT_METRICS}
+        return got

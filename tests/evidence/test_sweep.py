@@ -1,0 +1,286 @@
+"""The evidence sweep's logic without training: selection reads val only, pairing by seed, skipping
+what the results file already holds, and refusing a results file of another setting."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.evidence.report import curve_rows, format_report, headline_differences, write_curves
+from pipeline.evidence.sweep import (
+    DistillRunner,
+    Point,
+    SweepSpec,
+    arm_points,
+    best_offline,
+    choose_learning_rate,
+    choose_learning_rates,
+    curve_points,
+    ensure,
+    headline_methods,
+    headline_points,
+    load_results,
+    phase_points,
+    save_results,
+    selection_points,
+)
+
+SPEC = SweepSpec()
+
+
+def _put(runs: dict[str, Any], method: str, lr: float, seed: int, split: str, **metrics: float) -> None:
+    runs.setdefault(Point(method, lr, seed).key, {"method": method, "lr": lr, "seed": seed})[split] = metrics
+
+
+def test_selection_uses_val_and_never_test() -> None:
+    runs: dict[str, Any] = {}
+    for seed in (0, 1):
+        _put(runs, "sft_written", 1e-3, seed, "val", caption_f1=0.5, ce=0.2)
+        _put(runs, "sft_written", 3e-3, seed, "val", caption_f1=0.7, ce=0.2)
+        _put(runs, "sft_written", 1e-2, seed, "val", caption_f1=0.6, ce=0.1)
+        # test says 1e-2 is far better: the choice must not follow it
+        _put(runs, "sft_written", 1e-2, seed, "test", caption_f1=0.99, ce=0.01)
+    assert choose_learning_rate(runs, SPEC, "sft_written") == 3e-3
+
+
+def test_selection_means_over_seeds_and_breaks_ties_by_val_ce_then_lower_lr() -> None:
+    runs: dict[str, Any] = {}
+    # lr 1e-3 wins seed 0 by far but loses on the mean
+    _put(runs, "m", 1e-3, 0, "val", caption_f1=0.9, ce=0.3)
+    _put(runs, "m", 1e-3, 1, "val", caption_f1=0.1, ce=0.3)
+    for seed in (0, 1):
+        _put(runs, "m", 3e-3, seed, "val", caption_f1=0.6, ce=0.3)
+        _put(runs, "m", 1e-2, seed, "val", caption_f1=0.6, ce=0.2)
+    assert choose_learning_rate(runs, SPEC, "m") == 1e-2  # F1 tie with 3e-3, lower CE
+    for seed in (0, 1):
+        _put(runs, "m", 1e-2, seed, "val", caption_f1=0.6, ce=0.3)
+    assert choose_learning_rate(runs, SPEC, "m") == 3e-3  # full tie: the lower rate
+
+
+def test_selection_refuses_a_missing_seed() -> None:
+    runs: dict[str, Any] = {}
+    for lr in SPEC.learning_rates:
+        _put(runs, "m", lr, 0, "val", caption_f1=0.5, ce=0.2)
+    with pytest.raises(ValueError, match=r"seeds \[1\]"):
+        choose_learning_rate(runs, SPEC, "m")
+
+
+def _fake_runner(calls: list[tuple[str, tuple[str, ...]]]) -> Any:
+    """F1 grows with lr for GKD and peaks at 3e-3 for SFT; each seed shifts every method alike."""
+
+    def run(p: Point, splits: Sequence[str]) -> dict[str, dict[str, Any]]:
+        calls.append((p.key, tuple(splits)))
+        if p.method.startswith("sft_"):
+            peak = {1e-3: 0.5, 3e-3: 0.8, 1e-2: 0.6}
+        else:
+            peak = {1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.7 if p.method.startswith("gkd_b0_a0") else 0.65}
+        f1 = peak[p.lr] + 0.05 * p.seed - (0.3 if p.method == "sft_labels" else 0.0)
+        out: dict[str, dict[str, Any]] = {"train_wall_s": {"value": 40.0 + p.seed}}
+        for s in splits:
+            out[s] = {"caption_f1": f1, "ce": 1.0 - f1 + (0.0 if p.method == "sft_written" else -0.1)}
+        return out
+
+    return run
+
+
+def test_driver_pairs_by_seed_and_skips_what_is_done(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.json"
+    data = load_results(path, SPEC)
+    calls: list[tuple[str, tuple[str, ...]]] = []
+    runner = _fake_runner(calls)
+
+    def save(d: Any) -> None:
+        save_results(path, d)
+
+    grid = len(SPEC.methods) * len(SPEC.learning_rates) * len(SPEC.select_seeds)
+    assert grid == 8 * 3 * 2  # beta {0, .5, 1} x sft_alpha {0, .5}, two SFT runs, 3 rates, 2 seeds
+    assert ensure(selection_points(SPEC), ["val"], data, runner, save) == grid
+    best = choose_learning_rates(data["runs"], SPEC)
+    assert best["sft_written"] == best["sft_labels"] == 3e-3
+    assert {best[m] for m in SPEC.distillers()} == {1e-2}
+    assert all(split == ("val",) for _, split in calls)  # selection never evaluates test
+    heads = headline_methods(data["runs"], SPEC, best)
+    assert heads == ["sft_written", "sft_labels", "gkd_b0_a0"]  # the best distilling method on val
+    ensure(headline_points(SPEC, best, heads), ["test"], data, runner, save)
+    # seeds 0 and 1 at the chosen rates were trained in the selection: only their test split ran
+    assert calls[grid : grid + 3] == [(f"{m}/lr{best[m]:g}/s0", ("test",)) for m in heads]
+    assert len(calls) == grid + 15
+
+    # a second driver on the saved file runs nothing
+    again = load_results(path, SPEC)
+    more: list[tuple[str, tuple[str, ...]]] = []
+    assert ensure(selection_points(SPEC), ["val"], again, _fake_runner(more), save) == 0
+    assert (
+        ensure(
+            headline_points(SPEC, best, heads),
+            ["test"],
+            again,
+            _fake_runner(more),
+            save,
+        )
+        == 0
+    )
+    assert more == []
+
+    diffs = headline_differences(again["runs"], SPEC, best, methods=heads)
+    assert set(diffs) == {"gkd_b0_a0 - sft_written", "gkd_b0_a0 - sft_labels"}
+    f1 = diffs["gkd_b0_a0 - sft_written"]["caption_f1"]
+    # the seed shift cancels in the pairs: every difference is exactly 0.7 - 0.8
+    assert [round(d, 9) for _, d in f1.differences] == [-0.1] * 5
+    assert f1.sd == pytest.approx(0.0, abs=1e-9)
+    assert diffs["gkd_b0_a0 - sft_written"]["ce"].mean == pytest.approx(0.0, abs=1e-9)
+    assert diffs["gkd_b0_a0 - sft_labels"]["caption_f1"].mean == pytest.approx(0.2)
+    report = format_report(again, SPEC)
+    assert "Chosen (val): sft_written lr 0.003, sft_labels lr 0.003, gkd_b0_a0 lr 0.01," in report
+    assert "Best distiller (val): gkd_b0_a0 at lr 0.01" in report
+    assert "| gkd_b0_a0 - sft_written | -0.100 [-0.100, -0.100] (n=5)" in report
+
+
+def test_headline_refuses_an_unpaired_seed() -> None:
+    runs: dict[str, Any] = {}
+    best = {m.name: 1e-3 for m in SPEC.methods}
+    for m in ("sft_written", "gkd_b0_a0"):
+        for seed in SPEC.headline_seeds:
+            if m == "gkd_b0_a0" and seed == 4:
+                continue
+            _put(runs, m, 1e-3, seed, "test", caption_f1=0.5, ce=0.1)
+    with pytest.raises(ValueError, match=r"gkd_b0_a0: no test caption_f1 for seeds \[4\]"):
+        headline_differences(runs, SPEC, best, methods=["sft_written", "gkd_b0_a0"])
+    # the report compares only the seeds every method has
+    report = format_report({"setting": dict(SPEC.setting), "runs": runs}, SPEC)
+    assert "(selection incomplete" in report
+
+
+def test_results_of_another_setting_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"setting": {**SPEC.setting, "task": "varied"}, "runs": {}}))
+    with pytest.raises(ValueError, match="another --results file"):
+        load_results(path, SPEC)
+
+
+def test_phase_continues_the_best_distilling_method_with_and_without_lmbda() -> None:
+    runs: dict[str, Any] = {}
+    best = {m.name: 1e-3 for m in SPEC.methods} | {"gkd_b0_a0": 3e-3}
+    for seed in (0, 1):
+        for m, lr in best.items():  # the baseline and the references are never the start
+            f1 = {"sft_written": 0.9, "sft_labels": 0.95, "gkd_b0_a0": 0.7}.get(m, 0.6)
+            _put(runs, m, lr, seed, "val", caption_f1=f1, ce=0.1)
+    start = best_offline(runs, SPEC, best)
+    assert start == "gkd_b0_a0"
+    on, off = (SPEC.method(arm, start) for arm in ("phase_onpolicy", "phase_offline"))
+    assert on.start == off.start == "gkd_b0_a0"
+    assert on.sets == {**off.sets, "rlhf.lmbda": SPEC.phase_lmbda}
+    assert off.sets["rlhf.lmbda"] == 0.0 and off.sets["rlhf.beta"] == 0.0
+    assert off.sets["train.max_steps"] == SPEC.phase_steps
+    assert [p.key for p in phase_points(SPEC, best[start])][:2] == [
+        "phase_onpolicy/lr0.003/s0",
+        "phase_offline/lr0.003/s0",
+    ]
+
+
+def test_arms_keep_the_best_setting_and_change_one_thing() -> None:
+    best = SPEC.method("gkd_b05_a0")
+    live, mixed = SPEC.method("live", best.name), SPEC.method("mixed", best.name)
+    assert live.run == "student_gkd_live" and live.sets == best.sets  # the live teacher, not the cache
+    assert mixed.run == best.run and mixed.sets == {**best.sets, "rlhf.lmbda": SPEC.mixed_lmbda}
+    assert arm_points(SPEC, "live", 3e-3)[0].key == "live/lr0.003/s0"
+    assert len(arm_points(SPEC, "live", 3e-3)) == len(SPEC.live_seeds) >= 5
+    with pytest.raises(KeyError, match="needs the best"):
+        SPEC.method("mixed")
+
+
+def test_curve_points_are_subsets_of_the_full_pool_at_the_full_pools_rates() -> None:
+    best_lr = {"sft_written": 3e-3, "gkd_b0_a0": 1e-3}
+    pts = curve_points(SPEC, best_lr, "gkd_b0_a0")
+    tags = [f"p{n}" for n in SPEC.pools] + [f"s{n}" for n in SPEC.step_budgets]
+    assert {p.method for p in pts} == {f"{m}@{t}" for m in best_lr for t in tags}
+    assert all(p.lr == best_lr[p.method.split("@")[0]] for p in pts)
+    m = SPEC.method("gkd_b0_a0@p100")
+    assert m.pool == 100 and m.run == "student_gkd_written" and m.sets == SPEC.method("gkd_b0_a0").sets
+    short = SPEC.method("sft_written@s100")
+    assert short.pool is None and short.sets == {"train.max_steps": 100}
+
+
+def _row(sid: str, caption: str | None) -> str:
+    msgs = [{"role": "user", "content": "<image>Describe."}]
+    if caption is not None:
+        msgs.append({"role": "assistant", "content": caption})
+    return json.dumps({"sample_id": sid, "messages": msgs})
+
+
+def test_pool_subset_takes_the_same_images_from_every_runs_file(tmp_path: Path) -> None:
+    # the GKD file orders the pool (labels first); the written file holds the same ids in another order
+    gkd = tmp_path / "labelled_pool.jsonl"
+    gkd.write_text(
+        "\n".join([_row("l0", "a"), _row("l1", "b"), *(_row(f"p{i}", None) for i in range(4))]) + "\n"
+    )
+    written = tmp_path / "written.jsonl"
+    order = ["p2", "l1", "p0", "l0", "p1", "p3"]
+    written.write_text("\n".join(_row(s, f"text {s}") for s in order) + "\n")
+    params = tmp_path / "params.yaml"
+    params.write_text("demo: {n_labelled: 2}\n")
+    runner = DistillRunner(SPEC, tmp_path / "work", params)
+    for run, path in (("student_gkd_written", gkd), ("student_sft_written", written)):
+        cfg = runner.work / "configs" / f"{run}.yaml"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(f"data: {{dataset: [{path}]}}\n")
+    got = runner.subset("student_sft_written", 2)
+    assert [json.loads(line)["sample_id"] for line in got.read_text().splitlines()] == [
+        "l1",
+        "p0",
+        "l0",
+        "p1",
+    ]
+    assert [
+        json.loads(line)["sample_id"]
+        for line in runner.subset("student_gkd_written", 0).read_text().splitlines()
+    ] == [
+        "l0",
+        "l1",
+    ]
+    written.write_text("\n".join(_row(s, "t") for s in order[:3]) + "\n")  # p1 missing from the text
+    with pytest.raises(ValueError, match="3 of the 5 subset rows"):
+        runner.subset("student_sft_written", 3)
+
+
+def test_curve_tables_csvs_and_png_come_from_the_results_alone(tmp_path: Path) -> None:
+    runs: dict[str, Any] = {}
+    full_steps = SPEC.setting["max_steps"]
+    for s in SPEC.curve_seeds:
+        for m, lr, gain in (("sft_written", 3e-3, 0.0), ("gkd_b0_a0", 1e-3, 0.05)):
+            for pool in (*SPEC.pools, SPEC.full_pool):
+                name = m if pool == SPEC.full_pool else f"{m}@p{pool}"
+                grow = pool / 1000
+                _put(
+                    runs,
+                    name,
+                    lr,
+                    s,
+                    "test",
+                    caption_f1=0.4 + 0.5 * grow + gain + 0.01 * s,
+                    ce=0.3 - 0.2 * grow,
+                )
+            for steps in SPEC.step_budgets:
+                _put(runs, f"{m}@s{steps}", lr, s, "test", caption_f1=0.5 * steps / full_steps + gain, ce=0.2)
+    data = {
+        "setting": dict(SPEC.setting),
+        "runs": runs,
+        "best": {"method": "gkd_b0_a0", "lr": 1e-3, "baseline_lr": 3e-3},
+    }
+    pool_rows = curve_rows(data, SPEC, "pool")
+    assert len(pool_rows) == 2 * len(SPEC.curve_seeds) * (len(SPEC.pools) + 1)
+    assert {r["steps"] for r in curve_rows(data, SPEC, "steps")} == {*SPEC.step_budgets, full_steps}
+    written = write_curves(data, SPEC, tmp_path / "sweep")
+    assert [p.name for p in written] == ["sweep_curve_pool.csv", "sweep_curve_steps.csv", "sweep_curves.png"]
+    assert written[0].read_text().splitlines()[0] == "pool,method,seed,caption_f1,ce"
+    assert written[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert write_curves({"runs": runs}, SPEC, tmp_path / "none") == []
+    # the paired difference at pool 100 is the constant gain: the seed shift cancels
+    from pipeline.evidence.report import format_curve
+
+    table = "\n".join(format_curve(data, SPEC, "pool"))
+    assert "| 100 | " in table and "+0.050 [+0.050, +0.050] (n=3)" in table
