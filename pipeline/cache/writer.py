@@ -20,11 +20,9 @@ part; rank 0 calls :func:`merge_rank_manifests` after a barrier. A single proces
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -58,7 +56,6 @@ from pipeline.cache.manifest import (
     header,
     part_path,
     read_json,
-    read_shard_index,
     read_skips,
     row_digests,
     scan_shard,
@@ -68,10 +65,9 @@ from pipeline.cache.manifest import (
     write_json_atomic,
 )
 from pipeline.cache.merge import merge_rank_manifests
-from pipeline.errors import DiskFullError
 from pipeline.hashing import file_sha256
 
-__all__ = ["CacheWriter", "disk_full_as_error", "merge_rank_manifests"]
+__all__ = ["CacheWriter", "merge_rank_manifests"]
 
 # zstd level for Arrow's buffer compression. The packed planes are near-random bytes where only the
 # entropy stage helps; measured at k=64 (B/token, write time): level 1 133.0 / 0.46 s, 3 134.7 / 0.28 s,
@@ -481,34 +477,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _is_disk_full(exc: OSError) -> bool:
-    # pyarrow's file errors are OSErrors without errno; their message carries strerror.
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or any(
-        os.strerror(code) in str(exc) for code in (errno.ENOSPC, errno.EDQUOT)
-    )
-
-
-@contextmanager
-def disk_full_as_error(root: str | Path) -> Iterator[None]:
-    """Turn a full disk (or quota) at any write of a cache into ``DiskFullError``: one line naming the
-    directory, what it already holds (complete shards, rows, bytes, recorded skips), and that a rerun
-    of the same command resumes from there (every shard, part record and manifest is written to a
-    temporary name first, so nothing written before is damaged)."""
-    try:
-        yield
-    except OSError as exc:
-        if isinstance(exc, DiskFullError) or not _is_disk_full(exc):
-            raise
-        root = Path(root)
-        shards = complete_shards(root) if root.is_dir() else []
-        rows = sum(len(read_shard_index(p)[1]) for p in shards)
-        size = sum(p.stat().st_size for p in shards)
-        skips = sum(len(read_skips(p)) for p in sorted((root / PARTS_DIR).glob("rank-*.skips.jsonl")))
-        first_line = (str(exc).splitlines() or [""])[0]  # the error stays one line
-        raise DiskFullError(
-            f"{root}: no space left on device ({first_line}); written so far: {rows} rows in {len(shards)} "
-            f"complete shards ({size / 2**20:.1f} MiB), {skips} skips recorded; free space and run the "
-            "same command again: it resumes from there"
-        ) from exc

@@ -40,22 +40,37 @@ PHASES = ("plan", "select", "headline", "onpolicy", "live", "mixed", "curves", "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("phase", choices=PHASES)
-    p.add_argument("--results", type=Path, default=Path("docs/evidence/sweep_exact.json"))
+    p.add_argument(
+        "--results",
+        type=Path,
+        help="the results file (default docs/evidence/sweep_<task>.json, task: demo.captions)",
+    )
     p.add_argument("--work", type=Path, default=Path("runs/sweep"), help="models, logs, resolved configs")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--seeds", type=int, nargs="+", help="the seeds of the phase(s) run (default: the spec's)")
     p.add_argument("--select-seeds", type=int, nargs="+", help="lr-selection seeds (default 0 1)")
-    p.add_argument("--methods", nargs="+", help="a subset of the methods (the baseline and references stay)")
+    p.add_argument("--methods", nargs="+", help="only these methods (and the baseline, which always stays)")
 
 
 def _spec(a: argparse.Namespace) -> SweepSpec:
+    """The default sweep at the demo task ``--params`` builds (``demo.captions``), narrowed by the options."""
+    import yaml
+
+    task = (yaml.safe_load(a.params.read_text()).get("demo") or {}).get("captions", "exact")
     spec = SweepSpec()
+    spec = replace(spec, setting={**spec.setting, "task": task})
+    if a.results is None:
+        a.results = Path("docs/evidence") / f"sweep_{task}.json"
     if a.methods:
         unknown = sorted(set(a.methods) - {m.name for m in spec.methods})
         if unknown:
             raise SystemExit(f"unknown methods {unknown}")
-        keep = {spec.baseline, *spec.references, *a.methods}
-        spec = replace(spec, methods=tuple(m for m in spec.methods if m.name in keep))
+        keep = {spec.baseline, *a.methods}
+        spec = replace(
+            spec,
+            methods=tuple(m for m in spec.methods if m.name in keep),
+            references=tuple(r for r in spec.references if r in keep),
+        )
     if a.seeds:
         seeds = tuple(a.seeds)
         spec = replace(

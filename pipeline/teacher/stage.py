@@ -161,7 +161,7 @@ def cache_split(
     """
     root = Path(cfg.custom.teacher_cache or "") / split
     plan = plan or plan_split(cfg, split, strict=strict, limit=limit)
-    from pipeline.cache.writer import disk_full_as_error
+    from pipeline.cache.diskfull import disk_full_as_error
 
     if (held := _holds_more_than_the_limit(plan, root)) is not None:
         return held

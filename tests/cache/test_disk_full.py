@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 import pipeline.cache.manifest as manifest_module
+from pipeline.cache.diskfull import disk_full_as_error
 from pipeline.cache.format import MANIFEST_NAME, PARTS_DIR
-from pipeline.cache.writer import disk_full_as_error
 from pipeline.errors import DiskFullError
 from tests.cache.test_resume import assert_same_content, clean_run, feed, make_items, open_writer
 

@@ -1,0 +1,51 @@
+"""A full disk at any write of a cache, as one ``DiskFullError`` line that says what is kept.
+
+Every shard, part record and manifest is written to a temporary name first (:mod:`pipeline.cache.writer`),
+so a write that fails for space damages nothing written before; this turns the failure into a message
+naming the directory, what it already holds, and that the same command resumes from there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.cache.format import PARTS_DIR
+from pipeline.cache.manifest import complete_shards, read_shard_index, read_skips
+from pipeline.errors import DiskFullError
+
+__all__ = ["disk_full_as_error"]
+
+
+def _is_disk_full(exc: OSError) -> bool:
+    # pyarrow's file errors are OSErrors without errno; their message carries strerror.
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or any(
+        os.strerror(code) in str(exc) for code in (errno.ENOSPC, errno.EDQUOT)
+    )
+
+
+@contextmanager
+def disk_full_as_error(root: str | Path) -> Iterator[None]:
+    """Turn a full disk (or quota) at any write of a cache into ``DiskFullError``: one line naming the
+    directory, what it already holds (complete shards, rows, bytes, recorded skips), and that a rerun
+    of the same command resumes from there (every shard, part record and manifest is written to a
+    temporary name first, so nothing written before is damaged)."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, DiskFullError) or not _is_disk_full(exc):
+            raise
+        root = Path(root)
+        shards = complete_shards(root) if root.is_dir() else []
+        rows = sum(len(read_shard_index(p)[1]) for p in shards)
+        size = sum(p.stat().st_size for p in shards)
+        skips = sum(len(read_skips(p)) for p in sorted((root / PARTS_DIR).glob("rank-*.skips.jsonl")))
+        first_line = (str(exc).splitlines() or [""])[0]  # the error stays one line
+        raise DiskFullError(
+            f"{root}: no space left on device ({first_line}); written so far: {rows} rows in {len(shards)} "
+            f"complete shards ({size / 2**20:.1f} MiB), {skips} skips recorded; free space and run the "
+            "same command again: it resumes from there"
+        ) from exc

@@ -1,0 +1,52 @@
+"""``distill evidence``: the task comes from params.yaml, ``--methods`` narrows the sweep, and
+``report`` rebuilds the tables from the results file alone, running nothing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.commands.evidence import _spec, add_arguments
+from pipeline.evidence.sweep import Point, SweepSpec
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_the_task_is_the_params_demo_captions_and_names_the_results(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("demo: {captions: varied}\n")
+    a = _args("plan", "--params", str(params), "--methods", "gkd_b0_a0")
+    spec = _spec(a)
+    assert spec.setting["task"] == "varied" and a.results == Path("docs/evidence/sweep_varied.json")
+    assert [m.name for m in spec.methods] == ["sft_written", "gkd_b0_a0"] and spec.references == ()
+    assert _spec(_args("plan", "--params", str(params))).references == ("sft_labels",)
+    with pytest.raises(SystemExit, match="unknown methods"):
+        _spec(_args("plan", "--params", str(params), "--methods", "gkd_b2"))
+
+
+def test_report_rebuilds_the_tables_from_the_results_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("demo: {captions: exact}\n")
+    spec = SweepSpec()
+    runs = {}
+    for m in spec.methods:
+        for lr in spec.learning_rates:
+            for s in spec.select_seeds:
+                f1 = 0.9 if (m.name == "gkd_b0_a0" and lr == 3e-3) else 0.5
+                runs[Point(m.name, lr, s).key] = {"val": {"caption_f1": f1, "ce": 0.1}}
+    results = tmp_path / "sweep.json"
+    results.write_text(json.dumps({"setting": dict(spec.setting), "runs": runs}))
+    assert main(["evidence", "report", "--params", str(params), "--results", str(results)]) == 0
+    md = (tmp_path / "sweep.md").read_text()
+    assert "Best distiller (val): gkd_b0_a0 at lr 0.003" in md
+    assert json.loads(results.read_text())["runs"] == runs  # the report trains and records nothing
