@@ -50,6 +50,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="the seeds of the phase(s) run (default: the spec's)")
     p.add_argument("--select-seeds", type=int, nargs="+", help="lr-selection seeds (default 0 1)")
     p.add_argument("--methods", nargs="+", help="only these methods (and the baseline, which always stays)")
+    p.add_argument("--curve-seeds", type=int, nargs="+", help="the learning curves' seeds (default 0 1 2)")
+    p.add_argument(
+        "--pools",
+        type=int,
+        nargs="*",
+        help="the pool curve's smaller pools (default 0 100 300; none: no curve)",
+    )
+    p.add_argument(
+        "--step-budgets",
+        type=int,
+        nargs="*",
+        help="the step curve's shorter runs (default 100 200; none: no curve)",
+    )
 
 
 def _spec(a: argparse.Namespace) -> SweepSpec:
@@ -83,6 +96,12 @@ def _spec(a: argparse.Namespace) -> SweepSpec:
         )
     if a.select_seeds:
         spec = replace(spec, select_seeds=tuple(a.select_seeds))
+    if a.curve_seeds:
+        spec = replace(spec, curve_seeds=tuple(a.curve_seeds))
+    if a.pools is not None:
+        spec = replace(spec, pools=tuple(a.pools))
+    if a.step_budgets is not None:
+        spec = replace(spec, step_budgets=tuple(a.step_budgets))
     return spec
 
 

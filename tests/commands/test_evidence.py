@@ -50,3 +50,17 @@ def test_report_rebuilds_the_tables_from_the_results_file(
     md = (tmp_path / "sweep.md").read_text()
     assert "Best distiller (val): gkd_b0_a0 at lr 0.003" in md
     assert json.loads(results.read_text())["runs"] == runs  # the report trains and records nothing
+
+
+def test_curve_options_narrow_the_curves_and_leave_the_headline_seeds(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("demo: {captions: exact}\n")
+    spec = _spec(
+        _args(
+            "curves", "--params", str(params), "--curve-seeds", "0", "1", "--pools", "100", "--step-budgets"
+        )
+    )
+    assert spec.curve_seeds == (0, 1) and spec.pools == (100,) and spec.step_budgets == ()
+    assert spec.headline_seeds == SweepSpec().headline_seeds
+    default = _spec(_args("curves", "--params", str(params)))
+    assert (default.pools, default.step_budgets) == (SweepSpec().pools, SweepSpec().step_budgets)
