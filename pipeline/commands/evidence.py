@@ -30,6 +30,7 @@ from pipeline.evidence.sweep import (
     phase_points,
     save_results,
     selection_points,
+    teacher_digest,
 )
 
 HELP = "the evidence sweep: fair learning rates, paired seeds, on-policy and curves (docs/guide.md)"
@@ -71,7 +72,11 @@ def _spec(a: argparse.Namespace) -> SweepSpec:
 
     task = (yaml.safe_load(a.params.read_text()).get("demo") or {}).get("captions", "exact")
     spec = SweepSpec()
-    spec = replace(spec, setting={**spec.setting, "task": task})
+    setting = {**spec.setting, "task": task}
+    digest = teacher_digest(DistillRunner.teacher) if a.phase not in ("plan", "report") else None
+    if digest is not None:
+        setting["teacher"] = digest
+    spec = replace(spec, setting=setting)
     if a.results is None:
         a.results = Path("docs/evidence") / f"sweep_{task}.json"
     if a.methods:

@@ -20,8 +20,8 @@ Why this shape:
 - Each finished evaluation is written to the results file (a few KB of JSON, committed) at once; a
   rerun skips every (method, lr, seed, split) already there and every training whose model is still
   in ``--work``, so an interrupted sweep resumes and the report is rebuilt from the file alone.
-- The results file records the setting it was measured at (task, steps, pool); a run at another
-  setting refuses to mix into it.
+- The results file records the setting it was measured at (task, steps, pool, the teacher's weights
+  digest); a run at another setting, or against another teacher, refuses to mix into it.
 
 Pure planning and selection functions first; the subprocess calls at the bottom, behind a ``Runner``
 that the tests replace.
@@ -29,6 +29,7 @@ that the tests replace.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -158,12 +159,34 @@ class Point:
 # ---------------------------------------------------------------------------------------- results
 
 
+def teacher_digest(teacher: Path) -> str | None:
+    """The first 16 hex digits of the sha256 of the teacher's weights, or None without a teacher.
+
+    Every student depends on the teacher (its init copies the teacher's tower, embeddings and head; the
+    written captions and the cache are the teacher's), and a teacher retrained elsewhere differs in its
+    last bits, so a results file records which teacher its runs were measured against."""
+    weights = sorted(teacher.glob("*.safetensors"))
+    if not weights:
+        return None
+    h = hashlib.sha256()
+    for w in weights:
+        with w.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def load_results(path: Path, spec: SweepSpec) -> dict[str, Any]:
-    """The results file (or an empty one at ``spec.setting``); refuses one measured at another setting."""
+    """The results file (or an empty one at ``spec.setting``); refuses one measured at another setting.
+
+    A spec without a ``teacher`` (a report from the file alone, no teacher here) takes the file's."""
     if not path.is_file():
         return {"setting": dict(spec.setting), "runs": {}}
     data = json.loads(path.read_text())
-    if data.get("setting") != dict(spec.setting):
+    want = dict(spec.setting)
+    if "teacher" not in want and "teacher" in (data.get("setting") or {}):
+        want["teacher"] = data["setting"]["teacher"]
+    if data.get("setting") != want:
         raise ValueError(
             f"{path} was measured at {data.get('setting')}, this sweep runs {dict(spec.setting)}: "
             "use another --results file"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pipeline.evidence.sweep import (
     phase_points,
     save_results,
     selection_points,
+    teacher_digest,
 )
 
 SPEC = SweepSpec()
@@ -160,6 +162,26 @@ def test_results_of_another_setting_are_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({"setting": {**SPEC.setting, "task": "varied"}, "runs": {}}))
     with pytest.raises(ValueError, match="another --results file"):
         load_results(path, SPEC)
+
+
+def test_results_of_another_teacher_are_refused_and_a_report_takes_the_files(tmp_path: Path) -> None:
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    assert teacher_digest(teacher) is None
+    (teacher / "model.safetensors").write_bytes(b"weights one")
+    one = teacher_digest(teacher)
+    (teacher / "model.safetensors").write_bytes(b"weights two")
+    two = teacher_digest(teacher)
+    assert one is not None and two is not None and one != two and len(one) == 16
+    path = tmp_path / "sweep.json"
+    save_results(path, {"setting": {**SPEC.setting, "teacher": one}, "runs": {}})
+    with pytest.raises(ValueError, match="another --results file"):
+        load_results(path, replace(SPEC, setting={**SPEC.setting, "teacher": two}))
+    assert load_results(path, replace(SPEC, setting={**SPEC.setting, "teacher": one}))["runs"] == {}
+    assert load_results(path, SPEC)["setting"]["teacher"] == one  # no teacher here: the file's
+    path.write_text(json.dumps({"setting": dict(SPEC.setting), "runs": {}}))  # a file without one
+    with pytest.raises(ValueError, match="another --results file"):
+        load_results(path, replace(SPEC, setting={**SPEC.setting, "teacher": one}))
 
 
 def test_phase_continues_the_best_distilling_method_with_and_without_lmbda() -> None:
