@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.data import read_split_rows
+from pipeline.data import Row, read_split_rows, write_rows
 
 SPLITS = ("val", "test")
 KEPT_METRICS = ("caption_f1", "ce", "token_accuracy", "bleu4", "rouge_l", "hallucination_rate", "rows_scored")
@@ -408,14 +408,16 @@ class DistillRunner:
         order = [r.sample_id for r in read_split_rows([self._train_file(self.spec.pool_run)])]
         keep = set(order[: labelled + pool])
         src = self._train_file(run)
-        lines = src.read_text().splitlines()
-        kept = [
-            lines[int(r.source.rsplit(":", 1)[1]) - 1] for r in read_split_rows([src]) if r.sample_id in keep
-        ]
+        kept = [r for r in read_split_rows([src]) if r.sample_id in keep]
         if len(kept) != len(keep):
             raise ValueError(f"{src}: {len(kept)} of the {len(keep)} subset rows are there")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(kept) + "\n")
+        bad = [r for r in kept if not isinstance(r, Row)]
+        if bad:
+            raise ValueError(f"{bad[0].source}: sample {bad[0].sample_id!r} of the subset: {bad[0].detail}")
+        # rewritten, not copied: image paths are relative to the file, and the subset lives elsewhere
+        tmp = out.with_suffix(".tmp")
+        write_rows([r for r in kept if isinstance(r, Row)], tmp)
+        tmp.replace(out)
         return out
 
     def train(self, p: Point) -> tuple[Path, list[str]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.data import read_rows
 from pipeline.evidence.report import curve_rows, format_report, headline_differences, write_curves
 from pipeline.evidence.sweep import (
     DistillRunner,
@@ -267,6 +268,17 @@ def test_pool_subset_takes_the_same_images_from_every_runs_file(tmp_path: Path) 
     written.write_text("\n".join(_row(s, "t") for s in order[:3]) + "\n")  # p1 missing from the text
     with pytest.raises(ValueError, match="3 of the 5 subset rows"):
         runner.subset("student_sft_written", 3)
+    # image paths are relative to the file: the subset, written elsewhere, must still find them
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "l0.png").write_bytes(b"png")
+    gkd.write_text(
+        json.dumps({**json.loads(_row("l0", "a")), "images": ["img/l0.png"]}) + "\n" + _row("l1", "b") + "\n"
+    )
+    (runner.work / "data" / "student_gkd_written-p0.jsonl").unlink()
+    sub = runner.subset("student_gkd_written", 0)
+    assert sub.parent != gkd.parent
+    (first,) = [r for r in read_rows(sub) if r.sample_id == "l0"]
+    assert [Path(p).resolve() for p in first.images] == [(tmp_path / "img" / "l0.png").resolve()]
 
 
 def test_curve_tables_csvs_and_png_come_from_the_results_alone(tmp_path: Path) -> None:
