@@ -593,7 +593,7 @@ class TestMsSwiftContract:
         assert type(to_swift_args(gkd_cfg)).__name__ == "SftArguments"  # training: the SFT trainer
         args = to_swift_args(gkd_cfg, "rlhf")
         assert type(args).__name__ == "RLHFArguments"
-        assert (args.rlhf_type, args.beta, args.sft_alpha, args.lmbda) == ("gkd", 0.5, 0.5, 0.5)
+        assert (args.rlhf_type, args.beta, args.sft_alpha, args.lmbda) == ("gkd", 0.0, 0.5, 0.5)
         assert (args.temperature, args.max_completion_length, args.seq_kd) == (0.9, 64, False)
         assert args.teacher_model == str(teacher) and args.loss_scale == "default"
         assert os.environ["MIN_PIXELS"] == "3136"

@@ -42,7 +42,8 @@ def at_root(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_student_knob_changes_only_the_gkd_students(tmp_path: Path, at_root: None) -> None:
     base = _resolve(tmp_path, "base")
     assert set(base) == GKD | SFT | CACHES
-    beta = _resolve(tmp_path, "beta", student={"beta": PARAMS["student"]["beta"] / 2})
+    other = 0.25 if PARAMS["student"]["beta"] != 0.25 else 0.75
+    beta = _resolve(tmp_path, "beta", student={"beta": other})
     assert {n for n in base if base[n] != beta[n]} == GKD
     seed = _resolve(tmp_path, "seed", student={"seed": PARAMS["student"]["seed"] + 1})
     assert {n for n in base if base[n] != seed[n]} == (GKD | SFT) - {"teacher"}
