@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from pipeline.data import Row, read_split_rows, write_rows
+from pipeline.hashing import file_sha256
 
 SPLITS = ("val", "test")
 KEPT_METRICS = ("caption_f1", "ce", "token_accuracy", "bleu4", "rouge_l", "hallucination_rate", "rows_scored")
@@ -160,20 +161,18 @@ class Point:
 
 
 def teacher_digest(teacher: Path) -> str | None:
-    """The first 16 hex digits of the sha256 of the teacher's weights, or None without a teacher.
+    """The first 16 hex digits of the sha256 of the teacher's weights (of the weight files' sha256s
+    when there are several), or None without a teacher.
 
     Every student depends on the teacher (its init copies the teacher's tower, embeddings and head; the
-    written captions and the cache are the teacher's), and a teacher retrained elsewhere differs in its
-    last bits, so a results file records which teacher its runs were measured against."""
-    weights = sorted(teacher.glob("*.safetensors"))
-    if not weights:
+    written captions and the cache are the teacher's), and a teacher retrained elsewhere need not be
+    bit-identical, so a results file records which teacher its runs were measured against."""
+    digests = [file_sha256(w) for w in sorted(teacher.glob("*.safetensors"))]
+    if not digests:
         return None
-    h = hashlib.sha256()
-    for w in weights:
-        with w.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    if len(digests) == 1:
+        return digests[0][:16]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
 
 
 def load_results(path: Path, spec: SweepSpec) -> dict[str, Any]:
@@ -188,7 +187,7 @@ def load_results(path: Path, spec: SweepSpec) -> dict[str, Any]:
         want["teacher"] = data["setting"]["teacher"]
     if data.get("setting") != want:
         raise ValueError(
-            f"{path} was measured at {data.get('setting')}, this sweep runs {dict(spec.setting)}: "
+            f"{path} was measured at {data.get('setting')}, this sweep runs {want}: "
             "use another --results file"
         )
     data.setdefault("runs", {})
