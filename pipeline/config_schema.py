@@ -544,6 +544,15 @@ class CustomConfig(_Section):
             "ms-swift's `--strict`; `distill cache --strict` sets it)."
         },
     )
+    encoded_cache_mb: float = field(
+        default=1024.0,
+        metadata={
+            "help": "Training keeps the rows' encodings (token ids, labels, image pixels) it has made, up "
+            "to this many MiB per dataloader process, so later epochs skip the template and the image "
+            "decode; past the budget the other rows are encoded on every access. 0 encodes on every "
+            "access. A kept encoding is still checked against its cache row on every access."
+        },
+    )
     allow_partial_cache: bool = field(
         default=False,
         metadata={
@@ -608,6 +617,8 @@ class CustomConfig(_Section):
         self._positive("loss_temperature", "top_k", "cache_batch_size")
         if self.cache_shard_mb is not None:
             self._positive("cache_shard_mb")
+        if not self.encoded_cache_mb >= 0:
+            self._fail("encoded_cache_mb", f"must be >= 0 (0 turns it off), got {self.encoded_cache_mb}")
         if self.teacher_cache is not None and not self.teacher_cache.strip():
             self._fail("teacher_cache", "must not be empty; remove the key (or write null) instead")
 

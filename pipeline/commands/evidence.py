@@ -22,12 +22,14 @@ from pipeline.evidence.sweep import (
     arm_points,
     best_offline,
     choose_learning_rates,
+    choose_phase_learning_rates,
     curve_points,
     ensure,
     headline_methods,
     headline_points,
     load_results,
     phase_points,
+    phase_selection_points,
     save_results,
     selection_points,
     teacher_digest,
@@ -128,12 +130,15 @@ def run(a: argparse.Namespace) -> int:
         best_lr = choose_learning_rates(data["runs"], spec)
         winner = best_offline(data["runs"], spec, best_lr)
         data["best"] = {"method": winner, "lr": best_lr[winner], "baseline_lr": best_lr[spec.baseline]}
-        runner.best = winner
+        runner.best, runner.best_lr = winner, best_lr[winner]
         todo: list[Point] = []
         if a.phase in ("headline", "all"):
             todo += headline_points(spec, best_lr, headline_methods(data["runs"], spec, best_lr))
         if a.phase in ("onpolicy", "all"):
-            todo += phase_points(spec, best_lr[winner])
+            # each arm's continuation rate on val first, then both arms at their rates on test
+            ensure(phase_selection_points(spec), ["val"], data, runner, save)
+            data["best"]["phase_lr"] = choose_phase_learning_rates(data["runs"], spec)
+            todo += phase_points(spec, data["best"]["phase_lr"])
         if a.phase in ("live", "all"):
             todo += arm_points(spec, "live", best_lr[winner])
         if a.phase in ("curves", "all"):

@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.evidence.stats import PairedDifference, mean_interval, paired_difference
 from pipeline.evidence.sweep import (
     ARM_PAIRS,
+    PHASE_ARMS,
     Point,
     SweepSpec,
     arm_points,
@@ -112,6 +113,28 @@ def format_selection(runs: Mapping[str, Any], spec: SweepSpec) -> list[str]:
     return lines
 
 
+def format_phase_selection(runs: Mapping[str, Any], spec: SweepSpec) -> list[str]:
+    """The phase arms' continuation-rate grid on val, chosen like a method's rate."""
+    lrs = spec.phase_learning_rates
+    lines = [
+        "",
+        f"**Continuation rate of each phase arm (val split, seeds {', '.join(map(str, spec.select_seeds))}; "
+        "caption F1, then CE):**",
+        "",
+        "| arm | "
+        + " | ".join(f"lr {lr:g}: F1" for lr in lrs)
+        + " | "
+        + " | ".join(f"lr {lr:g}: CE" for lr in lrs)
+        + " |",
+        "|---|" + "---|" * (2 * len(lrs)),
+    ]
+    for arm in PHASE_ARMS:
+        f1 = [_selection_cell(runs, spec, arm, lr, spec.select_metric) for lr in lrs]
+        ce = [_selection_cell(runs, spec, arm, lr, spec.tiebreak_metric) for lr in lrs]
+        lines.append(f"| {arm} | " + " | ".join(f1 + ce) + " |")
+    return lines
+
+
 def format_headline(runs: Mapping[str, Any], spec: SweepSpec, best: Mapping[str, float]) -> list[str]:
     heads = headline_methods(runs, spec, best)
     seeds = complete_seeds(runs, spec, [(m, best[m]) for m in heads], spec.headline_seeds)
@@ -157,39 +180,43 @@ def format_arms(data: Mapping[str, Any], spec: SweepSpec) -> list[str]:
     chosen = data.get("best")
     if not chosen:
         return []
-    runs, best, lr = data["runs"], chosen["method"], float(chosen["lr"])
-    lines: list[str] = []
+    runs, best, best_lr = data["runs"], chosen["method"], float(chosen["lr"])
+    # the phase arms run at their own continuation rates once chosen; older files ran them at best_lr
+    lrs = {best: best_lr, **{a: float(v) for a, v in (chosen.get("phase_lr") or {}).items()}}
+    lines: list[str] = format_phase_selection(runs, spec) if chosen.get("phase_lr") else []
     for arm, other, title in ARM_PAIRS:
         other = best if other == "best" else other
+        la, lo = lrs.get(arm, best_lr), lrs.get(other, best_lr)
         seeds = complete_seeds(
-            runs, spec, [(arm, lr), (other, lr)], [p.seed for p in arm_points(spec, arm, lr)]
+            runs, spec, [(arm, la), (other, lo)], [p.seed for p in arm_points(spec, arm, la)]
         )
         if not seeds:
             continue
+        rates = f"lr {la:g}" if la == lo else f"lr {la:g} and {lo:g}"
         lines += [
             "",
-            f"**{title}: {spec.method(arm, best).label} (lr {lr:g}) vs {other}, test, "
+            f"**{title}: {spec.method(arm, best, best_lr).label} ({rates}) vs {other}, test, "
             f"seeds {', '.join(map(str, seeds))}:**",
             "",
-            "| run | caption F1 per seed | CE per seed | train s per seed |",
-            "|---|---|---|---|",
+            "| run | lr | caption F1 per seed | CE per seed | train s per seed |",
+            "|---|---|---|---|---|",
         ]
-        for name in (arm, other):
+        for name, lr in ((arm, la), (other, lo)):
             f1 = values(runs, name, lr, seeds, "test", "caption_f1")
             ce = values(runs, name, lr, seeds, "test", "ce")
             walls = _walls(runs, name, lr, seeds)
             lines.append(
-                f"| {name} | {_per_seed(f1, seeds)} | {_per_seed(ce, seeds)} | "
+                f"| {name} | {lr:g} | {_per_seed(f1, seeds)} | {_per_seed(ce, seeds)} | "
                 + (" / ".join(f"{w:.0f}" for w in walls) or "-")
                 + " |"
             )
         cells = []
         if len(seeds) >= 2:
             for k in spec.report_metrics:
-                a = values(runs, arm, lr, seeds, "test", k)
-                b = values(runs, other, lr, seeds, "test", k)
+                a = values(runs, arm, la, seeds, "test", k)
+                b = values(runs, other, lo, seeds, "test", k)
                 cells.append(f"{k} {paired_difference(a, b).format()}")
-        wa, wb = _walls(runs, arm, lr, seeds), _walls(runs, other, lr, seeds)
+        wa, wb = _walls(runs, arm, la, seeds), _walls(runs, other, lo, seeds)
         if wa and wb:
             cells.append(f"median train wall-clock ratio {statistics.median(wa) / statistics.median(wb):.2f}")
         lines += ["", f"Paired ({arm} - {other}): " + "; ".join(cells) + "."]

@@ -103,8 +103,12 @@ class DistillSft(SwiftSft):
         write_report([train_split, *val_split], self.args.output_dir)
         val_rows = val_split[0].rows if val_split else []
         on_policy = cfg.rlhf is not None and cfg.rlhf.lmbda > 0  # sampling needs the raw rows
-        train_ds = EncodedDataset(train_split.rows, self.encoder, train_cache, keep_rows=on_policy)
-        return train_ds, EncodedDataset(val_rows, self.encoder, eval_cache) if val_rows else None
+        memo = int(cfg.custom.encoded_cache_mb * 2**20)
+        train_ds = EncodedDataset(
+            train_split.rows, self.encoder, train_cache, keep_rows=on_policy, memo_bytes=memo
+        )
+        val_ds = EncodedDataset(val_rows, self.encoder, eval_cache, memo_bytes=memo) if val_rows else None
+        return train_ds, val_ds
 
     def _live_teacher(self) -> Any:
         """The live teacher, checked against the student, when the variant needs one for this lmbda."""

@@ -21,12 +21,14 @@ from pipeline.evidence.sweep import (
     best_offline,
     choose_learning_rate,
     choose_learning_rates,
+    choose_phase_learning_rates,
     curve_points,
     ensure,
     headline_methods,
     headline_points,
     load_results,
     phase_points,
+    phase_selection_points,
     save_results,
     selection_points,
     teacher_digest,
@@ -194,14 +196,23 @@ def test_phase_continues_the_best_distilling_method_with_and_without_lmbda() -> 
             _put(runs, m, lr, seed, "val", caption_f1=f1, ce=0.1)
     start = best_offline(runs, SPEC, best)
     assert start == "gkd_b0_a0"
-    on, off = (SPEC.method(arm, start) for arm in ("phase_onpolicy", "phase_offline"))
+    on, off = (SPEC.method(arm, start, best[start]) for arm in ("phase_onpolicy", "phase_offline"))
     assert on.start == off.start == "gkd_b0_a0"
+    assert on.start_lr == off.start_lr == 3e-3  # both continue from the start's own model
     assert on.sets == {**off.sets, "rlhf.lmbda": SPEC.phase_lmbda}
     assert off.sets["rlhf.lmbda"] == 0.0 and off.sets["rlhf.beta"] == 0.0
     assert off.sets["train.max_steps"] == SPEC.phase_steps
-    assert [p.key for p in phase_points(SPEC, best[start])][:2] == [
-        "phase_onpolicy/lr0.003/s0",
-        "phase_offline/lr0.003/s0",
+    # each arm picks its continuation rate on val over the phase grid, as a method does over its grid
+    grid = phase_selection_points(SPEC)
+    assert {p.lr for p in grid} == set(SPEC.phase_learning_rates) and {p.seed for p in grid} == {0, 1}
+    for p in grid:
+        f1 = 0.8 + (p.lr == 1e-3) * (0.1 if p.method == "phase_onpolicy" else -0.1)
+        _put(runs, p.method, p.lr, p.seed, "val", caption_f1=f1, ce=0.1)
+    lrs = choose_phase_learning_rates(runs, SPEC)
+    assert lrs == {"phase_onpolicy": 1e-3, "phase_offline": 3e-4}  # ties: the lower rate
+    assert [p.key for p in phase_points(SPEC, lrs)][:2] == [
+        "phase_onpolicy/lr0.001/s0",
+        "phase_offline/lr0.0003/s0",
     ]
 
 
@@ -318,3 +329,32 @@ def test_curve_tables_csvs_and_png_come_from_the_results_alone(tmp_path: Path) -
 
     table = "\n".join(format_curve(data, SPEC, "pool"))
     assert "| 100 | " in table and "+0.050 [+0.050, +0.050] (n=3)" in table
+
+
+def test_a_phase_run_continues_from_the_start_trained_at_the_starts_own_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = DistillRunner(SPEC, tmp_path / "work", tmp_path / "params.yaml", best="gkd_b0_a05", best_lr=3e-3)
+    cfg = runner.work / "configs" / "student_gkd_written.yaml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("data: {dataset: [x.jsonl]}\n")
+    trained: list[list[str]] = []
+
+    def call(cmd: list[str], log: Path) -> None:
+        if cmd[1] == "train":
+            trained.append(cmd)
+            sets = dict(a.split("=", 1) for a in cmd[5::2])
+            out = Path(sets["train.output_dir"])
+            out.mkdir(parents=True)
+            (out / "train_time.json").write_text('{"train_wall_s": 1.0}')
+        else:
+            (runner.work / "init" / "s0").mkdir(parents=True, exist_ok=True)
+            (runner.work / "init" / "s0" / "config.json").write_text("{}")
+
+    monkeypatch.setattr(runner, "_call", call)
+    out, _ = runner.train(Point("phase_onpolicy", 3e-4, 0))
+    start, phase = (dict(a.split("=", 1) for a in cmd[5::2]) for cmd in trained)
+    assert start["train.learning_rate"] == "0.003" and start["model.model"].endswith("init/s0")
+    assert phase["train.learning_rate"] == "0.0003" and phase["rlhf.lmbda"] == str(SPEC.phase_lmbda)
+    assert phase["model.model"] == str(runner.work / "runs" / "gkd_b0_a05" / "lr0.003-s0" / "final")
+    assert out == runner.work / "runs" / "phase_onpolicy" / "lr0.0003-s0"

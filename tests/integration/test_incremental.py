@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,20 @@ from tests.cache.helpers import assert_same_sample
 from tests.conftest import gkd_config, write_config
 
 EXACT = {"logprob_encoding": "fp32", "cache_batch_size": 1, "cache_shard_mb": 0.004}
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """In-process caches at one thread, like the subprocesses the tests compare them with: bitwise
+    equality needs one float reduction order."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -305,23 +320,9 @@ sys.exit(main(["cache", "--config", sys.argv[2]]))
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["superseded", "first_shard", "merge"])
 def test_an_incremental_run_killed_resumes_to_a_fresh_cache(
-    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path, point: str
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path, point: str, one_thread: None
 ) -> None:
-    import torch
-
-    # The killed run writes rows that the resumed cache keeps, at one thread; bitwise equality with the
-    # fresh cache needs one float reduction order, so the in-process caches run one thread too.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _killed_resumes_to_fresh(demo_assets, tiny_teacher, tmp_path, data, point)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _killed_resumes_to_fresh(
-    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path, point: str
-) -> None:
+    # the killed run (one thread) writes rows that the resumed cache keeps
     lines = _lines(data)[:10]
     _cache(_config(tmp_path, demo_assets, tiny_teacher, [_write(data, "t.jsonl", lines[:7])]))
     edited = json.loads(lines[1])
@@ -346,23 +347,9 @@ def _killed_resumes_to_fresh(
 
 @pytest.mark.slow
 def test_an_incremental_run_under_torchrun_equals_a_fresh_cache(
-    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path
+    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path, one_thread: None
 ) -> None:
-    import torch
-
-    # Bitwise equality needs one float reduction order: the ranks below run one thread each, so the
-    # in-process caches (the existing one and the fresh one) do too.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _cache_under_torchrun_and_fresh(demo_assets, tiny_teacher, tmp_path, data)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _cache_under_torchrun_and_fresh(
-    demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, data: Path
-) -> None:
+    # the ranks below run one thread each
     lines = _lines(data)[:12]
     _cache(_config(tmp_path, demo_assets, tiny_teacher, [_write(data, "t.jsonl", lines[:8])]))
     edited = json.loads(lines[5])
