@@ -45,6 +45,21 @@ def _train_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encoded_memo(args: argparse.Namespace) -> int:
+    from pipeline.bench.encoded_memo import bench_encoded_memo
+
+    load(args)  # the config must load before any subprocess starts
+    bench_encoded_memo(
+        args.config,
+        steps=args.steps,
+        rounds=args.rounds,
+        overrides=parse_sets(args.set),
+        out=args.out,
+        mode=args.mode,
+    )
+    return 0
+
+
 def _student_step(args: argparse.Namespace) -> int:
     from pipeline.bench.student_step import StudentStepShape, bench_student_step
 
@@ -87,6 +102,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     b.add_argument("--out", type=Path, default=Path("runs/bench/train_step"), help="scratch run directory")
     b.set_defaults(func=_train_step)
+    b = bsub.add_parser("encoded-memo", help="a whole training loop with and without kept encodings")
+    add_config(b)
+    b.add_argument("--steps", type=int, default=150, help="past one epoch, or both modes tie")
+    b.add_argument(
+        "--mode", choices=["sft", "cached"], default="cached", help="the trainer (train-step's modes)"
+    )
+    b.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    b.add_argument("--out", type=Path, default=Path("runs/bench/encoded_memo"), help="scratch run directory")
+    b.set_defaults(func=_encoded_memo)
     b = bsub.add_parser("student-step", help="student head + loss memory and time: dense vs fused")
     b.add_argument("--hidden", type=int, default=2048)
     b.add_argument("--vocab", type=int, default=151_936)

@@ -27,6 +27,7 @@ from pipeline.evidence.sweep import (
     ensure,
     headline_methods,
     headline_points,
+    knob_points,
     load_results,
     phase_points,
     phase_selection_points,
@@ -37,8 +38,8 @@ from pipeline.evidence.sweep import (
 
 HELP = "the evidence sweep: fair learning rates, paired seeds, on-policy and curves (docs/guide.md)"
 
-PHASES = ("plan", "select", "headline", "onpolicy", "live", "mixed", "curves", "report", "all")
-"""``all`` is select, headline, onpolicy, live and curves (``mixed`` is costly: run it by name)."""
+PHASES = ("plan", "select", "headline", "knobs", "onpolicy", "live", "mixed", "curves", "report", "all")
+"""``all`` is select, headline, knobs, onpolicy, live and curves (``mixed`` is costly: run it by name)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,6 +101,7 @@ def _spec(a: argparse.Namespace) -> SweepSpec:
             live_seeds=seeds,
             mixed_seeds=seeds,
             curve_seeds=seeds,
+            knob_seeds=seeds,
         )
     if a.select_seeds:
         spec = replace(spec, select_seeds=tuple(a.select_seeds))
@@ -134,6 +136,8 @@ def run(a: argparse.Namespace) -> int:
         todo: list[Point] = []
         if a.phase in ("headline", "all"):
             todo += headline_points(spec, best_lr, headline_methods(data["runs"], spec, best_lr))
+        if a.phase in ("knobs", "all"):
+            todo += knob_points(spec, best_lr)
         if a.phase in ("onpolicy", "all"):
             # each arm's continuation rate on val first, then both arms at their rates on test
             ensure(phase_selection_points(spec), ["val"], data, runner, save)

@@ -174,6 +174,33 @@ def format_headline(runs: Mapping[str, Any], spec: SweepSpec, best: Mapping[str,
     return lines
 
 
+def format_knobs(runs: Mapping[str, Any], spec: SweepSpec, best: Mapping[str, float]) -> list[str]:
+    """Every distilling setting at its own chosen rate on test, paired with the baseline by seed."""
+    names = [spec.baseline, *spec.distillers()]
+    seeds = complete_seeds(runs, spec, [(m, best[m]) for m in names], spec.knob_seeds)
+    if len(seeds) < 2:
+        return []
+    diffs = headline_differences(runs, spec, best, seeds, [spec.baseline, *spec.distillers()])
+    lines = [
+        "",
+        f"**Every distilling setting against {spec.baseline}, test, each at its chosen lr, seeds "
+        f"{', '.join(map(str, seeds))}; mean [95% CI], paired difference (setting - {spec.baseline}):**",
+        "",
+        "| setting | lr | caption F1 | F1 difference | CE | CE difference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in names:
+        f1 = values(runs, m, best[m], seeds, "test", "caption_f1")
+        ce = values(runs, m, best[m], seeds, "test", "ce")
+        d = diffs.get(f"{m} - {spec.baseline}")
+        df1, dce = (d["caption_f1"].format(), d["ce"].format()) if d else ("-", "-")
+        label = spec.method(m).label
+        lines.append(
+            f"| {m} ({label}) | {best[m]:g} | {_iv(f1.values())} | {df1} | {_iv(ce.values())} | {dce} |"
+        )
+    return lines
+
+
 def format_arms(data: Mapping[str, Any], spec: SweepSpec) -> list[str]:
     """One table per arm pair (:data:`ARM_PAIRS`) the results file holds, with the paired difference
     and the ratio of median training wall-clock."""
@@ -368,6 +395,7 @@ def format_report(data: Mapping[str, Any], spec: SweepSpec) -> str:
         f"Best distiller (val): {winner} at lr {best[winner]:g}: {spec.method(winner).label}.",
         "",
         *format_headline(runs, spec, best),
+        *format_knobs(runs, spec, best),
         *format_arms(data, spec),
         *format_curve(data, spec, "pool"),
         *format_curve(data, spec, "steps"),

@@ -97,6 +97,7 @@ class SweepSpec:
     learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
     select_seeds: tuple[int, ...] = (0, 1)
     headline_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    knob_seeds: tuple[int, ...] = (0, 1, 2)  # every distilling setting on test, beside the baseline
     select_metric: str = "caption_f1"  # higher is better
     tiebreak_metric: str = "ce"  # lower is better
     report_metrics: tuple[str, ...] = ("caption_f1", "ce")
@@ -262,6 +263,13 @@ def headline_methods(runs: Mapping[str, Any], spec: SweepSpec, best_lr: Mapping[
 def headline_points(spec: SweepSpec, best_lr: Mapping[str, float], methods: Sequence[str]) -> list[Point]:
     """The headline methods at their own best rates on the headline seeds (selection seeds reused)."""
     return [Point(m, best_lr[m], s) for s in spec.headline_seeds for m in methods]
+
+
+def knob_points(spec: SweepSpec, best_lr: Mapping[str, float]) -> list[Point]:
+    """The baseline and every distilling setting (the beta x sft_alpha grid) at its own chosen rate on
+    the knob seeds, seed-major; the headline runs are among them and are reused."""
+    names = [spec.baseline, *spec.distillers()]
+    return [Point(m, best_lr[m], s) for s in spec.knob_seeds for m in names]
 
 
 def best_offline(runs: Mapping[str, Any], spec: SweepSpec, best_lr: Mapping[str, float]) -> str:

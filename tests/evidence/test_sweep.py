@@ -26,6 +26,7 @@ from pipeline.evidence.sweep import (
     ensure,
     headline_methods,
     headline_points,
+    knob_points,
     load_results,
     phase_points,
     phase_selection_points,
@@ -358,3 +359,23 @@ def test_a_phase_run_continues_from_the_start_trained_at_the_starts_own_rate(
     assert phase["train.learning_rate"] == "0.0003" and phase["rlhf.lmbda"] == str(SPEC.phase_lmbda)
     assert phase["model.model"] == str(runner.work / "runs" / "gkd_b0_a05" / "lr0.003-s0" / "final")
     assert out == runner.work / "runs" / "phase_onpolicy" / "lr0.0003-s0"
+
+
+def test_knob_sweep_runs_every_setting_at_its_own_rate_and_pairs_it_with_the_baseline() -> None:
+    from pipeline.evidence.report import format_knobs
+
+    best = {m.name: 3e-3 for m in SPEC.methods} | {"gkd_b1_a0": 1e-3}
+    pts = knob_points(SPEC, best)
+    assert {p.method for p in pts} == {"sft_written", *SPEC.distillers()}  # not the label-only reference
+    assert {p.seed for p in pts} == set(SPEC.knob_seeds) and len(SPEC.knob_seeds) >= 3
+    assert all(p.lr == best[p.method] for p in pts)
+    runs: dict[str, Any] = {}
+    for p in pts:
+        gain = 0.1 if p.method == "gkd_b0_a0" else 0.0
+        _put(runs, p.method, p.lr, p.seed, "test", caption_f1=0.5 + gain + 0.01 * p.seed, ce=0.2 - gain)
+    md = "\n".join(format_knobs(runs, SPEC, best))
+    (row,) = [ln for ln in md.splitlines() if ln.startswith("| gkd_b0_a0 ")]
+    assert "+0.100 [+0.100, +0.100]" in row and "-0.100 [-0.100, -0.100]" in row
+    assert "| gkd_b1_a0 (cached GKD, beta 1 (reverse KL), sft_alpha 0) | 0.001 |" in md
+    del runs[Point("gkd_b0_a0", 3e-3, 2).key]  # a missing seed drops from every row, never unpaired
+    assert "seeds 0, 1;" in "\n".join(format_knobs(runs, SPEC, best))

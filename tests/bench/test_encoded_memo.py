@@ -1,0 +1,24 @@
+"""``distill bench encoded-memo``: one round per mode, each in its own subprocess, prints its ratio."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import base_config, write_config
+
+
+@pytest.mark.slow
+def test_encoded_memo_bench_times_both_modes_and_reports_their_ratio(
+    demo_assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.bench.encoded_memo import bench_encoded_memo
+
+    config = write_config(tmp_path / "c.yaml", base_config(demo_assets, tmp_path / "run"))
+    out = bench_encoded_memo(config, steps=14, rounds=1, out=tmp_path / "bench", mode="sft")  # > 1 epoch
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    assert out["kept_train_s"] > 0 and out["none_train_s"] > 0
+    assert out["kept_over_none_rounds"] == [out["kept_train_s"] / out["none_train_s"]]
+    assert {p.name for p in (tmp_path / "bench" / "r0").iterdir()} == {"kept", "none"}
