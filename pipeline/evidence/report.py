@@ -93,12 +93,11 @@ def _selection_cell(runs: Mapping[str, Any], spec: SweepSpec, method: str, lr: f
     return " / ".join(f"{got[s]:.3f}" for s in sorted(got)) + f" (mean {statistics.fmean(got.values()):.3f})"
 
 
-def format_selection(runs: Mapping[str, Any], spec: SweepSpec) -> list[str]:
-    lrs = spec.learning_rates
+def _grid_table(
+    runs: Mapping[str, Any], spec: SweepSpec, names: Sequence[str], lrs: Sequence[float]
+) -> list[str]:
+    """One row per name: val caption F1 per seed (with the mean) at each rate of ``lrs``, then CE."""
     lines = [
-        f"**Learning-rate selection (val split, seeds {', '.join(map(str, spec.select_seeds))}; "
-        "caption F1 per seed, then CE):**",
-        "",
         "| method | "
         + " | ".join(f"lr {lr:g}: F1" for lr in lrs)
         + " | "
@@ -106,33 +105,34 @@ def format_selection(runs: Mapping[str, Any], spec: SweepSpec) -> list[str]:
         + " |",
         "|---|" + "---|" * (2 * len(lrs)),
     ]
-    for m in spec.methods:
-        f1 = [_selection_cell(runs, spec, m.name, lr, spec.select_metric) for lr in lrs]
-        ce = [_selection_cell(runs, spec, m.name, lr, spec.tiebreak_metric) for lr in lrs]
-        lines.append(f"| {m.name} | " + " | ".join(f1 + ce) + " |")
+    for name in names:
+        f1 = [_selection_cell(runs, spec, name, lr, spec.select_metric) for lr in lrs]
+        ce = [_selection_cell(runs, spec, name, lr, spec.tiebreak_metric) for lr in lrs]
+        lines.append(f"| {name} | " + " | ".join(f1 + ce) + " |")
     return lines
+
+
+def _seeds(seeds: Iterable[int]) -> str:
+    return ", ".join(map(str, seeds))
+
+
+def format_selection(runs: Mapping[str, Any], spec: SweepSpec) -> list[str]:
+    return [
+        f"**Learning-rate selection (val split, seeds {_seeds(spec.select_seeds)}; caption F1 per seed, then CE):**",
+        "",
+        *_grid_table(runs, spec, [m.name for m in spec.methods], spec.learning_rates),
+    ]
 
 
 def format_phase_selection(runs: Mapping[str, Any], spec: SweepSpec) -> list[str]:
     """The phase arms' continuation-rate grid on val, chosen like a method's rate."""
-    lrs = spec.phase_learning_rates
-    lines = [
+    return [
         "",
-        f"**Continuation rate of each phase arm (val split, seeds {', '.join(map(str, spec.select_seeds))}; "
-        "caption F1, then CE):**",
+        f"**Continuation rate of each phase arm (val split, seeds {_seeds(spec.select_seeds)}; caption F1 "
+        "per seed, then CE):**",
         "",
-        "| arm | "
-        + " | ".join(f"lr {lr:g}: F1" for lr in lrs)
-        + " | "
-        + " | ".join(f"lr {lr:g}: CE" for lr in lrs)
-        + " |",
-        "|---|" + "---|" * (2 * len(lrs)),
+        *_grid_table(runs, spec, PHASE_ARMS, spec.phase_learning_rates),
     ]
-    for arm in PHASE_ARMS:
-        f1 = [_selection_cell(runs, spec, arm, lr, spec.select_metric) for lr in lrs]
-        ce = [_selection_cell(runs, spec, arm, lr, spec.tiebreak_metric) for lr in lrs]
-        lines.append(f"| {arm} | " + " | ".join(f1 + ce) + " |")
-    return lines
 
 
 def format_headline(runs: Mapping[str, Any], spec: SweepSpec, best: Mapping[str, float]) -> list[str]:
@@ -380,7 +380,7 @@ def format_report(data: Mapping[str, Any], spec: SweepSpec) -> str:
     the best distiller and the learning curve, each only as far as the results file holds it."""
     runs = data["runs"]
     lines = [
-        f"Setting: {', '.join(f'{k} {v}' for k, v in spec.setting.items())}.",
+        f"Setting: {', '.join(f'{k} {v}' for k, v in (data.get("setting") or spec.setting).items())}.",
         "",
         *format_selection(runs, spec),
     ]
