@@ -378,9 +378,9 @@ def write_curves(data: Mapping[str, Any], spec: SweepSpec, stem: Path) -> list[P
 def format_report(data: Mapping[str, Any], spec: SweepSpec) -> str:
     """Markdown: the val grid, the chosen rates, the headline with its paired differences, the arms of
     the best distiller and the learning curve, each only as far as the results file holds it."""
-    runs = data["runs"]
+    runs, setting = data["runs"], data.get("setting") or spec.setting
     lines = [
-        f"Setting: {', '.join(f'{k} {v}' for k, v in (data.get("setting") or spec.setting).items())}.",
+        f"Setting: {', '.join(f'{k} {v}' for k, v in setting.items())}.",
         "",
         *format_selection(runs, spec),
     ]
