@@ -31,6 +31,21 @@ if TYPE_CHECKING:
 FINAL_DIR = "final"
 
 
+def drop_dangling_last_checkpoint(output_dir: str) -> bool:
+    """Remove ``<output_dir>/last-checkpoint`` when it is a link to a checkpoint that is gone; True if so.
+
+    ms-swift points the link at each checkpoint it saves; the Trainer's rotation then deletes that
+    checkpoint when ``save_total_limit`` keeps the best one instead (best at step 1,400 of 1,500: the
+    link names ``checkpoint-1500``, which no longer exists). A dangling link in a DVC output fails the
+    stage after training (``dvc repro``: ``No such file or directory: .../last-checkpoint``).
+    """
+    link = os.path.join(output_dir, "last-checkpoint")
+    if os.path.islink(link) and not os.path.exists(link):
+        os.unlink(link)
+        return True
+    return False
+
+
 class DistillSft(SwiftSft):
     """ms-swift's SFT pipeline with our template, datasets, trainer and teacher."""
 
@@ -138,6 +153,7 @@ class DistillSft(SwiftSft):
         # Checkpoint rotation may keep the best rather than the last checkpoint; the next stage
         # wants the end-of-training weights at a fixed path.
         trainer.save_model(os.path.join(self.args.output_dir, FINAL_DIR))
+        drop_dangling_last_checkpoint(self.args.output_dir)
         return result
 
     def _check_cache_vocab(self, cache: Any) -> None:
