@@ -46,7 +46,7 @@ def main() -> None:
     a = p.parse_args()
     from transformers import AutoTokenizer
 
-    from pipeline.runs import open_cache_dir
+    from pipeline.cache.policy import open_cache_dir
 
     reader = open_cache_dir(a.cache)
     ids = split_ids(a.rows) if a.rows else None
