@@ -178,7 +178,7 @@ def format_knobs(runs: Mapping[str, Any], spec: SweepSpec, best: Mapping[str, fl
     """Every distilling setting at its own chosen rate on test, paired with the baseline by seed."""
     names = [spec.baseline, *spec.distillers()]
     seeds = complete_seeds(runs, spec, [(m, best[m]) for m in names], spec.knob_seeds)
-    if len(seeds) < 2:
+    if len(seeds) < 2 or len(names) < 3:  # one distiller: the headline table says it all
         return []
     diffs = headline_differences(runs, spec, best, seeds, [spec.baseline, *spec.distillers()])
     lines = [
