@@ -39,7 +39,7 @@ from pipeline.evidence.sweep import (
 HELP = "the evidence sweep: fair learning rates, paired seeds, on-policy and curves (docs/guide.md)"
 
 PHASES = ("plan", "select", "headline", "knobs", "onpolicy", "live", "mixed", "curves", "report", "all")
-"""``all`` is select, headline, knobs, onpolicy, live and curves (``mixed`` is costly: run it by name)."""
+"""``all`` is every phase that runs something: select, headline, knobs, onpolicy, live, mixed, curves."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -147,7 +147,7 @@ def run(a: argparse.Namespace) -> int:
             todo += arm_points(spec, "live", best_lr[winner])
         if a.phase in ("curves", "all"):
             todo += curve_points(spec, best_lr, winner)
-        if a.phase == "mixed":
+        if a.phase in ("mixed", "all"):
             todo += arm_points(spec, "mixed", best_lr[winner])
         ensure(todo, ["test"], data, runner, save)
     report = format_report(data, spec)
