@@ -8,8 +8,8 @@ cache and encoding both happen in dataloader workers, off the training step's cr
 Encoding (template, image loading and resizing, image hashing) costs more than a tiny student's step:
 on the demo a row was encoded ~4.6 times in 300 steps and re-encoding took about a third of a student
 run. The encoding is a pure function of the row, so each dataset keeps the encodings it made, up to a
-byte budget (``data.encoded_cache_mb``, per dataloader process); past the budget it keeps what it holds
-and encodes the rest on every access: under shuffled epochs that keeps a budget/size share of hits,
+byte budget (``custom.encoded_cache_mb``, one :class:`MemoBudget` per process, shared by the train and
+val datasets); past the budget it keeps what it holds and encodes the rest on every access: under shuffled epochs that keeps a budget/size share of hits,
 where an LRU over a dataset larger than its budget would keep none.
 """
 
@@ -38,8 +38,9 @@ class EncodedDataset(torch.utils.data.Dataset):
     scored without a teacher). ``encoded``: the rows' encodings when the caller already has them
     (evaluation encodes first, to count the rows that do not encode); they are used as given, so a
     teacher-written cache row is not substituted and must match them like any other.
-    ``memo_bytes``: the budget for keeping encodings made here (0: encode on every access); the kept
-    ones are still checked against the cache row on every access.
+    ``memo_budget``: the byte budget this dataset's kept encodings draw on, shared with the process's
+    other datasets (None: encode on every access); the kept ones are still checked against the cache
+    row on every access.
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class EncodedDataset(torch.utils.data.Dataset):
         *,
         partial_cache: bool = False,
         encoded: Sequence[EncodedRow] | None = None,
-        memo_bytes: int = 0,
+        memo_budget: MemoBudget | None = None,
     ):
         self.rows = list(rows)
         self.encoder = encoder
@@ -59,9 +60,8 @@ class EncodedDataset(torch.utils.data.Dataset):
         self.keep_rows = keep_rows
         self.encoded = None if encoded is None else list(encoded)
         self.cached_ids = set(cache.sample_ids) if cache is not None and partial_cache else None
-        self.memo_bytes = memo_bytes
+        self.memo_budget = memo_budget
         self.memo: dict[int, tuple[Row, EncodedRow]] = {}
-        self.memo_used = 0
         self.encodes = 0  # encoder calls made here (the memo's test reads it)
 
     def __len__(self) -> int:
@@ -92,10 +92,26 @@ class EncodedDataset(torch.utils.data.Dataset):
         return item
 
     def _remember(self, i: int, row: Row, enc: EncodedRow) -> None:
-        size = encoding_bytes(enc)
-        if self.memo_used + size <= self.memo_bytes:
+        if self.memo_budget is not None and self.memo_budget.take(encoding_bytes(enc)):
             self.memo[i] = (row, enc)
-            self.memo_used += size
+
+
+class MemoBudget:
+    """A byte budget for kept encodings that the datasets of one process draw on together.
+
+    A dataloader worker gets a copy of its dataset, budget included, so the bound holds per process.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes if they fit; False (nothing reserved) if they do not."""
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
 
 
 def encoding_bytes(enc: EncodedRow) -> int:

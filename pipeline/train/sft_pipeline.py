@@ -21,7 +21,7 @@ from pipeline.errors import CacheMismatchError, ConfigError
 from pipeline.models import load_teacher
 from pipeline.splits import open_split_cache
 from pipeline.train.coverage import SplitRows, bind_to_cache, check_left_out, write_report
-from pipeline.train.data import EncodedDataset
+from pipeline.train.data import EncodedDataset, MemoBudget
 from pipeline.train.trainer import DistillSettings, resolve_trainer_cls
 
 if TYPE_CHECKING:
@@ -118,11 +118,11 @@ class DistillSft(SwiftSft):
         write_report([train_split, *val_split], self.args.output_dir)
         val_rows = val_split[0].rows if val_split else []
         on_policy = cfg.rlhf is not None and cfg.rlhf.lmbda > 0  # sampling needs the raw rows
-        memo = int(cfg.custom.encoded_cache_mb * 2**20)
+        memo = MemoBudget(int(cfg.custom.encoded_cache_mb * 2**20))  # one budget for both datasets
         train_ds = EncodedDataset(
-            train_split.rows, self.encoder, train_cache, keep_rows=on_policy, memo_bytes=memo
+            train_split.rows, self.encoder, train_cache, keep_rows=on_policy, memo_budget=memo
         )
-        val_ds = EncodedDataset(val_rows, self.encoder, eval_cache, memo_bytes=memo) if val_rows else None
+        val_ds = EncodedDataset(val_rows, self.encoder, eval_cache, memo_budget=memo) if val_rows else None
         return train_ds, val_ds
 
     def _live_teacher(self) -> Any:

@@ -9,7 +9,7 @@ import torch
 from tests.conftest import base_config, write_config
 
 
-def _dataset(demo_assets: dict[str, Path], tmp_path: Path, memo_bytes: int):  # type: ignore[no-untyped-def]
+def _dataset(demo_assets: dict[str, Path], tmp_path: Path, memo_bytes: int, budget=None):  # type: ignore[no-untyped-def]
     from pipeline.config import load_config
     from pipeline.data import read_split_rows
     from pipeline.encoding import RowEncoder
@@ -17,7 +17,9 @@ def _dataset(demo_assets: dict[str, Path], tmp_path: Path, memo_bytes: int):  # 
 
     cfg = load_config(write_config(tmp_path / "c.yaml", base_config(demo_assets, tmp_path / "out")))
     rows = read_split_rows([Path(demo_assets["train"])])[:6]
-    return EncodedDataset(rows, RowEncoder.from_config(cfg), memo_bytes=memo_bytes)
+    from pipeline.train.data import MemoBudget
+
+    return EncodedDataset(rows, RowEncoder.from_config(cfg), memo_budget=budget or MemoBudget(memo_bytes))
 
 
 def _same(a: dict, b: dict) -> None:  # type: ignore[type-arg]
@@ -41,7 +43,7 @@ def test_kept_encodings_equal_fresh_ones_and_the_encoder_runs_once_per_row(
             _same(kept[i], fresh[i])
     assert kept.encodes == len(kept)  # one encoding per row over three epochs
     assert fresh.encodes == 3 * len(fresh)  # budget 0: every access encodes
-    assert kept.memo_used == sum(encoding_bytes(enc) for _, enc in kept.memo.values()) > 0
+    assert kept.memo_budget.used == sum(encoding_bytes(enc) for _, enc in kept.memo.values()) > 0
 
 
 def test_a_full_budget_keeps_what_it_holds_and_encodes_the_rest(
@@ -58,5 +60,23 @@ def test_a_full_budget_keeps_what_it_holds_and_encodes_the_rest(
     for _epoch in range(2):
         for i in range(len(ds)):
             ds[i]
-    assert sorted(ds.memo) == [0, 1] and ds.memo_used <= budget
+    assert sorted(ds.memo) == [0, 1] and ds.memo_budget.used <= budget
     assert ds.encodes == 2 + 2 * (len(ds) - 2)
+
+
+def test_the_train_and_val_datasets_of_a_process_share_one_budget(
+    demo_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    from pipeline.train.data import MemoBudget, encoding_bytes
+
+    probe = _dataset(demo_assets, tmp_path, memo_bytes=2**30)
+    probe[0]
+    one = encoding_bytes(probe.memo[0][1])
+    shared = MemoBudget(3 * one)  # room for about three rows in all, not three per dataset
+    train, val = (_dataset(demo_assets, tmp_path, 0, budget=shared) for _ in range(2))
+    for ds in (train, val):
+        for i in range(len(ds)):
+            ds[i]
+    kept = [enc for ds in (train, val) for _, enc in ds.memo.values()]
+    assert shared.used == sum(encoding_bytes(enc) for enc in kept) <= shared.limit
+    assert len(kept) < len(train) and len(val.memo) < len(train.memo)  # train drew on it first
