@@ -180,11 +180,11 @@ def format_knobs(runs: Mapping[str, Any], spec: SweepSpec, best: Mapping[str, fl
     seeds = complete_seeds(runs, spec, [(m, best[m]) for m in names], spec.knob_seeds)
     if len(seeds) < 2 or len(names) < 3:  # one distiller: the headline table says it all
         return []
-    diffs = headline_differences(runs, spec, best, seeds, [spec.baseline, *spec.distillers()])
+    diffs = headline_differences(runs, spec, best, seeds, names)
     lines = [
         "",
         f"**Every distilling setting against {spec.baseline}, test, each at its chosen lr, seeds "
-        f"{', '.join(map(str, seeds))}; mean [95% CI], paired difference (setting - {spec.baseline}):**",
+        f"{_seeds(seeds)}; mean [95% CI], paired difference (setting - {spec.baseline}):**",
         "",
         "| setting | lr | caption F1 | F1 difference | CE | CE difference |",
         "|---|---|---|---|---|---|",
