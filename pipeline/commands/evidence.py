@@ -23,6 +23,7 @@ from pipeline.evidence.sweep import (
     best_offline,
     choose_learning_rates,
     choose_phase_learning_rates,
+    chosen_phase_rates,
     curve_points,
     ensure,
     headline_methods,
@@ -141,8 +142,10 @@ def run(a: argparse.Namespace) -> int:
         if a.phase in ("onpolicy", "all"):
             # each arm's continuation rate on val first, then both arms at their rates on test
             ensure(phase_selection_points(spec), ["val"], data, runner, save)
-            data["best"]["phase_lr"] = choose_phase_learning_rates(data["runs"], spec)
-            todo += phase_points(spec, data["best"]["phase_lr"])
+            todo += phase_points(spec, choose_phase_learning_rates(data["runs"], spec))
+        phase_lr = chosen_phase_rates(data["runs"], spec)
+        if phase_lr:  # recorded for readers of the JSON; the report reads the runs
+            data["best"]["phase_lr"] = phase_lr
         if a.phase in ("live", "all"):
             todo += arm_points(spec, "live", best_lr[winner])
         if a.phase in ("curves", "all"):

@@ -22,6 +22,7 @@ from pipeline.evidence.sweep import (
     arm_points,
     best_offline,
     choose_learning_rates,
+    chosen_phase_rates,
     headline_methods,
     values,
 )
@@ -208,9 +209,11 @@ def format_arms(data: Mapping[str, Any], spec: SweepSpec) -> list[str]:
     if not chosen:
         return []
     runs, best, best_lr = data["runs"], chosen["method"], float(chosen["lr"])
-    # the phase arms run at their own continuation rates once chosen; older files ran them at best_lr
-    lrs = {best: best_lr, **{a: float(v) for a, v in (chosen.get("phase_lr") or {}).items()}}
-    lines: list[str] = format_phase_selection(runs, spec) if chosen.get("phase_lr") else []
+    # the phase arms run at their own continuation rates once chosen on val; without that selection
+    # (older files) they ran at best_lr
+    phase_lr = chosen_phase_rates(runs, spec)
+    lrs = {best: best_lr, **(phase_lr or {})}
+    lines: list[str] = format_phase_selection(runs, spec) if phase_lr else []
     for arm, other, title in ARM_PAIRS:
         other = best if other == "best" else other
         la, lo = lrs.get(arm, best_lr), lrs.get(other, best_lr)

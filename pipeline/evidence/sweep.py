@@ -338,6 +338,14 @@ def choose_phase_learning_rates(runs: Mapping[str, Any], spec: SweepSpec) -> dic
     return {a: choose_learning_rate(runs, spec, a, spec.phase_learning_rates) for a in PHASE_ARMS}
 
 
+def chosen_phase_rates(runs: Mapping[str, Any], spec: SweepSpec) -> dict[str, float] | None:
+    """The phase arms' continuation rates once every selection point has its val metrics, else None
+    (the rates are read from the runs, never from a stored choice a later phase could overwrite)."""
+    if any("val" not in runs.get(p.key, {}) for p in phase_selection_points(spec)):
+        return None
+    return choose_phase_learning_rates(runs, spec)
+
+
 def phase_points(spec: SweepSpec, phase_lr: Mapping[str, float]) -> list[Point]:
     """Both phase arms at their own continuation rates, seed-major (a cut-short phase has whole pairs)."""
     return [Point(arm, phase_lr[arm], s) for s in spec.phase_seeds for arm in PHASE_ARMS]

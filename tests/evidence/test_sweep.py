@@ -379,3 +379,52 @@ def test_knob_sweep_runs_every_setting_at_its_own_rate_and_pairs_it_with_the_bas
     assert "| gkd_b1_a0 (cached GKD, beta 1 (reverse KL), sft_alpha 0) | 0.001 |" in md
     del runs[Point("gkd_b0_a0", 3e-3, 2).key]  # a missing seed drops from every row, never unpaired
     assert "seeds 0, 1;" in "\n".join(format_knobs(runs, SPEC, best))
+
+
+def test_a_later_phase_keeps_the_on_policy_arms_at_their_val_rates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`distill evidence select`, `onpolicy`, then `live`: the report still shows the phase arms at the rates
+    chosen on val (a later phase rewrites the file's `best` and once dropped the phase's choice)."""
+    import pipeline.commands.evidence as command
+    from pipeline.cli import build_parser
+
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    class FakeRunner:
+        teacher = tmp_path / "teacher"
+
+        def __init__(self, *args: Any) -> None:
+            self.best: str | None = None
+            self.best_lr: float | None = None
+
+        def __call__(self, p: Point, splits: Sequence[str]) -> dict[str, dict[str, Any]]:
+            calls.append((p.key, tuple(splits)))
+            f1 = {3e-4: 0.9, 1e-3: 0.8, 3e-3: 0.7, 1e-2: 0.6}[p.lr] + 0.01 * p.seed
+            if not p.method.startswith("phase_"):  # the methods peak at 3e-3, the phase at 3e-4
+                f1 = {1e-3: 0.5, 3e-3: 0.8, 1e-2: 0.6}[p.lr] + 0.01 * p.seed
+            out: dict[str, dict[str, Any]] = {"train_wall_s": {"value": 10.0}}
+            for s in splits:
+                out[s] = {"caption_f1": f1, "ce": 1.0 - f1}
+            return out
+
+    monkeypatch.setattr(command, "DistillRunner", FakeRunner)
+    monkeypatch.setattr(command, "teacher_digest", lambda path: "t0")
+    params = tmp_path / "params.yaml"
+    params.write_text("demo:\n  captions: exact\n")
+    results = tmp_path / "sweep.json"
+    common = ["--results", str(results), "--params", str(params), "--methods", "gkd_b0_a0"]
+    common += ["--seeds", "0", "1", "--pools", "--step-budgets"]
+    for phase in ("select", "onpolicy", "live"):
+        a = build_parser().parse_args(["evidence", phase, *common])
+        assert command.run(a) == 0
+    assert ("phase_onpolicy/lr0.0003/s1", ("test",)) in calls
+    assert not any(k.startswith("phase_") and "lr0.003" in k and s == ("test",) for k, s in calls)
+    report = results.with_suffix(".md").read_text()
+    assert "lmbda 0.5 (lr 0.0003) vs phase_offline" in report
+    assert "| phase_onpolicy | 0.0003 | 0.900 / 0.910 |" in report
+    assert "**Continuation rate of each phase arm" in report
+    assert json.loads(results.read_text())["best"]["phase_lr"] == {
+        "phase_onpolicy": 3e-4,
+        "phase_offline": 3e-4,
+    }
