@@ -30,6 +30,7 @@ from pipeline.evidence.sweep import (
     headline_points,
     knob_points,
     load_results,
+    long_points,
     phase_points,
     phase_selection_points,
     save_results,
@@ -39,8 +40,21 @@ from pipeline.evidence.sweep import (
 
 HELP = "the evidence sweep: fair learning rates, paired seeds, on-policy and curves (docs/guide.md)"
 
-PHASES = ("plan", "select", "headline", "knobs", "onpolicy", "live", "mixed", "curves", "report", "all")
-"""``all`` is every phase that runs something: select, headline, knobs, onpolicy, live, mixed, curves."""
+PHASES = (
+    "plan",
+    "select",
+    "headline",
+    "long",
+    "knobs",
+    "onpolicy",
+    "live",
+    "mixed",
+    "curves",
+    "report",
+    "all",
+)
+"""``all`` is every phase that runs something: select, headline, long, knobs, onpolicy, live, mixed,
+curves."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,6 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         nargs="*",
         help="the pool curve's smaller pools (default 0 100 300; none: no curve)",
+    )
+    p.add_argument(
+        "--long-steps",
+        type=int,
+        help="the headline pair's longer runs, at the rates chosen at max_steps (default 600; 0: none)",
     )
     p.add_argument(
         "--step-budgets",
@@ -103,6 +122,7 @@ def _spec(a: argparse.Namespace) -> SweepSpec:
             mixed_seeds=seeds,
             curve_seeds=seeds,
             knob_seeds=seeds,
+            long_seeds=seeds,
         )
     if a.select_seeds:
         spec = replace(spec, select_seeds=tuple(a.select_seeds))
@@ -112,6 +132,8 @@ def _spec(a: argparse.Namespace) -> SweepSpec:
         spec = replace(spec, pools=tuple(a.pools))
     if a.step_budgets is not None:
         spec = replace(spec, step_budgets=tuple(a.step_budgets))
+    if a.long_steps is not None:
+        spec = replace(spec, long_steps=a.long_steps or None)
     return spec
 
 
@@ -137,6 +159,8 @@ def run(a: argparse.Namespace) -> int:
         todo: list[Point] = []
         if a.phase in ("headline", "all"):
             todo += headline_points(spec, best_lr, headline_methods(data["runs"], spec, best_lr))
+        if a.phase in ("long", "all"):
+            todo += long_points(spec, best_lr, winner)
         if a.phase in ("knobs", "all"):
             todo += knob_points(spec, best_lr)
         if a.phase in ("onpolicy", "all"):

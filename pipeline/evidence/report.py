@@ -175,6 +175,53 @@ def format_headline(runs: Mapping[str, Any], spec: SweepSpec, best: Mapping[str,
     return lines
 
 
+def format_long(data: Mapping[str, Any], spec: SweepSpec) -> list[str]:
+    """The headline pair at ``long_steps`` beside the same pair at the headline's steps, on the seeds all
+    four have: per seed, mean [95% CI] and the standard deviation over seeds (the spread a longer
+    schedule should close), then the paired difference at each length."""
+    chosen = data.get("best")
+    if not chosen or spec.long_steps is None:
+        return []
+    runs, base, best = data["runs"], spec.baseline, str(chosen["method"])
+    lr = {base: float(chosen["baseline_lr"]), best: float(chosen["lr"])}
+    full = int(spec.setting["max_steps"])
+    named = {
+        (m, steps): m if steps == full else f"{m}@s{steps}"
+        for steps in (full, spec.long_steps)
+        for m in (base, best)
+    }
+    seeds = complete_seeds(runs, spec, [(n, lr[m]) for (m, _), n in named.items()], spec.long_seeds)
+    if len(seeds) < 2:
+        return []
+    lines = [
+        "",
+        f"**Longer runs: {base} and {best} at {spec.long_steps} steps beside {full}, each at the rate chosen "
+        f"at {full} steps ({base} lr {lr[base]:g}, {best} lr {lr[best]:g}), test, seeds {_seeds(seeds)}:**",
+        "",
+        "| method | steps | caption F1 per seed | mean [95% CI] | sd | CE per seed | mean [95% CI] | sd |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (m, steps), name in named.items():
+        row = [m, str(steps)]
+        for k in spec.report_metrics:
+            got = values(runs, name, lr[m], seeds, "test", k)
+            row += [_per_seed(got, seeds), _iv(got.values()), f"{statistics.stdev(got.values()):.3f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    cells = []
+    for steps in (full, spec.long_steps):
+        a, b = named[(best, steps)], named[(base, steps)]
+        per = [
+            f"{k} "
+            + paired_difference(
+                values(runs, a, lr[best], seeds, "test", k), values(runs, b, lr[base], seeds, "test", k)
+            ).format()
+            for k in spec.report_metrics
+        ]
+        cells.append(f"at {steps} steps " + ", ".join(per))
+    lines += ["", f"Paired ({best} - {base}), same seeds: " + "; ".join(cells) + "."]
+    return lines
+
+
 def format_knobs(runs: Mapping[str, Any], spec: SweepSpec, best: Mapping[str, float]) -> list[str]:
     """Every distilling setting at its own chosen rate on test, paired with the baseline by seed."""
     names = [spec.baseline, *spec.distillers()]
@@ -257,12 +304,14 @@ def format_arms(data: Mapping[str, Any], spec: SweepSpec) -> list[str]:
 
 
 def curve_axes(spec: SweepSpec) -> dict[str, tuple[str, tuple[int, ...], int, str]]:
-    """axis -> (point tag, smaller values, the full value (the headline runs), x label)."""
+    """axis -> (point tag, the other values, the full value (the headline runs), x label); the step axis
+    takes the longer runs (``long_steps``) too."""
+    longer = () if spec.long_steps is None else (spec.long_steps,)
     return {
         "pool": ("p", spec.pools, spec.full_pool, "teacher-written pool rows (beside 32 labels)"),
         "steps": (
             "s",
-            spec.step_budgets,
+            (*spec.step_budgets, *longer),
             int(spec.setting["max_steps"]),
             "optimizer steps (each run its own schedule)",
         ),
@@ -275,11 +324,11 @@ def curve_rows(data: Mapping[str, Any], spec: SweepSpec, axis: str = "pool") -> 
     chosen = data.get("best")
     if not chosen:
         return []
-    tag, smaller, full, _ = curve_axes(spec)[axis]
+    tag, others, full, _ = curve_axes(spec)[axis]
     runs = data["runs"]
     best_lr = {spec.baseline: float(chosen["baseline_lr"]), chosen["method"]: float(chosen["lr"])}
     out = []
-    for x in (*smaller, full):
+    for x in (*others, full):
         for m, lr in best_lr.items():
             name = m if x == full else f"{m}@{tag}{x}"
             for s in spec.curve_seeds:
@@ -398,6 +447,7 @@ def format_report(data: Mapping[str, Any], spec: SweepSpec) -> str:
         f"Best distiller (val): {winner} at lr {best[winner]:g}: {spec.method(winner).label}.",
         "",
         *format_headline(runs, spec, best),
+        *format_long(data, spec),
         *format_knobs(runs, spec, best),
         *format_arms(data, spec),
         *format_curve(data, spec, "pool"),

@@ -115,6 +115,10 @@ class SweepSpec:
     curve_seeds: tuple[int, ...] = (0, 1, 2)
     pool_run: str = "student_gkd_written"  # whose train file orders the pool (labels first)
     step_budgets: tuple[int, ...] = (100, 200)  # the curve over steps: shorter runs, own schedule each
+    # The headline pair again at long_steps, each at the rate it was chosen at max_steps, on long_seeds:
+    # whether a longer schedule closes the seed spread (its runs are the step curve's point there too).
+    long_steps: int | None = 600
+    long_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     setting: Mapping[str, Any] = field(
         default_factory=lambda: {
             "task": "exact",
@@ -349,6 +353,18 @@ def chosen_phase_rates(runs: Mapping[str, Any], spec: SweepSpec) -> dict[str, fl
 def phase_points(spec: SweepSpec, phase_lr: Mapping[str, float]) -> list[Point]:
     """Both phase arms at their own continuation rates, seed-major (a cut-short phase has whole pairs)."""
     return [Point(arm, phase_lr[arm], s) for s in spec.phase_seeds for arm in PHASE_ARMS]
+
+
+def long_points(spec: SweepSpec, best_lr: Mapping[str, float], best: str) -> list[Point]:
+    """The baseline and ``best`` at ``long_steps`` (``<method>@s<long_steps>``), each at the rate chosen at
+    the headline's steps, seed-major; [] when ``long_steps`` is None."""
+    if spec.long_steps is None:
+        return []
+    return [
+        Point(f"{m}@s{spec.long_steps}", best_lr[m], s)
+        for s in spec.long_seeds
+        for m in (spec.baseline, best)
+    ]
 
 
 def curve_points(spec: SweepSpec, best_lr: Mapping[str, float], best: str) -> list[Point]:

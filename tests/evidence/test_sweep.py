@@ -28,6 +28,7 @@ from pipeline.evidence.sweep import (
     headline_points,
     knob_points,
     load_results,
+    long_points,
     phase_points,
     phase_selection_points,
     save_results,
@@ -428,3 +429,42 @@ def test_a_later_phase_keeps_the_on_policy_arms_at_their_val_rates(
         "phase_onpolicy": 3e-4,
         "phase_offline": 3e-4,
     }
+
+
+def test_long_runs_pair_the_headline_at_more_steps_and_report_the_spread() -> None:
+    best_lr = {"sft_written": 3e-3, "gkd_b0_a0": 1e-3}
+    pts = long_points(SPEC, best_lr, "gkd_b0_a0")
+    assert [p.key for p in pts[:2]] == ["sft_written@s600/lr0.003/s0", "gkd_b0_a0@s600/lr0.001/s0"]
+    assert len(pts) == 2 * len(SPEC.long_seeds) and len(SPEC.long_seeds) >= 5
+    assert SPEC.method("gkd_b0_a0@s600").sets == {**SPEC.method("gkd_b0_a0").sets, "train.max_steps": 600}
+    assert long_points(replace(SPEC, long_steps=None), best_lr, "gkd_b0_a0") == []
+
+    runs: dict[str, Any] = {}
+    full = SPEC.setting["max_steps"]
+    for s in SPEC.long_seeds:
+        collapsed = 0.3 if s == 2 else 0.0  # one seed collapses at the headline's steps only
+        for m, gain in (("sft_written", 0.0), ("gkd_b0_a0", 0.02)):
+            _put(runs, m, best_lr[m], s, "test", caption_f1=0.9 + gain - collapsed, ce=0.1 - gain)
+            _put(runs, f"{m}@s600", best_lr[m], s, "test", caption_f1=0.95 + gain + 0.001 * s, ce=0.05 - gain)
+    data = {
+        "setting": dict(SPEC.setting),
+        "runs": runs,
+        "best": {"method": "gkd_b0_a0", "lr": 1e-3, "baseline_lr": 3e-3},
+    }
+    from pipeline.evidence.report import format_long
+
+    table = "\n".join(format_long(data, SPEC))
+    assert f"at 600 steps beside {full}" in table and "seeds 0, 1, 2, 3, 4" in table
+    lines = {
+        tuple(c.strip() for c in row.split("|")[1:3]): row
+        for row in table.splitlines()
+        if row.startswith("| ")
+    }
+    assert "| 0.134 |" in lines[("sft_written", str(full))]  # the collapsed seed's spread
+    assert "| 0.002 |" in lines[("gkd_b0_a0", "600")]  # closed at 600 steps
+    assert f"at {full} steps caption_f1 +0.020 [+0.020, +0.020] (n=5)" in table
+    assert "at 600 steps caption_f1 +0.020 [+0.020, +0.020] (n=5), ce -0.020 [-0.020, -0.020] (n=5)" in table
+    # the step curve takes the long runs as its point at 600 (curve seeds only)
+    assert {r["steps"] for r in curve_rows(data, SPEC, "steps")} == {full, 600}
+    del runs["gkd_b0_a0@s600/lr0.001/s4"]  # an unfinished seed leaves the table on the seeds all four have
+    assert "seeds 0, 1, 2, 3:" in "\n".join(format_long(data, SPEC))
