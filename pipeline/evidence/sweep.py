@@ -356,14 +356,17 @@ def phase_points(spec: SweepSpec, phase_lr: Mapping[str, float]) -> list[Point]:
 
 
 def long_points(spec: SweepSpec, best_lr: Mapping[str, float], best: str) -> list[Point]:
-    """The baseline and ``best`` at ``long_steps`` (``<method>@s<long_steps>``), each at the rate chosen at
-    the headline's steps, seed-major; [] when ``long_steps`` is None."""
+    """The baseline and ``best`` at ``long_steps`` (``<method>@s<long_steps>``) and at the headline's steps
+    (what they are compared with: the headline's runs, skipped where they ran), each at the rate chosen
+    at the headline's steps, seed-major; [] when ``long_steps`` is None."""
     if spec.long_steps is None:
         return []
+    pair = (spec.baseline, best)
     return [
-        Point(f"{m}@s{spec.long_steps}", best_lr[m], s)
+        Point(name, best_lr[m], s)
         for s in spec.long_seeds
-        for m in (spec.baseline, best)
+        for m in pair
+        for name in (m, f"{m}@s{spec.long_steps}")
     ]
 
 

@@ -416,15 +416,22 @@ def test_a_later_phase_keeps_the_on_policy_arms_at_their_val_rates(
     results = tmp_path / "sweep.json"
     common = ["--results", str(results), "--params", str(params), "--methods", "gkd_b0_a0"]
     common += ["--seeds", "0", "1", "--pools", "--step-budgets"]
-    for phase in ("select", "onpolicy", "live"):
-        a = build_parser().parse_args(["evidence", phase, *common])
+    for phase in ("select", "onpolicy", "live", "long"):
+        a = build_parser().parse_args(
+            ["evidence", phase, *common, *(["--long-steps", "450"] * (phase == "long"))]
+        )
         assert command.run(a) == 0
     assert ("phase_onpolicy/lr0.0003/s1", ("test",)) in calls
+    assert {k for k, _ in calls if "@s450" in k} == {
+        f"{m}@s450/lr0.003/s{s}" for m in ("sft_written", "gkd_b0_a0") for s in (0, 1)
+    }
+    assert ("gkd_b0_a0/lr0.003/s1", ("test",)) in calls  # the 300-step pair it is compared with
     assert not any(k.startswith("phase_") and "lr0.003" in k and s == ("test",) for k, s in calls)
     report = results.with_suffix(".md").read_text()
     assert "lmbda 0.5 (lr 0.0003) vs phase_offline" in report
     assert "| phase_onpolicy | 0.0003 | 0.900 / 0.910 |" in report
     assert "**Continuation rate of each phase arm" in report
+    assert "**Longer runs: sft_written and gkd_b0_a0 at 450 steps beside 300" in report
     assert json.loads(results.read_text())["best"]["phase_lr"] == {
         "phase_onpolicy": 3e-4,
         "phase_offline": 3e-4,
@@ -434,8 +441,13 @@ def test_a_later_phase_keeps_the_on_policy_arms_at_their_val_rates(
 def test_long_runs_pair_the_headline_at_more_steps_and_report_the_spread() -> None:
     best_lr = {"sft_written": 3e-3, "gkd_b0_a0": 1e-3}
     pts = long_points(SPEC, best_lr, "gkd_b0_a0")
-    assert [p.key for p in pts[:2]] == ["sft_written@s600/lr0.003/s0", "gkd_b0_a0@s600/lr0.001/s0"]
-    assert len(pts) == 2 * len(SPEC.long_seeds) and len(SPEC.long_seeds) >= 5
+    assert [p.key for p in pts[:4]] == [
+        "sft_written/lr0.003/s0",  # the headline run it is compared with (skipped where it ran)
+        "sft_written@s600/lr0.003/s0",
+        "gkd_b0_a0/lr0.001/s0",
+        "gkd_b0_a0@s600/lr0.001/s0",
+    ]
+    assert len(pts) == 4 * len(SPEC.long_seeds) and len(SPEC.long_seeds) >= 5
     assert SPEC.method("gkd_b0_a0@s600").sets == {**SPEC.method("gkd_b0_a0").sets, "train.max_steps": 600}
     assert long_points(replace(SPEC, long_steps=None), best_lr, "gkd_b0_a0") == []
 
