@@ -31,6 +31,7 @@ from pipeline.evidence.sweep import (
     knob_points,
     load_results,
     long_points,
+    phase_arm_groups,
     phase_points,
     phase_selection_points,
     save_results,
@@ -164,9 +165,11 @@ def run(a: argparse.Namespace) -> int:
         if a.phase in ("knobs", "all"):
             todo += knob_points(spec, best_lr)
         if a.phase in ("onpolicy", "all"):
-            # each arm's continuation rate on val first, then both arms at their rates on test
-            ensure(phase_selection_points(spec), ["val"], data, runner, save)
-            todo += phase_points(spec, choose_phase_learning_rates(data["runs"], spec))
+            # each arm's continuation rate on val first, then both arms at their rates on test; the pair
+            # from the longer runs' students too (their start models are trained if missing)
+            for arms in phase_arm_groups(spec):
+                ensure(phase_selection_points(spec, arms), ["val"], data, runner, save)
+                todo += phase_points(spec, choose_phase_learning_rates(data["runs"], spec, arms))
         phase_lr = chosen_phase_rates(data["runs"], spec)
         if phase_lr:  # recorded for readers of the JSON; the report reads the runs
             data["best"]["phase_lr"] = phase_lr

@@ -15,10 +15,9 @@ from typing import Any
 
 from pipeline.evidence.stats import PairedDifference, mean_interval, paired_difference
 from pipeline.evidence.sweep import (
-    ARM_PAIRS,
-    PHASE_ARMS,
     Point,
     SweepSpec,
+    arm_pairs,
     arm_points,
     best_offline,
     choose_learning_rates,
@@ -125,14 +124,14 @@ def format_selection(runs: Mapping[str, Any], spec: SweepSpec) -> list[str]:
     ]
 
 
-def format_phase_selection(runs: Mapping[str, Any], spec: SweepSpec) -> list[str]:
+def format_phase_selection(runs: Mapping[str, Any], spec: SweepSpec, arms: Sequence[str]) -> list[str]:
     """The phase arms' continuation-rate grid on val, chosen like a method's rate."""
     return [
         "",
         f"**Continuation rate of each phase arm (val split, seeds {_seeds(spec.select_seeds)}; caption F1 "
         "per seed, then CE):**",
         "",
-        *_grid_table(runs, spec, PHASE_ARMS, spec.phase_learning_rates),
+        *_grid_table(runs, spec, arms, spec.phase_learning_rates),
     ]
 
 
@@ -250,7 +249,7 @@ def format_knobs(runs: Mapping[str, Any], spec: SweepSpec, best: Mapping[str, fl
 
 
 def format_arms(data: Mapping[str, Any], spec: SweepSpec) -> list[str]:
-    """One table per arm pair (:data:`ARM_PAIRS`) the results file holds, with the paired difference
+    """One table per arm pair (:func:`arm_pairs`) the results file holds, with the paired difference
     and the ratio of median training wall-clock."""
     chosen = data.get("best")
     if not chosen:
@@ -260,8 +259,8 @@ def format_arms(data: Mapping[str, Any], spec: SweepSpec) -> list[str]:
     # (older files) they ran at best_lr
     phase_lr = chosen_phase_rates(runs, spec)
     lrs = {best: best_lr, **(phase_lr or {})}
-    lines: list[str] = format_phase_selection(runs, spec) if phase_lr else []
-    for arm, other, title in ARM_PAIRS:
+    lines: list[str] = format_phase_selection(runs, spec, list(phase_lr)) if phase_lr else []
+    for arm, other, title in arm_pairs(spec):
         other = best if other == "best" else other
         la, lo = lrs.get(arm, best_lr), lrs.get(other, best_lr)
         seeds = complete_seeds(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -141,7 +142,7 @@ class SweepSpec:
             m = self.method(base, best, best_lr)
             sets = {**m.sets, "train.max_steps": int(steps)}
             return replace(m, name=name, sets=sets, label=f"{m.label}, {steps} steps")
-        if name in ARMS:
+        if name in ARMS or _PHASE_FROM.fullmatch(name):
             if best is None:
                 raise KeyError(f"{name} needs the best distilling method")
             return arm_method(self, name, self.method(best), best_lr)
@@ -295,6 +296,9 @@ ARMS = ("phase_onpolicy", "phase_offline", "live", "mixed")
 - ``phase_onpolicy`` / ``phase_offline``: ``phase_steps`` more steps from ``best``'s trained model,
   with ``lmbda = phase_lmbda`` (on-policy batches: the student samples, the live teacher scores) or 0
   (the same number of offline steps from the same start);
+- ``phase_onpolicy_from<N>`` / ``phase_offline_from<N>``: the same pair from ``best``'s model at
+  ``N = long_steps`` steps (``<best>@s<N>``), a student whose seeds have converged, so a small
+  difference shows (:func:`phase_arm_groups`);
 - ``live``: ``best``'s loss from the same init, the live teacher in place of the cache (same rows);
 - ``mixed``: ``best``'s run with ``lmbda = mixed_lmbda`` throughout.
 """
@@ -308,12 +312,14 @@ ARM_PAIRS = (
 
 def arm_method(spec: SweepSpec, arm: str, best: Method, best_lr: float | None = None) -> Method:
     """An arm of ``best`` (trained at ``best_lr``, which the phase arms continue from)."""
-    if arm in ("phase_onpolicy", "phase_offline"):
-        lmbda = spec.phase_lmbda if arm == "phase_onpolicy" else 0.0
+    phase = _PHASE_FROM.fullmatch(arm)
+    if phase:
+        lmbda = spec.phase_lmbda if phase[1] == "phase_onpolicy" else 0.0
         sets = {**best.sets, "rlhf.lmbda": lmbda, "train.max_steps": spec.phase_steps}
-        start = f" (trained at lr {best_lr:g})" if best_lr is not None else ""
-        label = f"{spec.phase_steps} more steps of {best.name}{start}, lmbda {lmbda:g}"
-        return Method(arm, best.run, sets, label, start=best.name, start_lr=best_lr)
+        start = best.name if phase[2] is None else f"{best.name}@s{phase[2]}"
+        trained = f" (trained at lr {best_lr:g})" if best_lr is not None else ""
+        label = f"{spec.phase_steps} more steps of {start}{trained}, lmbda {lmbda:g}"
+        return Method(arm, best.run, sets, label, start=start, start_lr=best_lr)
     if arm == "live":
         return Method(arm, "student_gkd_live", dict(best.sets), f"{best.name} with the live teacher")
     if arm == "mixed":
@@ -328,31 +334,56 @@ def arm_points(spec: SweepSpec, arm: str, lr: float) -> list[Point]:
 
 
 PHASE_ARMS = ("phase_onpolicy", "phase_offline")
+_PHASE_FROM = re.compile(r"(phase_onpolicy|phase_offline)(?:_from(\d+))?")
 
 
-def phase_selection_points(spec: SweepSpec) -> list[Point]:
-    """Both phase arms over the continuation grid on the selection seeds (val), seed-major."""
-    return [
-        Point(a, lr, s) for s in spec.select_seeds for lr in spec.phase_learning_rates for a in PHASE_ARMS
-    ]
+def phase_arm_groups(spec: SweepSpec) -> list[tuple[str, str]]:
+    """The on-policy phase's arm pairs: from the headline's students, and, when ``long_steps`` is set,
+    from the longer runs' (``phase_onpolicy_from<long_steps>``: the start is in the name, so results of
+    another ``--long-steps`` never mix in)."""
+    groups = [PHASE_ARMS]
+    if spec.long_steps is not None:
+        on, off = (f"{a}_from{spec.long_steps}" for a in PHASE_ARMS)
+        groups.append((on, off))
+    return groups
 
 
-def choose_phase_learning_rates(runs: Mapping[str, Any], spec: SweepSpec) -> dict[str, float]:
+def arm_pairs(spec: SweepSpec) -> list[tuple[str, str, str]]:
+    """:data:`ARM_PAIRS` with the on-policy pair from the longer runs' students after the first."""
+    pairs = list(ARM_PAIRS)
+    for on, off in phase_arm_groups(spec)[1:]:
+        title = f"On-policy phase from the {spec.long_steps}-step students against the same offline steps"
+        pairs.insert(1, (on, off, title))
+    return pairs
+
+
+def phase_selection_points(spec: SweepSpec, arms: Sequence[str] = PHASE_ARMS) -> list[Point]:
+    """Both arms of a phase pair over the continuation grid on the selection seeds (val), seed-major."""
+    return [Point(a, lr, s) for s in spec.select_seeds for lr in spec.phase_learning_rates for a in arms]
+
+
+def choose_phase_learning_rates(
+    runs: Mapping[str, Any], spec: SweepSpec, arms: Sequence[str] = PHASE_ARMS
+) -> dict[str, float]:
     """Each phase arm's continuation rate, chosen on val like a method's (:func:`choose_learning_rate`)."""
-    return {a: choose_learning_rate(runs, spec, a, spec.phase_learning_rates) for a in PHASE_ARMS}
+    return {a: choose_learning_rate(runs, spec, a, spec.phase_learning_rates) for a in arms}
 
 
 def chosen_phase_rates(runs: Mapping[str, Any], spec: SweepSpec) -> dict[str, float] | None:
-    """The phase arms' continuation rates once every selection point has its val metrics, else None
-    (the rates are read from the runs, never from a stored choice a later phase could overwrite)."""
-    if any("val" not in runs.get(p.key, {}) for p in phase_selection_points(spec)):
-        return None
-    return choose_phase_learning_rates(runs, spec)
+    """The phase arms' continuation rates, for each pair whose selection points all have their val
+    metrics; None when no pair's have (the rates are read from the runs, never from a stored choice a
+    later phase could overwrite)."""
+    out: dict[str, float] = {}
+    for arms in phase_arm_groups(spec):
+        if all("val" in runs.get(p.key, {}) for p in phase_selection_points(spec, arms)):
+            out.update(choose_phase_learning_rates(runs, spec, arms))
+    return out or None
 
 
 def phase_points(spec: SweepSpec, phase_lr: Mapping[str, float]) -> list[Point]:
-    """Both phase arms at their own continuation rates, seed-major (a cut-short phase has whole pairs)."""
-    return [Point(arm, phase_lr[arm], s) for s in spec.phase_seeds for arm in PHASE_ARMS]
+    """Each arm of ``phase_lr`` at its own continuation rate, seed-major (a cut-short phase has whole
+    pairs)."""
+    return [Point(arm, lr, s) for s in spec.phase_seeds for arm, lr in phase_lr.items()]
 
 
 def long_points(spec: SweepSpec, best_lr: Mapping[str, float], best: str) -> list[Point]:

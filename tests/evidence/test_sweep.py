@@ -29,6 +29,7 @@ from pipeline.evidence.sweep import (
     knob_points,
     load_results,
     long_points,
+    phase_arm_groups,
     phase_points,
     phase_selection_points,
     save_results,
@@ -202,6 +203,15 @@ def test_phase_continues_the_best_distilling_method_with_and_without_lmbda() -> 
     assert on.start == off.start == "gkd_b0_a0"
     assert on.start_lr == off.start_lr == 3e-3  # both continue from the start's own model
     assert on.sets == {**off.sets, "rlhf.lmbda": SPEC.phase_lmbda}
+    # the same pair from the longer runs' students: the start's steps are in the arm's name
+    assert phase_arm_groups(SPEC) == [
+        ("phase_onpolicy", "phase_offline"),
+        ("phase_onpolicy_from600", "phase_offline_from600"),
+    ]
+    on600 = SPEC.method("phase_onpolicy_from600", start, best[start])
+    assert on600.start == "gkd_b0_a0@s600" and on600.start_lr == 3e-3 and on600.sets == on.sets
+    assert SPEC.method(on600.start).sets == {**SPEC.method(start).sets, "train.max_steps": 600}
+    assert phase_arm_groups(replace(SPEC, long_steps=None)) == [("phase_onpolicy", "phase_offline")]
     assert off.sets["rlhf.lmbda"] == 0.0 and off.sets["rlhf.beta"] == 0.0
     assert off.sets["train.max_steps"] == SPEC.phase_steps
     # each arm picks its continuation rate on val over the phase grid, as a method does over its grid
@@ -422,6 +432,7 @@ def test_a_later_phase_keeps_the_on_policy_arms_at_their_val_rates(
         )
         assert command.run(a) == 0
     assert ("phase_onpolicy/lr0.0003/s1", ("test",)) in calls
+    assert ("phase_onpolicy_from600/lr0.0003/s1", ("test",)) in calls  # from the 600-step students
     assert {k for k, _ in calls if "@s450" in k} == {
         f"{m}@s450/lr0.003/s{s}" for m in ("sft_written", "gkd_b0_a0") for s in (0, 1)
     }
