@@ -86,6 +86,21 @@ def _walls(runs: Mapping[str, Any], method: str, lr: float, seeds: Sequence[int]
     return [float(w) for w in walls if w is not None]
 
 
+def _paired_cells(
+    runs: Mapping[str, Any],
+    spec: SweepSpec,
+    a: tuple[str, float],
+    b: tuple[str, float],
+    seeds: Sequence[int],
+) -> list[str]:
+    """``"<metric> <paired difference a - b>"`` per report metric, on test over ``seeds``."""
+    return [
+        f"{k} "
+        + paired_difference(values(runs, *a, seeds, "test", k), values(runs, *b, seeds, "test", k)).format()
+        for k in spec.report_metrics
+    ]
+
+
 def _selection_cell(runs: Mapping[str, Any], spec: SweepSpec, method: str, lr: float, metric: str) -> str:
     got = values(runs, method, lr, spec.select_seeds, "val", metric)
     if not got:
@@ -208,15 +223,8 @@ def format_long(data: Mapping[str, Any], spec: SweepSpec) -> list[str]:
         lines.append("| " + " | ".join(row) + " |")
     cells = []
     for steps in (full, spec.long_steps):
-        a, b = named[(best, steps)], named[(base, steps)]
-        per = [
-            f"{k} "
-            + paired_difference(
-                values(runs, a, lr[best], seeds, "test", k), values(runs, b, lr[base], seeds, "test", k)
-            ).format()
-            for k in spec.report_metrics
-        ]
-        cells.append(f"at {steps} steps " + ", ".join(per))
+        a, b = (named[(best, steps)], lr[best]), (named[(base, steps)], lr[base])
+        cells.append(f"at {steps} steps " + ", ".join(_paired_cells(runs, spec, a, b, seeds)))
     lines += ["", f"Paired ({best} - {base}), same seeds: " + "; ".join(cells) + "."]
     return lines
 
@@ -286,12 +294,7 @@ def format_arms(data: Mapping[str, Any], spec: SweepSpec) -> list[str]:
                 + (" / ".join(f"{w:.0f}" for w in walls) or "-")
                 + " |"
             )
-        cells = []
-        if len(seeds) >= 2:
-            for k in spec.report_metrics:
-                a = values(runs, arm, la, seeds, "test", k)
-                b = values(runs, other, lo, seeds, "test", k)
-                cells.append(f"{k} {paired_difference(a, b).format()}")
+        cells = _paired_cells(runs, spec, (arm, la), (other, lo), seeds) if len(seeds) >= 2 else []
         wa, wb = _walls(runs, arm, la, seeds), _walls(runs, other, lo, seeds)
         if wa and wb:
             cells.append(f"median train wall-clock ratio {statistics.median(wa) / statistics.median(wb):.2f}")

@@ -9,8 +9,9 @@ Encoding (template, image loading and resizing, image hashing) costs more than a
 on the demo a row was encoded ~4.6 times in 300 steps and re-encoding took about a third of a student
 run. The encoding is a pure function of the row, so each dataset keeps the encodings it made, up to a
 byte budget (``custom.encoded_cache_mb``, one :class:`MemoBudget` per process, shared by the train and
-val datasets); past the budget it keeps what it holds and encodes the rest on every access: under shuffled epochs that keeps a budget/size share of hits,
-where an LRU over a dataset larger than its budget would keep none.
+val datasets); past the budget it keeps what it holds and encodes the rest on every access: under
+shuffled epochs that keeps a budget/size share of hits, where an LRU over a dataset larger than its
+budget would keep none.
 """
 
 from __future__ import annotations
