@@ -435,6 +435,12 @@ def model_location(path: str, key: str, where: str | None = None) -> str:
     returned expanded; anything else is a hub id, returned as it is. A missing local directory is a
     ``ConfigError`` naming the key, never a hub download (which would retry and fail offline)."""
     if not looks_local(path):
+        if path.count("/") != 1 or not all(path.split("/")):
+            prefix = f"{where}: " if where else ""
+            raise ConfigError(
+                f"{prefix}{key}: {path!r} is neither a local directory nor a hub id (ORG/NAME); "
+                "give the model's directory"
+            )
         return path
     local = os.path.expanduser(path)
     if not os.path.isdir(local):

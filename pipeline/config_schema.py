@@ -85,6 +85,12 @@ class _Section:
             if not value > 0 or not math.isfinite(value):
                 self._fail(name, f"must be a finite number > 0, got {value}")
 
+    def _finite_at_least(self, name: str, low: float, why: str) -> None:
+        value = getattr(self, name)
+        # `not value >= low` also refuses NaN; .inf means nothing sensible for any of these knobs.
+        if not value >= low or not math.isfinite(value):
+            self._fail(name, f"must be a finite number >= {low:g} ({why}), got {value}")
+
     def _in_unit_interval(self, name: str, why: str) -> None:
         value = getattr(self, name)
         if not 0.0 <= value <= 1.0:
@@ -120,6 +126,14 @@ class ModelConfig(_Section):
             "help": "Weight dtype: bfloat16, float16 or float32. Also sets mixed precision: bfloat16 -> "
             "bf16, float16 -> fp16, float32 -> none (ms-swift alone would turn on fp16 for float32; "
             "set train.extra.bf16/fp16 to override)."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow the student's directory (and its checkpoints and init) to run Python it ships "
+            "(an `auto_map` in config.json, `modeling_*.py`). Off: such a directory is refused before "
+            "anything loads it. Qwen2.5-VL and Qwen3-VL need no shipped code."
         },
     )
     attn_impl: str | None = field(
@@ -579,6 +593,14 @@ class CustomConfig(_Section):
             "`all` (the teacher rewrites every row's response). Part of the cache fingerprint."
         },
     )
+    teacher_trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow the teacher's directory to run Python it ships (an `auto_map` in config.json, "
+            "`modeling_*.py`). Off: such a teacher is refused before anything loads it (ms-swift's loader "
+            "would execute it unconditionally)."
+        },
+    )
     written_temperature: float = field(
         default=0.0,
         metadata={"help": "Sampling temperature of teacher-written responses; 0 = greedy (fingerprinted)."},
@@ -611,14 +633,13 @@ class CustomConfig(_Section):
         self._choice("written_responses", WRITTEN_MODES)
         self._choice("written_unfinished", WRITTEN_UNFINISHED)
         self._positive("written_max_new_tokens")
-        if not self.written_temperature >= 0:
-            self._fail("written_temperature", f"must be >= 0 (0 = greedy), got {self.written_temperature}")
+        self._finite_at_least("written_temperature", 0, "0 = greedy")
         self._choice("logprob_encoding", LOGPROB_ENCODINGS)
         self._positive("loss_temperature", "top_k", "cache_batch_size")
         if self.cache_shard_mb is not None:
-            self._positive("cache_shard_mb")
-        if not self.encoded_cache_mb >= 0:
-            self._fail("encoded_cache_mb", f"must be >= 0 (0 turns it off), got {self.encoded_cache_mb}")
+            # A budget under 1 KiB rounds to no bytes at all: every row would be a shard of its own.
+            self._finite_at_least("cache_shard_mb", 1 / 1024, "a shard's byte budget in MiB; 1/1024 = 1 KiB")
+        self._finite_at_least("encoded_cache_mb", 0, "0 turns it off")
         if self.teacher_cache is not None and not self.teacher_cache.strip():
             self._fail("teacher_cache", "must not be empty; remove the key (or write null) instead")
 
@@ -701,7 +722,9 @@ SWIFT_NAMES_SET_BY_CONFIG: dict[str, str] = {
     for section, cls in SECTIONS.items()
     if section != "custom"
     for f in fields(cls)  # type: ignore[arg-type]
-    if f.name not in ("min_pixels", "extra")  # min_pixels travels as the MIN_PIXELS env var
+    # min_pixels travels as the MIN_PIXELS env var; ms-swift has no trust_remote_code argument (its
+    # loader always trusts), so ours is checked before ms-swift sees the model.
+    if f.name not in ("min_pixels", "extra", "trust_remote_code")
 }
 SWIFT_NAMES_SET_BY_CONFIG.update(
     {

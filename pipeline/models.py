@@ -40,9 +40,12 @@ def load_teacher(cfg: DistillConfig, device_map: Any = None) -> Any:
     from swift.model import get_model_processor
 
     from pipeline.fingerprint import teacher_path
+    from pipeline.trust import TEACHER_KEY, require_trusted
 
+    where = teacher_path(cfg)
+    require_trusted(where, cfg.custom.teacher_trust_remote_code, TEACHER_KEY)
     model, _ = get_model_processor(
-        teacher_path(cfg),
+        where,
         model_type=(cfg.rlhf.teacher_model_type if cfg.rlhf else None) or cfg.model.model_type,
         torch_dtype=getattr(torch, cfg.model.torch_dtype),
         device_map=device_map,
@@ -96,6 +99,10 @@ def load_trained(cfg: DistillConfig, checkpoint: str | Path | None) -> tuple[Any
     from pipeline.config import model_location
 
     base = model_location(cfg.model.model, "model.model", cfg.config_path) if is_adapter else str(path)
+    from pipeline.trust import STUDENT_KEY, require_trusted
+
+    for directory in {str(path), base}:
+        require_trusted(directory, cfg.model.trust_remote_code, STUDENT_KEY)
     model, processor = get_model_processor(
         base, model_type=cfg.model.model_type, torch_dtype=dtype, device_map=device_map
     )

@@ -20,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", type=int, help="share: the student's LLM shape (default: the teacher's)")
     p.add_argument("--seed", type=int, default=0, help="initialisation of the fresh tensors")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a teacher directory that ships its own Python (auto_map, modeling_*.py); refused otherwise",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,5 +41,15 @@ def run(args: argparse.Namespace) -> int:
         num_key_value_heads=args.num_key_value_heads,
         seed=args.seed,
     )
-    print(summary_line(init_student(args.teacher, args.out, spec, overwrite=args.overwrite)))
+    print(
+        summary_line(
+            init_student(
+                args.teacher,
+                args.out,
+                spec,
+                overwrite=args.overwrite,
+                trust_remote_code=args.trust_remote_code,
+            )
+        )
+    )
     return 0

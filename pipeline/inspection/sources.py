@@ -25,7 +25,10 @@ def load_tokenizer(path: str | Path) -> Any:
 
     local = model_location(str(path), "--tokenizer")  # a missing local dir never goes to the hub
     try:
-        return AutoTokenizer.from_pretrained(local)
+        from pipeline.trust import STUDENT_KEY, require_trusted
+
+        require_trusted(local, False, STUDENT_KEY)
+        return AutoTokenizer.from_pretrained(local, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"--tokenizer {path}: cannot load a tokenizer ({type(exc).__name__}: {exc})"

@@ -87,8 +87,13 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
 
     if cfg.rlhf is None or not cfg.rlhf.teacher_model:
         raise CompatibilityError("no teacher configured (rlhf.teacher_model)")
-    t_proc = get_processor(teacher_path(cfg), model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type)
+    from pipeline.trust import STUDENT_KEY, TEACHER_KEY, require_trusted
+
+    teacher = teacher_path(cfg)
     student = model_location(cfg.model.model, "model.model", cfg.config_path)
+    require_trusted(teacher, cfg.custom.teacher_trust_remote_code, TEACHER_KEY)
+    require_trusted(student, cfg.model.trust_remote_code, STUDENT_KEY)
+    t_proc = get_processor(teacher, model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type)
     s_proc = get_processor(student, model_type=cfg.model.model_type)
     t_tok = getattr(t_proc, "tokenizer", t_proc)
     s_tok = getattr(s_proc, "tokenizer", s_proc)

@@ -128,7 +128,11 @@ def _group(key: str) -> str:
 
 
 def init_student(
-    teacher_dir: str | Path, out_dir: str | Path, spec: StudentInitSpec, overwrite: bool = False
+    teacher_dir: str | Path,
+    out_dir: str | Path,
+    spec: StudentInitSpec,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Write a student checkpoint initialised from the teacher at ``teacher_dir``; returns the report.
 
@@ -142,11 +146,14 @@ def init_student(
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     if not (teacher_dir / "config.json").is_file():
         raise ConfigError(f"{teacher_dir}: not a model directory (no config.json)")
+    from pipeline.trust import require_trusted
+
+    require_trusted(teacher_dir, trust_remote_code, "--trust-remote-code")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise ConfigError(f"{out_dir}: exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(out_dir)
-    t_cfg = transformers.AutoConfig.from_pretrained(teacher_dir)
+    t_cfg = transformers.AutoConfig.from_pretrained(teacher_dir, trust_remote_code=trust_remote_code)
     arch = (t_cfg.architectures or [None])[0]
     cls = getattr(transformers, arch or "", None)
     if cls is None:

@@ -111,8 +111,14 @@ def to_swift_args(cfg: DistillConfig, kind: str = TRAINING_KIND) -> Any:
     local = [("model.model", cfg.model.model)]
     if kwargs.get("teacher_model") is not None:
         local.append(("rlhf.teacher_model", kwargs["teacher_model"]))
+    from pipeline.trust import STUDENT_KEY, TEACHER_KEY, require_trusted
+
+    allowed = {"model.model": (cfg.model.trust_remote_code, STUDENT_KEY)}
+    allowed["rlhf.teacher_model"] = (cfg.custom.teacher_trust_remote_code, TEACHER_KEY)
     for key, path in local:
-        model_location(path, key, where)  # ms-swift would try to download a missing local path
+        local_path = model_location(path, key, where)  # ms-swift would try to download a missing local path
+        # ms-swift's argument classes already read the directory's config with trust_remote_code=True.
+        require_trusted(local_path, *allowed[key])
     ds = cfg.train.deepspeed
     if ds is not None and ds not in DEEPSPEED_PRESETS and not os.path.isfile(ds):
         raise ConfigError(f"{where}: train.deepspeed: file {ds!r} does not exist")
