@@ -81,7 +81,6 @@ def test_no_command_runs_shipped_code_unless_trusted(demo_assets: dict[str, Path
             "--num-layers",
             "1",
         ),
-        "inspect --tokenizer": ("inspect", str(tmp_path / "cache"), "--tokenizer", str(student)),
     }
     root = Path(__file__).resolve().parents[1]
     for name, args in runs.items():
@@ -91,3 +90,24 @@ def test_no_command_runs_shipped_code_unless_trusted(demo_assets: dict[str, Path
         assert "ships its own Python (config.json: auto_map)" in last, (name, last)
         assert "Traceback" not in done.stderr, name
         assert not marker.exists(), f"distill {name} ran the directory's code"
+
+
+def test_inspect_tokenizer_refuses_shipped_code(demo_assets: dict[str, Path], tmp_path: Path) -> None:
+    from pipeline.inspection.sources import load_tokenizer
+
+    marker = tmp_path / "marker"
+    student = _booby_trapped(demo_assets["student"], tmp_path / "student", marker)
+    with pytest.raises(ConfigError, match=r"ships its own Python \(config\.json: auto_map\)"):
+        load_tokenizer(student)
+    assert not marker.exists()
+    assert load_tokenizer(demo_assets["student"]) is not None  # a plain directory loads as before
+
+
+def test_a_hub_id_without_a_slash_is_refused_before_any_download() -> None:
+    from pipeline.config import model_location
+
+    with pytest.raises(
+        ConfigError, match=r"model\.model: 'qwen-vl' is neither a local directory nor a hub id"
+    ):
+        model_location("qwen-vl", "model.model")
+    assert model_location("Qwen/Qwen2.5-VL-3B-Instruct", "model.model") == "Qwen/Qwen2.5-VL-3B-Instruct"
