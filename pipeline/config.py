@@ -109,7 +109,23 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
     except OSError as exc:
         raise ConfigError(f"{_show(path)}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
+        raise ConfigError(f"{_show(path)}: invalid YAML: {yaml_problem(exc)}") from None
+    except ValueError as exc:  # PyYAML's int(): a literal past Python's 4300-digit limit
         raise ConfigError(f"{_show(path)}: invalid YAML: {exc}") from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: what is wrong and at which line and column."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    if mark is None:
+        return problem
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    where = f" ({' '.join(context.split())}" if context else ""
+    if where and context_mark is not None:
+        where += f" at line {context_mark.line + 1}"
+    where += ")" if where else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}{where}"
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -286,7 +302,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int of hundreds of digits has no float
+                raise ConfigFieldError(key, "too large for a float (the largest is about 1.8e308)") from None
         # PyYAML (YAML 1.1) reads an unquoted 1e-4 as a string; DVC writes params.yaml that way and
         # other readers of it may use plain yaml.safe_load. Only that exponent form is accepted.
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):

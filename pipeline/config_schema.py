@@ -89,7 +89,7 @@ class _Section:
         value = getattr(self, name)
         # `not value >= low` also refuses NaN; .inf means nothing sensible for any of these knobs.
         if not value >= low or not math.isfinite(value):
-            self._fail(name, f"must be a finite number >= {low:g} ({why}), got {value}")
+            self._fail(name, f"must be a finite number >= {low!r} ({why}), got {value}")
 
     def _in_unit_interval(self, name: str, why: str) -> None:
         value = getattr(self, name)
@@ -377,16 +377,19 @@ class TrainConfig(_Section):
         )
         if self.max_steps == 0 or self.max_steps < -1:
             self._fail("max_steps", f"must be -1 (use num_train_epochs) or > 0, got {self.max_steps}")
+        if not math.isfinite(self.num_train_epochs):  # refused even when max_steps makes it unused
+            self._fail("num_train_epochs", f"must be a finite number, got {self.num_train_epochs}")
         if self.max_steps == -1 and self.num_train_epochs <= 0:
             self._fail("num_train_epochs", f"must be > 0 when max_steps is -1, got {self.num_train_epochs}")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range (transformers seeds numpy with it)
+            self._fail("seed", f"must be in [0, {2**32 - 1}], got {self.seed}")
         for name in ("eval_steps", "save_total_limit"):
             if getattr(self, name) is not None:
                 self._positive(name)
         if not 0.0 <= self.lora_dropout < 1.0:
             self._fail("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         self._in_unit_interval("warmup_ratio", "a fraction of the steps")
-        if self.weight_decay < 0:
-            self._fail("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        self._finite_at_least("weight_decay", 0, "0 = none")
         if not self.target_modules:
             self._fail("target_modules", "must name at least one module, e.g. [all-linear]")
         if self.freeze_vit and self.freeze_aligner and self.freeze_llm:
@@ -478,8 +481,7 @@ class RlhfConfig(_Section):
             self._fail("rlhf_type", f"{self.rlhf_type!r} is not supported; this pipeline only runs `gkd`")
         self._in_unit_interval("beta", "0 = forward KL, 1 = reverse KL")
         self._in_unit_interval("lmbda", "the on-policy fraction")
-        if self.sft_alpha < 0:
-            self._fail("sft_alpha", f"must be >= 0, got {self.sft_alpha}")
+        self._finite_at_least("sft_alpha", 0, "0 = no cross-entropy term")
         if self.seq_kd:
             self._fail(
                 "seq_kd",

@@ -101,7 +101,7 @@ def load_trained(cfg: DistillConfig, checkpoint: str | Path | None) -> tuple[Any
     base = model_location(cfg.model.model, "model.model", cfg.config_path) if is_adapter else str(path)
     from pipeline.trust import STUDENT_KEY, require_trusted
 
-    for directory in {str(path), base}:
+    for directory in dict.fromkeys((str(path), base)):  # a checkpoint, and an adapter's base model
         require_trusted(directory, cfg.model.trust_remote_code, STUDENT_KEY)
     model, processor = get_model_processor(
         base, model_type=cfg.model.model_type, torch_dtype=dtype, device_map=device_map

@@ -10,11 +10,11 @@ the cache stage and a GKD knob never re-runs an SFT student.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from pipeline.errors import ConfigError
 
@@ -33,6 +33,11 @@ PARAM_TO_CONFIG = {
     "student.lmbda": "rlhf.lmbda",
 }
 KNOB_GROUPS = ("teacher", "student", "cache")
+# What dvc.yaml's foreach stages read of each entry besides its config (``${item.rows}``, ...): a
+# missing one would only surface as a DVC interpolation error.
+DVC_KEYS = {"runs": ("rows", "init", "targets"), "caches": ("rows",)}
+# A name becomes ``<out>/<name>.yaml`` and a DVC stage name: one plain path component, never ``..``.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,16 @@ class Entry:
     name: str
     config: Path
     params: tuple[str, ...]
+    rows: str | None = None  # the rows DVC tracks for it: a dataset file or a folder above them
 
 
 def load_params(params_file: str | Path) -> dict[str, Any]:
+    from pipeline.config import load_yaml
+
     path = Path(params_file)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
-    params = yaml.safe_load(path.read_text()) or {}
+    params = load_yaml(path) or {}  # one-line errors for YAML that is broken or not UTF-8
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping of knob groups, runs and caches")
     return params
@@ -63,13 +71,30 @@ def entries(params_file: str | Path, section: str) -> list[Entry]:
     out = []
     for name, spec in raw.items():
         key = f"{params_file}: key '{section}.{name}"
+        if not SAFE_NAME.fullmatch(str(name)):
+            raise ConfigError(
+                f"{key}': the name must be letters, digits, '_', '-' or '.', not starting with '.' (it "
+                "names the resolved file and the DVC stage)"
+            )
         if not isinstance(spec, dict) or not isinstance(spec.get("config"), str):
             raise ConfigError(f"{key}': expected a mapping with a 'config' path")
         groups = spec.get("params", [])
         if not isinstance(groups, list) or any(g not in KNOB_GROUPS for g in groups):
             raise ConfigError(f"{key}.params': expected a list of knob groups from {', '.join(KNOB_GROUPS)}")
-        out.append(Entry(str(name), Path(spec["config"]), tuple(groups)))
+        rows = spec.get("rows")
+        out.append(Entry(str(name), Path(spec["config"]), tuple(groups), rows if isinstance(rows, str) else None))
     return out
+
+
+def _check_dvc_keys(params_file: str | Path, section: str, entry: Entry) -> None:
+    spec = load_params(params_file)[section][entry.name]
+    for k in DVC_KEYS.get(section, ()):
+        value = spec.get(k)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                f"{params_file}: key '{section}.{entry.name}.{k}': missing (or not a path); dvc.yaml's "
+                f"stages track it as a dependency of {entry.name}"
+            )
 
 
 def run_names(params_file: str | Path) -> list[str]:

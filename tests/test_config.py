@@ -656,3 +656,96 @@ def test_cache_limit_must_be_a_positive_count(limit, write, capsys):
     assert f"argument --limit: expected an integer >= 1, got {limit if limit == 'two' else int(limit)}" in (
         capsys.readouterr().err.replace("'two'", "two")
     )
+
+
+def _numeric_keys(kind: type) -> list[str]:
+    """Every dotted key whose field holds a ``kind`` (``kind | None`` included)."""
+    import typing
+
+    keys = []
+    for section, cls in SECTIONS.items():
+        for name, tp in typing.get_type_hints(cls).items():
+            if tp is kind or kind in typing.get_args(tp):
+                keys.append(f"{section}.{name}")
+    return keys
+
+
+FLOAT_KEYS = _numeric_keys(float)
+
+
+def test_float_keys_are_found():
+    assert {"custom.written_temperature", "custom.cache_shard_mb", "train.weight_decay"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_key_refuses_nan_and_inf(key, value, write):
+    # Set in the child file, so the message must name that file and the key.
+    write("parent.yaml", MINIMAL + GKD)
+    section, name = key.split(".")
+    child = write("child.yaml", f"inherit: parent.yaml\n{section}: {{{name}: {value}}}\n")
+    assert f"child.yaml: {key}: must be " in _error(child)
+
+
+NUMERIC_CASES = {
+    # (dotted key, value, phrase): values the old checks let through to a traceback or garbage
+    "written temperature inf": ("custom.written_temperature", ".inf", "finite number >= 0"),
+    "shard budget below a byte": ("custom.cache_shard_mb", "1e-9", "finite number >= 0.0009765625"),
+    "encoded cache inf": ("custom.encoded_cache_mb", ".inf", "finite number >= 0"),
+    "encoded cache negative": ("custom.encoded_cache_mb", "-1", "finite number >= 0"),
+    "weight decay nan": ("train.weight_decay", ".nan", "finite number >= 0"),
+    "epochs nan": ("train.num_train_epochs", ".nan", "finite number"),
+    "epochs ignored but inf": ("train.num_train_epochs", ".inf", "finite number"),
+    "sft_alpha inf": ("rlhf.sft_alpha", ".inf", "finite number >= 0"),
+    "seed negative": ("train.seed", "-1", "in [0, 4294967295]"),
+    "seed too large": ("train.seed", "4294967296", "in [0, 4294967295]"),
+    "int too large for a float": ("train.learning_rate", "1" + "0" * 400, "too large"),
+}
+
+
+@pytest.mark.parametrize("case", list(NUMERIC_CASES))
+def test_numeric_values_out_of_range_are_refused(case, write):
+    key, value, phrase = NUMERIC_CASES[case]
+    path = write("c.yaml", MINIMAL + GKD)
+    extra = {"train.max_steps": 10} if case == "epochs ignored but inf" else {}
+    err = _error(path, {key: yaml.safe_load(value) if value != "1e-9" else 1e-9, **extra})
+    assert f"{key}: " in err and phrase in err, err
+
+
+def test_numeric_values_at_their_bounds_load(write):
+    path = write("c.yaml", MINIMAL + GKD)
+    cfg = load_config(
+        path,
+        {
+            "custom.written_temperature": 0,
+            "custom.encoded_cache_mb": 0,
+            "custom.cache_shard_mb": 1 / 1024,
+            "train.weight_decay": 0,
+            "train.seed": 2**32 - 1,
+            "rlhf.sft_alpha": 0,
+        },
+    )
+    assert cfg.custom.cache_shard_mb == 1 / 1024 and cfg.train.seed == 2**32 - 1
+
+
+def test_invalid_yaml_is_one_line_naming_the_file_and_line(write):
+    path = write("broken.yaml", MINIMAL + "custom: {top_k: [8\n")
+    err = _error(path)
+    assert "\n" not in err and err.startswith(f"{path}: invalid YAML") and "line 4" in err, err
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("custom.written_temperature", float("inf")),
+        ("custom.written_temperature", float("nan")),
+        ("custom.encoded_cache_mb", float("inf")),
+        ("custom.cache_shard_mb", 1e-9),
+        ("custom.cache_shard_mb", float("inf")),
+    ],
+)
+def test_float_knobs_must_be_finite_and_in_range(key: str, value: float) -> None:
+    from pipeline.config_schema import CustomConfig
+
+    with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number >= "):
+        CustomConfig(**{key.split(".", 1)[1]: value})

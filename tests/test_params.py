@@ -114,3 +114,80 @@ def test_unknown_knob_is_an_error_naming_the_key(tmp_path: Path) -> None:
     pfile.write_text(yaml.safe_dump({"student": {"betta": 0.1}}))
     with pytest.raises(ConfigError, match=r"student\.betta"):
         overrides_from_params(pfile, ["student"])
+
+
+# ------------------------------------------------------------------ bad params files: one-line errors
+
+
+def _resolve_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], params: object = None, raw: bytes | None = None
+) -> tuple[str, Path]:
+    """``distill resolve`` on a params file (``params`` dumped, or the bytes ``raw``): its one-line error
+    and the ``--out`` it was given (which must then hold nothing)."""
+    pfile = tmp_path / "bad.params.yaml"
+    pfile.write_bytes(raw if raw is not None else yaml.safe_dump(params, sort_keys=False).encode())
+    out = tmp_path / "nested" / "out"
+    assert main(["resolve", "--params", str(pfile), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ConfigError: "), err
+    assert str(pfile) in err, err
+    assert not any(tmp_path.rglob("*.yaml")) or sorted(tmp_path.rglob("*.yaml")) == [pfile]
+    return err, out
+
+
+def _params(**changes: object) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(changes)
+    return params
+
+
+@pytest.mark.parametrize(
+    "raw, phrase",
+    [
+        (b"runs: [unclosed\n", "invalid YAML: line 2, column 1"),
+        (b"runs: {a: 1}\n\xff\xfe\n", "not UTF-8 text"),
+        (b"\x00\x01binary", "invalid YAML"),
+    ],
+    ids=["not-yaml", "not-utf8", "binary"],
+)
+def test_unreadable_params_file_is_one_line(tmp_path, capsys, raw: bytes, phrase: str) -> None:
+    err, _ = _resolve_error(tmp_path, capsys, raw=raw)
+    assert phrase in err
+
+
+def test_a_knob_group_that_is_a_list_is_one_line(tmp_path, capsys, at_root) -> None:
+    err, _ = _resolve_error(tmp_path, capsys, _params(student=[0.1, 0.2]))
+    assert "key 'student': expected a mapping of knob -> value, got a list" in err
+
+
+def test_an_error_in_a_late_entry_writes_no_file(tmp_path, capsys, at_root) -> None:
+    params = _params()
+    last = list(params["runs"])[-1]
+    params["runs"][last]["config"] = "configs/demo/missing.yaml"  # every earlier entry is fine
+    err, out = _resolve_error(tmp_path, capsys, params)
+    assert "missing.yaml" in err and not out.exists()
+
+
+@pytest.mark.parametrize("key", ["rows", "init", "targets"])
+def test_a_run_without_a_key_dvc_reads_is_refused(tmp_path, capsys, at_root, key: str) -> None:
+    params = _params()
+    del params["runs"]["student_sft"][key]
+    err, _ = _resolve_error(tmp_path, capsys, params)
+    assert f"key 'runs.student_sft.{key}': missing" in err
+
+
+def test_rows_that_do_not_hold_the_dataset_are_refused(tmp_path, capsys, at_root) -> None:
+    params = _params()
+    params["runs"]["student_sft"]["rows"] = "data/prepared/nothere.jsonl"
+    err, _ = _resolve_error(tmp_path, capsys, params)
+    assert "key 'runs.student_sft.rows': 'data/prepared/nothere.jsonl' does not hold" in err
+    assert "data/prepared/labelled.jsonl" in err
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", ".hidden", ""])
+def test_a_name_that_is_not_one_path_component_is_refused(tmp_path, capsys, at_root, name: str) -> None:
+    params = _params()
+    params["runs"] = {name: params["runs"]["student_sft"], **params["runs"]}
+    err, _ = _resolve_error(tmp_path, capsys, params)
+    assert f"key 'runs.{name}': the name must be letters, digits" in err
+    assert not (tmp_path / "escaped.yaml").exists()  # --out/../../escaped.yaml

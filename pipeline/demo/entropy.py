@@ -44,13 +44,12 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
-    from transformers import AutoTokenizer
-
     from pipeline.cache.policy import open_cache_dir
+    from pipeline.inspection.sources import load_tokenizer
 
     reader = open_cache_dir(a.cache)
     ids = split_ids(a.rows) if a.rows else None
-    prof = entropy_profile(reader, classifier(AutoTokenizer.from_pretrained(a.tokenizer)), a.threshold, ids)
+    prof = entropy_profile(reader, classifier(load_tokenizer(a.tokenizer)), a.threshold, ids)
     print(format_profile(prof))
     if a.json:
         a.json.write_text(json.dumps(prof, indent=2) + "\n")

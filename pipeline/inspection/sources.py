@@ -17,18 +17,19 @@ from pipeline.errors import ConfigError, DistillError
 TOKENIZER_HINT = "pass --tokenizer DIR (the student model or tokenizer directory) or --config"
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """The tokenizer saved in ``path`` (a model or tokenizer directory); ``ConfigError`` if unreadable."""
+def load_tokenizer(path: str | Path, trusted: bool = False) -> Any:
+    """The tokenizer saved in ``path`` (a model or tokenizer directory); ``ConfigError`` if unreadable
+    or if it ships code and ``trusted`` (the config's ``model.trust_remote_code``) is false."""
     from transformers import AutoTokenizer
 
     from pipeline.config import model_location
+    from pipeline.trust import STUDENT_KEY, require_trusted
 
     local = model_location(str(path), "--tokenizer")  # a missing local dir never goes to the hub
+    if Path(local).is_dir():  # a hub id: transformers itself refuses its code unless trusted
+        require_trusted(local, trusted, STUDENT_KEY)
     try:
-        from pipeline.trust import STUDENT_KEY, require_trusted
-
-        require_trusted(local, False, STUDENT_KEY)
-        return AutoTokenizer.from_pretrained(local, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(local, trust_remote_code=trusted)
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"--tokenizer {path}: cannot load a tokenizer ({type(exc).__name__}: {exc})"
@@ -50,12 +51,13 @@ def resolve_tokenizer(manifest: dict[str, Any], path: Path | None = None, cfg: A
     from pipeline.cache.manifest import compare_fingerprints
     from pipeline.fingerprint import tokenizer_hash
 
+    trusted = bool(getattr(getattr(cfg, "model", None), "trust_remote_code", False))
     if path is not None:
-        return load_tokenizer(path), ""
+        return load_tokenizer(path, trusted), ""
     model = getattr(getattr(cfg, "model", None), "model", None)
     if model and Path(model).is_dir():
         try:
-            return load_tokenizer(model), ""
+            return load_tokenizer(model, trusted), ""
         except ConfigError as exc:
             return None, f"note: showing token ids ({exc})"
     where = recorded_sources(manifest).get("tokenizer")
@@ -64,7 +66,7 @@ def resolve_tokenizer(manifest: dict[str, Any], path: Path | None = None, cfg: A
     if not Path(where).is_dir():
         return None, f"note: showing token ids (the cache's tokenizer {where} is gone: {TOKENIZER_HINT})"
     try:
-        tokenizer = load_tokenizer(where)
+        tokenizer = load_tokenizer(where, trusted)
     except ConfigError as exc:
         return None, f"note: showing token ids ({exc}; {TOKENIZER_HINT})"
     recorded = (manifest.get("fingerprint") or {}).get("tokenizer")

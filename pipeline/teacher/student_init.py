@@ -138,7 +138,9 @@ def init_student(
 
     The report (also ``out_dir/student_init.json``) has ``copied`` (student key -> teacher key),
     ``fresh`` (student keys left at their random init), ``groups`` (per group: copied / fresh tensor
-    counts) and the parameter counts of both models.
+    counts) and the parameter counts of both models. ``trust_remote_code`` (``--trust-remote-code``)
+    lets a teacher that ships its own Python load; the student gets those files too (copied
+    verbatim), so a config training it then needs ``model.trust_remote_code``.
     """
     import torch
     import transformers
@@ -160,7 +162,9 @@ def init_student(
         raise ConfigError(
             f"{teacher_dir}/config.json: architectures {t_cfg.architectures!r} unknown to transformers"
         )
-    teacher = cls.from_pretrained(teacher_dir, dtype="auto", device_map="cpu")
+    teacher = cls.from_pretrained(
+        teacher_dir, dtype="auto", device_map="cpu", trust_remote_code=trust_remote_code
+    )
     s_cfg = _student_config(teacher.config, spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
