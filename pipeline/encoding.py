@@ -250,7 +250,7 @@ class RowEncoder:
             from pipeline.trust import STUDENT_KEY, require_trusted
 
             student = model_location(cfg.model.model, "model.model", getattr(cfg, "config_path", None))
-            require_trusted(student, cfg.model.trust_remote_code, STUDENT_KEY)
+            require_trusted(student, getattr(cfg.model, "trust_remote_code", False), STUDENT_KEY)
             processor = get_processor(student, model_type=cfg.model.model_type)
         truncation = cfg.data.truncation_strategy
         kwargs: dict[str, Any] = {
