@@ -135,7 +135,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, value = item.split("=", 1)
     try:
         return key.strip(), yaml.load(value, Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an int past Python's 4300-digit limit
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
         raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote it") from None
 
@@ -451,8 +451,9 @@ def looks_local(path: str) -> bool:
 def model_location(path: str, key: str, where: str | None = None) -> str:
     """THE local-or-hub decision for a model path (``model.model``, ``rlhf.teacher_model``,
     ``--tokenizer``, ``--teacher``...): a path that looks local must be a directory here and is
-    returned expanded; anything else is a hub id, returned as it is. A missing local directory is a
-    ``ConfigError`` naming the key, never a hub download (which would retry and fail offline)."""
+    returned expanded; an ``ORG/NAME`` is a hub id, returned as it is. A missing local directory, or
+    a name that is neither (no slash: ms-swift would retry it on the hub), is a ``ConfigError``
+    naming the key, never a hub download (which would retry and fail offline)."""
     if not looks_local(path):
         if path.count("/") != 1 or not all(path.split("/")):
             prefix = f"{where}: " if where else ""

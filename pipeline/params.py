@@ -48,6 +48,7 @@ class Entry:
     config: Path
     params: tuple[str, ...]
     rows: str | None = None  # the rows DVC tracks for it: a dataset file or a folder above them
+    section: str = "runs"
 
 
 def load_params(params_file: str | Path) -> dict[str, Any]:
@@ -81,20 +82,14 @@ def entries(params_file: str | Path, section: str) -> list[Entry]:
         groups = spec.get("params", [])
         if not isinstance(groups, list) or any(g not in KNOB_GROUPS for g in groups):
             raise ConfigError(f"{key}.params': expected a list of knob groups from {', '.join(KNOB_GROUPS)}")
-        rows = spec.get("rows")
-        out.append(Entry(str(name), Path(spec["config"]), tuple(groups), rows if isinstance(rows, str) else None))
+        for k in DVC_KEYS.get(section, ()):
+            if not isinstance(spec.get(k), str) or not spec[k].strip():
+                raise ConfigError(
+                    f"{key}.{k}': missing (or not a path); dvc.yaml's stages track it as a dependency of "
+                    f"{name}"
+                )
+        out.append(Entry(str(name), Path(spec["config"]), tuple(groups), spec.get("rows"), section))
     return out
-
-
-def _check_dvc_keys(params_file: str | Path, section: str, entry: Entry) -> None:
-    spec = load_params(params_file)[section][entry.name]
-    for k in DVC_KEYS.get(section, ()):
-        value = spec.get(k)
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(
-                f"{params_file}: key '{section}.{entry.name}.{k}': missing (or not a path); dvc.yaml's "
-                f"stages track it as a dependency of {entry.name}"
-            )
 
 
 def run_names(params_file: str | Path) -> list[str]:
@@ -110,7 +105,13 @@ def overrides_from_params(
     params = load_params(params_file)
     out: dict[str, Any] = {}
     for group in groups:
-        for key, value in (params.get(group) or {}).items():
+        knobs = params.get(group) or {}
+        if not isinstance(knobs, dict):
+            raise ConfigError(
+                f"{params_file}: key '{group}': expected a mapping of knob -> value, got a "
+                f"{type(knobs).__name__}"
+            )
+        for key, value in knobs.items():
             dotted = f"{group}.{key}"
             if dotted not in PARAM_TO_CONFIG:
                 raise ConfigError(
@@ -127,10 +128,38 @@ def resolved_config(entry: Entry, params_file: str | Path) -> dict[str, Any]:
     """``entry``'s config, inheritance merged and its knobs applied: a standalone config mapping."""
     from pipeline.config import load_config, load_resolved
 
-    # The config alone is read first only to know whether it has an rlhf block (rlhf.* knobs apply
-    # only then).
-    has_rlhf = load_config(entry.config).rlhf is not None
-    return load_resolved(entry.config, overrides_from_params(params_file, entry.params, has_rlhf=has_rlhf))[1]
+    where = f"{params_file}: '{entry.name}'"
+    try:
+        # The config alone is read first only to know whether it has an rlhf block (rlhf.* knobs
+        # apply only then).
+        has_rlhf = load_config(entry.config).rlhf is not None
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    overrides = overrides_from_params(params_file, entry.params, has_rlhf=has_rlhf)
+    try:
+        cfg, resolved = load_resolved(entry.config, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    _check_rows(entry, cfg.data.dataset, params_file)
+    return resolved
+
+
+def _check_rows(entry: Entry, dataset: list[str], params_file: str | Path) -> None:
+    """``entry.rows`` must be each dataset file of its config or a folder above it: DVC re-runs the
+    entry's stages when ``rows`` changes, so rows outside it would change and leave them as they were."""
+    if entry.rows is None:
+        return
+    rows = os.path.abspath(entry.rows)
+    for i, item in enumerate(dataset):
+        if not item.endswith(".jsonl"):  # an ms-swift dataset spec, not a file DVC can track
+            continue
+        path = os.path.abspath(item)
+        if path != rows and not path.startswith(rows.rstrip(os.sep) + os.sep):
+            raise ConfigError(
+                f"{params_file}: key '{entry.section}.{entry.name}.rows': {entry.rows!r} does not hold "
+                f"data.dataset[{i}] {item!r} of {entry.config}; name that file or a folder above it (DVC "
+                "re-runs the stage only when these rows change)"
+            )
 
 
 def every_entry(params_file: str | Path) -> list[Entry]:

@@ -2,7 +2,9 @@
 
 Each input JSONL becomes ``<out>/<same name>`` holding the usable rows, each with a ``sample_id``
 (kept when given, else derived from the row's content, so it is stable across runs) and image paths
-relative to the output file. Unusable rows (not JSON, missing or unreadable image, empty response,
+relative to the output file. Inputs that share a name (``a/data.jsonl``, ``b/data.jsonl``) keep the
+folders that tell them apart (``<out>/a/data.jsonl``, ``<out>/b/data.jsonl``), so no input's rows
+overwrite another's; an ``--out`` that would overwrite an input is refused. Unusable rows (not JSON, missing or unreadable image, empty response,
 image/tag count mismatch, non-UTF-8 text) are left out and recorded with file, line and reason in
 ``<out>/prepare_report.json``: rows in = kept + dropped, per split. A split with no usable row (an
 empty file, or every line unusable) is an error naming the file.
@@ -11,11 +13,13 @@ empty file, or every line unusable) is an error naming the file.
 from __future__ import annotations
 
 import json
-from collections import Counter
+import os
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from pipeline.data import partition_rows, read_rows, require_rows, write_rows
+from pipeline.errors import DataError
 
 
 def prepare_split(src: Path, dst: Path) -> dict[str, Any]:
@@ -37,10 +41,42 @@ def prepare_split(src: Path, dst: Path) -> dict[str, Any]:
     }
 
 
+def destinations(inputs: list[Path], out: Path) -> dict[str, tuple[Path, Path]]:
+    """split name -> (input, output file). Each input becomes ``out/<its name>``; inputs that share a
+    name keep their paths below the folder they share. ``DataError`` for an input given twice, two
+    inputs that would be one split, or an output that is an input (``--out`` its own folder)."""
+    by_name: dict[str, list[Path]] = defaultdict(list)
+    for src in inputs:
+        by_name[src.name].append(src)
+    relative: dict[Path, Path] = {}
+    for name, group in by_name.items():
+        real = [src.resolve() for src in group]
+        if len(set(real)) < len(real):
+            raise DataError(f"{group[0]} is given twice; name each input once")
+        base = Path(os.path.commonpath([r.parent for r in real]))
+        for src, r in zip(group, real, strict=True):
+            relative[src] = Path(name) if len(group) == 1 else r.relative_to(base)
+    inputs_at = {src.resolve(): src for src in inputs}
+    splits: dict[str, tuple[Path, Path]] = {}
+    for src in inputs:
+        dst = out / relative[src]
+        split = relative[src].with_suffix("").as_posix()
+        if split in splits:
+            raise DataError(f"{splits[split][0]} and {src} would both be split {split!r}; rename one")
+        if dst.resolve() in inputs_at:
+            raise DataError(
+                f"--out {out}: would overwrite the input {inputs_at[dst.resolve()]}; write the prepared "
+                "splits to another folder (e.g. data/prepared)"
+            )
+        splits[split] = (src, dst)
+    return splits
+
+
 def prepare_splits(inputs: list[Path], out: Path) -> dict[str, Any]:
     """Prepare every input file into ``out``; writes and returns the report."""
+    splits = destinations(inputs, out)  # refusals come before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    report = {src.stem: prepare_split(src, out / src.name) for src in inputs}
+    report = {split: prepare_split(src, dst) for split, (src, dst) in splits.items()}
     (out / "prepare_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     for name, r in report.items():
         reasons = ", ".join(f"{k}: {v}" for k, v in r["dropped_by_reason"].items()) or "none"

@@ -175,3 +175,63 @@ def test_output_dir_that_is_a_file_is_a_config_error(
         f"error: ConfigError: {cfg}: train.output_dir: '{tmp_path / 'taken'}' is not a directory "
         f"(File exists: {tmp_path / 'taken'}); choose another output_dir"
     )
+
+
+@pytest.fixture
+def no_hub(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every hub download ms-swift or transformers would start records itself and fails."""
+    pytest.importorskip("swift.hub")
+    import transformers.utils.hub as hf_hub
+    from swift.hub.hub import HFHub, MSHub
+
+    calls: list[str] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        calls.append(repr(args[:2]))
+        raise AssertionError("a hub download was attempted")
+
+    for hub in (HFHub, MSHub):
+        monkeypatch.setattr(hub, "download_model", classmethod(refuse))
+    monkeypatch.setattr(hf_hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(hf_hub, "snapshot_download", refuse)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [(["cache"], "rlhf.teacher_model"), (["check"], "rlhf.teacher_model"), (["train"], "model.model")],
+    ids=["cache", "check", "train"],
+)
+def test_a_hub_id_without_a_slash_is_refused_before_any_hub_call(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_hub: list[str],
+    argv: list[str],
+    key: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = _missing_model_config(tmp_path)
+    sets = ["--set", "model.model=qwen-vl", "--set", "rlhf.teacher_model=qwen-vl"]
+    assert main([*argv, "--config", str(cfg), *sets]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after ms-swift's INFO log
+    assert err == (
+        f"error: ConfigError: {cfg}: {key}: 'qwen-vl' is neither a local directory nor a hub id "
+        "(ORG/NAME); give the model's directory"
+    )
+    assert no_hub == []
+
+
+def test_inspect_with_a_tokenizer_id_without_a_slash_makes_no_hub_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], no_hub: list[str]
+) -> None:
+    from tests.cache.test_export import _cache
+
+    monkeypatch.chdir(tmp_path)
+    cache = _cache(tmp_path / "c")
+    assert main(["inspect", str(cache), "--tokenizer", "qwen-vl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        "error: ConfigError: --tokenizer: 'qwen-vl' is neither a local directory nor a hub id"
+    )
+    assert no_hub == []

@@ -195,3 +195,49 @@ def test_a_data_error_without_a_code_counts_as_an_encode_failure() -> None:
     assert DataError("x").reason == ENCODE_FAILED
     err = DataError("x", "missing_image", "images[0]")
     assert (err.reason, err.detail, str(err)) == ("missing_image", "images[0]", "x")
+
+
+def _jsonl(path: Path, *answers: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(_plain(a)) + "\n" for a in answers))
+    return path
+
+
+def test_inputs_that_share_a_name_keep_every_row(tmp_path: Path) -> None:
+    a = _jsonl(tmp_path / "a" / "data.jsonl", "one", "two")
+    b = _jsonl(tmp_path / "b" / "data.jsonl", "three")
+    flat = _jsonl(tmp_path / "val.jsonl", "four")
+    out = tmp_path / "out"
+    report = prepare_splits([a, b, flat], out)
+    assert set(report) == {"a/data", "b/data", "val"}
+    for src, dst in [(a, out / "a" / "data.jsonl"), (b, out / "b" / "data.jsonl"), (flat, out / "val.jsonl")]:
+        # the same rows under the same ids as each file prepared on its own
+        assert [(r.sample_id, r.messages) for r in read_rows(dst)] == [
+            (r.sample_id, r.messages) for r in read_rows(src)
+        ]
+    assert not (out / "data.jsonl").exists()
+    assert json.loads((out / "prepare_report.json").read_text())["a/data"]["kept"] == 2
+
+
+def test_the_same_input_twice_is_refused(tmp_path: Path) -> None:
+    a = _jsonl(tmp_path / "a" / "data.jsonl", "one")
+    with pytest.raises(DataError, match=r"data.jsonl is given twice"):
+        prepare_splits([a, tmp_path / "a" / ".." / "a" / "data.jsonl"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", [".", "./", "sub/.."])
+def test_out_that_would_overwrite_an_input_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    src = _jsonl(tmp_path / "train.jsonl", "one")
+    before = src.read_bytes()
+    assert main(["prepare", "train.jsonl", "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: DataError: --out {Path(out)}: would overwrite the input train.jsonl"), err
+    assert src.read_bytes() == before and not (tmp_path / "prepare_report.json").exists()

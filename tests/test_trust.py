@@ -77,7 +77,9 @@ def test_a_hub_model_is_looked_at_before_ms_swift_loads_it(
         return str(shipped)
 
     monkeypatch.setattr(swift_utils, "safe_snapshot_download", fake_snapshot)
-    with pytest.raises(ConfigError, match=r"^Org/Model: .*\(config\.json: auto_map\).*teacher_trust_remote_code"):
+    with pytest.raises(
+        ConfigError, match=r"^Org/Model: .*\(config\.json: auto_map\).*teacher_trust_remote_code"
+    ):
         require_trusted("Org/Model", False, TEACHER_KEY)
     assert fetched == [("Org/Model", False)]  # config and code files only, never the weights
     require_trusted("Org/Model", True, TEACHER_KEY)
@@ -132,7 +134,8 @@ def _distill(*args: str) -> subprocess.CompletedProcess[str]:
 def test_no_command_runs_shipped_code_unless_trusted(trapped: dict[str, Any], tmp_path: Path) -> None:
     from tests.cache.test_export import _cache
 
-    marker, student, sft, gkd = trapped["marker"], trapped["student"], str(trapped["sft"]), str(trapped["gkd"])
+    marker, student = trapped["marker"], trapped["student"]
+    sft, gkd = str(trapped["sft"]), str(trapped["gkd"])
     cache = _cache(tmp_path / "some_cache")  # inspect reads a cache first, then the tokenizer
     runs = {
         "check": ("check", "--config", gkd),

@@ -23,8 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.params import every_entry, resolved_config
 
-    for entry in every_entry(args.params):
+    # Every entry is resolved and checked before the first file is written: a bad entry leaves --out
+    # as it was, never half of the configs new and half stale.
+    resolved = [(entry, resolved_config(entry, args.params)) for entry in every_entry(args.params)]
+    for entry, config in resolved:
         path = args.out / f"{entry.name}.yaml"
-        dump_config(resolved_config(entry, args.params), path)
+        dump_config(config, path)
         print(f"{entry.name}: {entry.config} + {', '.join(entry.params) or 'no knobs'} -> {path}")
     return 0

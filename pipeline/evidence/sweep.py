@@ -38,11 +38,12 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from pipeline.data import Row, read_split_rows, write_rows
+from pipeline.errors import ConfigError
 from pipeline.hashing import file_sha256
 
 SPLITS = ("val", "test")
@@ -192,16 +193,53 @@ def load_results(path: Path, spec: SweepSpec) -> dict[str, Any]:
     A spec without a ``teacher`` (a report from the file alone, no teacher here) takes the file's."""
     if not path.is_file():
         return {"setting": dict(spec.setting), "runs": {}}
-    data = json.loads(path.read_text())
+    data = _read_results(path)
     want = dict(spec.setting)
     if "teacher" not in want and "teacher" in (data.get("setting") or {}):
         want["teacher"] = data["setting"]["teacher"]
     if data.get("setting") != want:
-        raise ValueError(
+        raise ConfigError(
             f"{path} was measured at {data.get('setting')}, this sweep runs {want}: "
             "use another --results file"
         )
     data.setdefault("runs", {})
+    return data
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    """The results file's JSON, its shape checked down to each metric (what the report reads), so a
+    file cut mid-write or edited by hand is one ``ConfigError`` naming it, never a traceback."""
+    fix = "restore it (git checkout) or move it away to measure again"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a results file (not UTF-8: byte at offset {exc.start}); {fix}"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a results file (invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}); {fix}"
+        ) from None
+
+    def refuse(where: str, what: str, value: Any) -> NoReturn:
+        shown = f"a {type(value).__name__}" if isinstance(value, (dict, list)) else repr(value)
+        raise ConfigError(f"{path}: {where}expected {what}, got {shown}; {fix}")
+
+    if not isinstance(data, dict):
+        refuse("", "a JSON object with 'setting' and 'runs'", data)
+    if not isinstance(data.get("setting", {}), dict):
+        refuse("setting: ", "an object", data["setting"])
+    if not isinstance(data.get("runs", {}), dict):
+        refuse("runs: ", "an object of run -> results", data["runs"])
+    for key, run in data.get("runs", {}).items():
+        if not isinstance(run, dict):
+            refuse(f"runs[{key!r}]: ", "an object of split -> metrics", run)
+        for split, metrics in run.items():
+            if not isinstance(metrics, dict):
+                continue  # method, lr, seed, train_wall_s: recorded for readers, not read back
+            for name, value in metrics.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    refuse(f"runs[{key!r}].{split}.{name}: ", "a number or null", value)
     return data
 
 

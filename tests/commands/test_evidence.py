@@ -52,6 +52,19 @@ def test_report_rebuilds_the_tables_from_the_results_file(
     assert json.loads(results.read_text())["runs"] == runs  # the report trains and records nothing
 
 
+def test_report_on_a_corrupt_results_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("demo: {captions: exact}\n")
+    results = tmp_path / "sweep.json"
+    results.write_text('{"setting": {"task": "exact"}, "runs": {"a": {"val": {"ce": 0.1')  # cut mid-write
+    assert main(["evidence", "report", "--params", str(params), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: ConfigError: {results}: not a results file")
+    assert not (tmp_path / "sweep.md").exists()
+
+
 def test_curve_options_narrow_the_curves_and_leave_the_headline_seeds(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("demo: {captions: exact}\n")

@@ -170,6 +170,33 @@ def test_results_of_another_setting_are_refused(tmp_path: Path) -> None:
         load_results(path, SPEC)
 
 
+CORRUPT_RESULTS = {
+    # name: (file bytes, a phrase of the one-line error)
+    "truncated": (b'{"setting": {"task": "exact", "runs"', "not a results file (invalid JSON at line 1"),
+    "not utf-8": (b'{"runs": {"\xff": {}}}', "not a results file (not UTF-8"),
+    "a list": (b"[]", "expected a JSON object with 'setting' and 'runs', got a list"),
+    "runs a list": (b'{"runs": []}', "runs: expected an object of run -> results, got a list"),
+    "run a number": (b'{"runs": {"sft_written/lr0.001/s0": 3}}', "runs['sft_written/lr0.001/s0']: expected"),
+    "metric a string": (
+        b'{"runs": {"sft_written/lr0.001/s0": {"val": {"ce": "low"}}}}',
+        "runs['sft_written/lr0.001/s0'].val.ce: expected a number or null, got 'low'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT_RESULTS))
+def test_a_corrupt_results_file_is_refused_naming_it(tmp_path: Path, case: str) -> None:
+    from pipeline.errors import ConfigError
+
+    content, phrase = CORRUPT_RESULTS[case]
+    path = tmp_path / "sweep.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_results(path, SPEC)
+    assert str(err.value).startswith(f"{path}: ") and phrase in str(err.value), err.value
+    assert "\n" not in str(err.value)
+
+
 def test_results_of_another_teacher_are_refused_and_a_report_takes_the_files(tmp_path: Path) -> None:
     teacher = tmp_path / "teacher"
     teacher.mkdir()

@@ -345,6 +345,7 @@ def encoded(demo_assets: dict[str, Path]) -> tuple[Any, Any, list[Any]]:
             model_type="qwen2_5_vl",
             template="qwen2_5_vl",
             torch_dtype="float32",
+            trust_remote_code=False,
         ),
         data=ns(
             system=None,
