@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from types import ModuleType
 
+from pipeline import logs
 from pipeline.commands import (
     bench,
     cache,
@@ -55,11 +56,39 @@ COMMANDS: dict[str, ModuleType] = {
 }
 
 
+def _console_options() -> argparse.ArgumentParser:
+    """``--verbose`` / ``--quiet``, accepted before or after the subcommand (:mod:`pipeline.logs`)."""
+    common = argparse.ArgumentParser(add_help=False)
+    level = common.add_mutually_exclusive_group()
+    level.add_argument(
+        "-v",
+        "--verbose",
+        action="store_const",
+        const=logs.VERBOSE,
+        dest="verbosity",
+        default=argparse.SUPPRESS,
+        help="also every library's INFO lines (ms-swift, transformers), with logger names",
+    )
+    level.add_argument(
+        "-q",
+        "--quiet",
+        action="store_const",
+        const=logs.QUIET,
+        dest="verbosity",
+        default=argparse.SUPPRESS,
+        help="errors only: no progress bars, notes or warnings (results still go to stdout)",
+    )
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0] if __doc__ else None)
+    common = _console_options()
+    parser = argparse.ArgumentParser(
+        prog="distill", description=__doc__.split("\n")[0] if __doc__ else None, parents=[common]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common])
         module.add_arguments(p)
         if hasattr(module, "run"):
             p.set_defaults(func=module.run)
@@ -80,6 +109,7 @@ def leave_marker(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure(getattr(args, "verbosity", logs.inherited()))
     code = exit_code(lambda: args.func(args))
     if code == 0:
         leave_marker(args)

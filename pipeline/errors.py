@@ -7,6 +7,8 @@ standard library (``except ValueError``) still catch it.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Callable
 
@@ -51,6 +53,15 @@ class CompatibilityError(DistillError, ValueError):
     """Teacher and student cannot be distilled together (tokenizer, template, processor)."""
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """True for a write that failed for lack of space or quota. pyarrow's and safetensors' file errors
+    carry no errno, only the strerror text, so the message is checked too."""
+    if not isinstance(exc, OSError):
+        return False
+    full = (errno.ENOSPC, errno.EDQUOT)
+    return exc.errno in full or any(os.strerror(code) in str(exc) for code in full)
+
+
 def exit_code(main: Callable[[], object]) -> int:
     """Run ``main`` as a command: 0 when it returns (or its int), 2 after printing a ``DistillError`` as
     one line on stderr. Any other exception is a bug and keeps its traceback. Every ``distill`` command,
@@ -59,6 +70,17 @@ def exit_code(main: Callable[[], object]) -> int:
         result = main()
     except DistillError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A full disk in a write that no more specific handler covered (a library's own save): still
+        # one line; every write of this project is atomic, so the rerun starts from a whole state.
+        if not is_disk_full(exc):
+            raise
+        line = (str(exc).splitlines() or [""])[0]
+        print(
+            f"error: DiskFullError: no space left on device ({line}); free space and run the same command again",
+            file=sys.stderr,
+        )
         return 2
     return result if isinstance(result, int) else 0
 

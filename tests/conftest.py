@@ -15,6 +15,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+_CONSOLE_ENV = (
+    "DISTILL_VERBOSITY",
+    "TQDM_DISABLE",
+    "LOG_LEVEL",
+    "TRANSFORMERS_VERBOSITY",
+    "DATASETS_VERBOSITY",
+)
+
+
+@pytest.fixture(autouse=True)
+def _console_settings_stay_in_their_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``distill`` called in process writes its console settings to the environment (for the processes
+    it starts, :mod:`pipeline.logs`); each test starts without them and leaves none behind."""
+    for name in _CONSOLE_ENV:
+        monkeypatch.setenv(name, "")  # recorded as it was, restored after the test
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def demo_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny teacher/student and a small demo dataset (built once per session)."""

@@ -13,7 +13,7 @@ The last printed line is one JSON object for k=64.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import shutil
 import tempfile
@@ -27,6 +27,8 @@ from scipy.special import logsumexp
 from pipeline.cache.format import DEFAULT_LOGPROB_ENCODING, CachedSample
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.writer import CacheWriter
+
+log = logging.getLogger(__name__)
 
 SAMPLE_TARGETS = 256
 VOCAB = 151_936
@@ -233,13 +235,13 @@ def bench_cache_format(
     finally:
         if out_dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"cache format v1 ({DEFAULT_LOGPROB_ENCODING}), {n} synthetic targets, V={VOCAB}")
-    print(
+    log.info("cache format v1 (%s), %d synthetic targets, V=%d", DEFAULT_LOGPROB_ENCODING, n, VOCAB)
+    log.info(
         f"{'k':>4} {'B/token':>8} {'naive':>6} {'packed':>7} {'vs packed':>9} {'KL mean':>9} {'KL p99':>9} "
         f"{'bf16 KL':>9} {'decode tok/s':>13} {'(wall)':>11} {'write tok/s':>12}"
     )
     for k, r in rows.items():
-        print(
+        log.info(
             f"{k:>4} {r['bytes_per_token']:8.1f} {r['baseline_bytes_per_token']:6.0f} "
             f"{r['packed_bytes_per_token']:7.0f} {r['packed_bytes_per_token'] / r['bytes_per_token']:8.2f}x "
             f"{r['kl_fidelity']:9.2e} {r['kl_fidelity_p99']:9.2e} {r['packed_kl_fidelity']:9.2e} "
@@ -247,11 +249,11 @@ def bench_cache_format(
         )
     if real_cache is not None:
         real = bench_real_cache(real_cache)
-        print(
+        log.info(
             f"real cache {real_cache}: k={real['k']} {real['logprob_encoding']}, {real['targets']} targets, "
             f"{real['bytes_per_token']:.1f} B/token, decode {real['decode_tokens_per_s']:,.0f} tok/s"
         )
-    print(f"(bench took {time.perf_counter() - t_start:.1f} s)")
+    log.info("(bench took %.1f s)", time.perf_counter() - t_start)
     key = 64 if 64 in rows else top_ks[-1]
     summary = {
         name: rows[key][name]
@@ -265,5 +267,4 @@ def bench_cache_format(
         )
     }
     summary = {"k": key, "n": n, **{name: round(v, 9 if "kl" in name else 2) for name, v in summary.items()}}
-    print(json.dumps(summary))
-    return {**summary, "by_k": rows}
+    return {**summary, "by_k": rows, **({"real_cache": real} if real_cache is not None else {})}

@@ -12,7 +12,7 @@ side's median and their ratio.
 
 from __future__ import annotations
 
-import json
+import logging
 import statistics
 import tempfile
 import time
@@ -32,6 +32,9 @@ from pipeline.teacher.stage import cache_split
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
+
+
+log = logging.getLogger(__name__)
 
 
 def bench_cache_write(cfg: DistillConfig, limit: int | None = None, rounds: int = 3) -> dict[str, Any]:
@@ -85,11 +88,13 @@ def bench_cache_write(cfg: DistillConfig, limit: int | None = None, rounds: int 
         "overhead_ratio": round(cache_s / forward_s, 4),
         "tokens_per_s": round(tokens / cache_s, 1),
     }
-    print(
-        f"bare teacher loop {forward_s:.2f} s | cache stage {cache_s:.2f} s | ratio {cache_s / forward_s:.3f} "
-        f"| {tokens} supervised tokens"
+    log.info(
+        "bare teacher loop %.2f s | cache stage %.2f s | ratio %.3f | %d supervised tokens",
+        forward_s,
+        cache_s,
+        cache_s / forward_s,
+        tokens,
     )
-    print(json.dumps(out))
     return out
 
 
@@ -130,9 +135,14 @@ def bench_dry_run(cfg: DistillConfig, rounds: int = 3, repeats: int = 3) -> dict
                     "bytes_ratio": round(p["bytes"] / real_bytes, 4),
                 }
                 ratios.append(row)
-                print(
-                    f"round {r} {split}: predicted {pred_s:.2f} s / real {real_s:.2f} s = "
-                    f"{row['seconds_ratio']:.3f}; bytes {row['bytes_ratio']:.3f}"
+                log.info(
+                    "round %d %s: predicted %.2f s / real %.2f s = %.3f; bytes %.3f",
+                    r,
+                    split,
+                    pred_s,
+                    real_s,
+                    row["seconds_ratio"],
+                    row["bytes_ratio"],
                 )
     out = {
         "repeats": repeats,
@@ -140,7 +150,6 @@ def bench_dry_run(cfg: DistillConfig, rounds: int = 3, repeats: int = 3) -> dict
         "median_seconds_ratio": round(statistics.median(r["seconds_ratio"] for r in ratios), 4),
         "median_bytes_ratio": round(statistics.median(r["bytes_ratio"] for r in ratios), 4),
     }
-    print(json.dumps(out))
     return out
 
 
@@ -204,9 +213,12 @@ def bench_cache_write_incremental(
         "incremental_forwarded_rows": inc_rows,
         "incremental_over_full": round(inc / full, 4),
     }
-    print(
-        f"full cache {full:.2f} s ({full_rows} rows forwarded) | incremental {inc:.2f} s "
-        f"({inc_rows} rows forwarded) | ratio {inc / full:.3f}"
+    log.info(
+        "full cache %.2f s (%d rows forwarded) | incremental %.2f s (%d rows forwarded) | ratio %.3f",
+        full,
+        full_rows,
+        inc,
+        inc_rows,
+        inc / full,
     )
-    print(json.dumps(out))
     return out

@@ -11,12 +11,14 @@ or both modes encode every row once and tie. The last line printed is one JSON o
 
 from __future__ import annotations
 
-import json
+import logging
 import statistics
 from pathlib import Path
 from typing import Any
 
 from pipeline.bench.train_step import run_subprocess
+
+log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("runs/bench/encoded_memo")  # not a DVC output
 MODES = {"kept": {}, "none": {"custom.encoded_cache_mb": 0}}
@@ -31,7 +33,7 @@ def bench_encoded_memo(
     mode: str = "cached",
 ) -> dict[str, Any]:
     """Train ``steps`` steps per mode and round in subprocesses (``mode``: the train-step bench's
-    ``sft`` or ``cached``); print the per-round times and one JSON line; return it."""
+    ``sft`` or ``cached``); log the per-round times; return the summary (the command prints it as one JSON line)."""
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     names = list(MODES)
     for r in range(rounds):
@@ -40,7 +42,7 @@ def bench_encoded_memo(
             runs[name].append(run_subprocess(config_path, mode, steps, Path(out) / f"r{r}" / name, ov))
     for name in names:
         times = " ".join(f"{x['train_s']:.2f}" for x in runs[name])
-        print(f"{name:5s} training loop s per round [{times}]")
+        log.info("%-5s training loop s per round [%s]", name, times)
     ratios = [k["train_s"] / n["train_s"] for k, n in zip(runs["kept"], runs["none"], strict=True)]
     summary = {
         "steps": steps,
@@ -52,5 +54,4 @@ def bench_encoded_memo(
         "none_peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in runs["none"]),
         "rounds": rounds,
     }
-    print(json.dumps(summary))
     return summary

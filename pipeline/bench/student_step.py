@@ -23,6 +23,7 @@ is the whole process peak with weights. The last printed line is one JSON object
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -30,6 +31,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SIDES = ("dense", "fused")
 
@@ -142,7 +145,7 @@ def bench_student_step(shape: StudentStepShape | None = None, rounds: int = 3) -
                 )
             runs[side].append(json.loads(lines[-1]))
             res = runs[side][-1]
-            print(f"round {r} {side:5s} step {res['step_s']:.3f} s  peak {res['peak_mb']:.0f} MB", flush=True)
+            log.info("round %d %-5s step %.3f s  peak %.0f MB", r, side, res["step_s"], res["peak_mb"])
 
     def med(side: str, key: str) -> float:
         return statistics.median(x[key] for x in runs[side])
@@ -175,9 +178,9 @@ def bench_student_step(shape: StudentStepShape | None = None, rounds: int = 3) -
         "weight_dtype": shape.dtype,
         "loss_dtype": "float32",
     }
-    print(json.dumps(summary))
     return summary
 
 
 if __name__ == "__main__":
-    print(json.dumps(run_side(sys.argv[1], StudentStepShape(**json.loads(sys.argv[2])))))
+    # the worker's one result line, read by the parent from stdout
+    sys.stdout.write(json.dumps(run_side(sys.argv[1], StudentStepShape(**json.loads(sys.argv[2])))) + "\n")

@@ -18,6 +18,7 @@ is one JSON object.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import statistics
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
+
+log = logging.getLogger(__name__)
 
 MODES = ("sft", "cached", "live")
 DEFAULT_OUT = Path("runs/bench/train_step")  # not a DVC output: benches never touch stage outputs
@@ -157,7 +160,7 @@ def bench_train_step(
     rounds: int = 3,
     out: Path = DEFAULT_OUT,
 ) -> dict[str, Any]:
-    """Run every mode in its own subprocess, alternating over rounds; print a table and one JSON line."""
+    """Run every mode in its own subprocess, alternating over rounds; log a table; return the summary."""
     config_path = Path(config_path or cfg.source_files[-1])
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     for r in range(rounds):
@@ -166,7 +169,7 @@ def bench_train_step(
     for m in MODES:
         times = " ".join(f"{x['step_s']:.4f}" for x in runs[m])
         rss = statistics.median(x["peak_rss_mb"] for x in runs[m])
-        print(f"{m:7s} step s per round [{times}]   median peak RSS {rss:.0f} MB")
+        log.info("%-7s step s per round [%s]   median peak RSS %.0f MB", m, times, rss)
 
     def med(mode: str, key: str) -> float:
         return statistics.median(x[key] for x in runs[mode])
@@ -186,7 +189,6 @@ def bench_train_step(
         "cached_over_sft_rounds": ratio("cached", "sft"),
         "rounds": rounds,
     }
-    print(json.dumps(summary))
     return summary
 
 
@@ -213,4 +215,5 @@ def run_subprocess(
 if __name__ == "__main__":
     config, mode, n_steps, out_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
-    print(json.dumps(run_mode(Path(config), mode, n_steps, out_dir, extra)))
+    # the worker's one result line, read by the parent from stdout
+    sys.stdout.write(json.dumps(run_mode(Path(config), mode, n_steps, out_dir, extra)) + "\n")

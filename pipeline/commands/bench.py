@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from pipeline.commands.options import add_config, load, parse_sets
+
+
+def _emit(summary: dict[str, Any]) -> int:
+    """The bench's result: one JSON line on stdout (its per-round table went to the log, on stderr)."""
+    print(json.dumps(summary))
+    return 0
+
 
 HELP = "benchmarks that print measured ratios"
 
@@ -13,28 +22,26 @@ HELP = "benchmarks that print measured ratios"
 def _cache_format(args: argparse.Namespace) -> int:
     from pipeline.bench.cache_format import bench_cache_format
 
-    bench_cache_format(top_ks=tuple(args.k), n=args.n, real_cache=args.cache)
-    return 0
+    out = bench_cache_format(top_ks=tuple(args.k), n=args.n, real_cache=args.cache)
+    return _emit({k: v for k, v in out.items() if k not in ("by_k", "real_cache")})
 
 
 def _cache_write(args: argparse.Namespace) -> int:
     from pipeline.bench.cache_write import bench_cache_write, bench_cache_write_incremental
 
-    (bench_cache_write_incremental if args.incremental else bench_cache_write)(load(args))
-    return 0
+    return _emit((bench_cache_write_incremental if args.incremental else bench_cache_write)(load(args)))
 
 
 def _dry_run(args: argparse.Namespace) -> int:
     from pipeline.bench.cache_write import bench_dry_run
 
-    bench_dry_run(load(args), rounds=args.rounds)
-    return 0
+    return _emit(bench_dry_run(load(args), rounds=args.rounds))
 
 
 def _train_step(args: argparse.Namespace) -> int:
     from pipeline.bench.train_step import bench_train_step
 
-    bench_train_step(
+    summary = bench_train_step(
         load(args),
         steps=args.steps,
         config_path=args.config,
@@ -42,14 +49,14 @@ def _train_step(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         out=args.out,
     )
-    return 0
+    return _emit(summary)
 
 
 def _encoded_memo(args: argparse.Namespace) -> int:
     from pipeline.bench.encoded_memo import bench_encoded_memo
 
     load(args)  # the config must load before any subprocess starts
-    bench_encoded_memo(
+    summary = bench_encoded_memo(
         args.config,
         steps=args.steps,
         rounds=args.rounds,
@@ -57,7 +64,7 @@ def _encoded_memo(args: argparse.Namespace) -> int:
         out=args.out,
         mode=args.mode,
     )
-    return 0
+    return _emit(summary)
 
 
 def _student_step(args: argparse.Namespace) -> int:
@@ -73,8 +80,7 @@ def _student_step(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         vocab_block=args.vocab_block,
     )
-    bench_student_step(shape, rounds=args.rounds)
-    return 0
+    return _emit(bench_student_step(shape, rounds=args.rounds))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from pipeline.evidence.sweep import (
     headline_methods,
     values,
 )
+from pipeline.files import atomic_path, atomic_write
 
 
 def headline_differences(
@@ -389,7 +390,7 @@ def write_curves(data: Mapping[str, Any], spec: SweepSpec, stem: Path) -> list[P
     stem.parent.mkdir(parents=True, exist_ok=True)
     for axis, rows in axes.items():
         path = stem.with_name(f"{stem.name}_curve_{axis}.csv")
-        with path.open("w", newline="") as fh:
+        with atomic_write(path, newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=[axis, "method", "seed", *spec.report_metrics])
             w.writeheader()
             w.writerows(rows)
@@ -421,7 +422,8 @@ def write_curves(data: Mapping[str, Any], spec: SweepSpec, stem: Path) -> list[P
     fig.suptitle("mean and 95% t-interval over seeds " + ", ".join(map(str, spec.curve_seeds)), fontsize=9)
     fig.tight_layout()
     png = stem.with_name(f"{stem.name}_curves.png")
-    fig.savefig(png, dpi=110)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return [*written, png]
 

@@ -40,10 +40,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
+from pipeline.config import load_yaml
 from pipeline.data import Row, read_split_rows, write_rows
 from pipeline.errors import ConfigError
+from pipeline.files import atomic_write
 from pipeline.hashing import file_sha256
 
 SPLITS = ("val", "test")
@@ -244,10 +244,10 @@ def _read_results(path: Path) -> dict[str, Any]:
 
 
 def save_results(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    """Rewrite the results file whole (a temporary file renamed over it): a kill or a full disk leaves
+    the last complete version, and a full disk is one line."""
+    with atomic_write(path) as fh:
+        fh.write(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def values(
@@ -522,7 +522,7 @@ class DistillRunner:
         return out
 
     def _train_file(self, run: str) -> Path:
-        files = yaml.safe_load(self.config(run).read_text())["data"]["dataset"]
+        files = load_yaml(self.config(run))["data"]["dataset"]
         if len(files) != 1:
             raise ValueError(f"{run}: a pool subset needs one train file, the config lists {files}")
         return Path(files[0])
@@ -533,7 +533,7 @@ class DistillRunner:
         out = self.work / "data" / f"{run}-p{pool}.jsonl"
         if out.is_file():
             return out
-        labelled = int(yaml.safe_load(self.params.read_text())["demo"]["n_labelled"])
+        labelled = int(load_yaml(self.params)["demo"]["n_labelled"])
         order = [r.sample_id for r in read_split_rows([self._train_file(self.spec.pool_run)])]
         keep = set(order[: labelled + pool])
         src = self._train_file(run)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ def test_dry_run_bench_reports_predicted_over_real(
     raw = gkd_config(demo_assets, demo_assets["teacher"], tmp_path / "cache", tmp_path / "run")
     cfg = load_config(write_config(tmp_path / "c.yaml", raw))
     out = bench_dry_run(cfg, rounds=1, repeats=1)
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
     assert [r["split"] for r in out["rounds"]] == ["train", "val"]
     assert all(r["real_s"] > 0 and r["predicted_s"] > 0 for r in out["rounds"])
     assert abs(out["median_bytes_ratio"] - 1) <= 0.10  # bytes do not depend on the machine's load

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ def test_encoded_memo_bench_times_both_modes_and_reports_their_ratio(
 
     config = write_config(tmp_path / "c.yaml", base_config(demo_assets, tmp_path / "run"))
     out = bench_encoded_memo(config, steps=14, rounds=1, out=tmp_path / "bench", mode="sft")  # > 1 epoch
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
     assert out["kept_train_s"] > 0 and out["none_train_s"] > 0
     assert out["kept_over_none_rounds"] == [out["kept_train_s"] / out["none_train_s"]]
     assert {p.name for p in (tmp_path / "bench" / "r0").iterdir()} == {"kept", "none"}

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.commands.evidence import _spec, add_arguments
+from pipeline.commands.evidence import add_arguments
+from pipeline.errors import ConfigError
+from pipeline.evidence.phases import Narrowing, demo_task, sweep_spec
 from pipeline.evidence.sweep import Point, SweepSpec
 
 
@@ -20,16 +22,39 @@ def _args(*argv: str) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
+def _spec(a: argparse.Namespace) -> SweepSpec:
+    """The spec ``distill evidence`` builds from these options."""
+    fields = ("methods", "seeds", "select_seeds", "curve_seeds", "pools", "step_budgets", "long_steps")
+    return sweep_spec(demo_task(a.params), a.phase, Narrowing(**{f: getattr(a, f) for f in fields}))
+
+
 def test_the_task_is_the_params_demo_captions_and_names_the_results(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("demo: {captions: varied}\n")
     a = _args("plan", "--params", str(params), "--methods", "gkd_b0_a0")
     spec = _spec(a)
-    assert spec.setting["task"] == "varied" and a.results == Path("docs/evidence/sweep_varied.json")
+    assert spec.setting["task"] == "varied"
     assert [m.name for m in spec.methods] == ["sft_written", "gkd_b0_a0"] and spec.references == ()
     assert _spec(_args("plan", "--params", str(params))).references == ("sft_labels",)
-    with pytest.raises(SystemExit, match="unknown methods"):
+    with pytest.raises(
+        ConfigError, match=r"--methods: unknown methods \['gkd_b2'\]; the sweep's methods are"
+    ):
         _spec(_args("plan", "--params", str(params), "--methods", "gkd_b2"))
+
+
+def test_a_params_file_with_a_yaml_tag_or_a_bad_task_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The params file is read the way every config is (tags refused, errors in one line naming it)."""
+    params = tmp_path / "params.yaml"
+    params.write_text("demo: !!python/object/apply:os.system [echo hi]\n")
+    assert main(["evidence", "plan", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(params) in err
+    params.write_text("demo: {captions: [exact]}\n")
+    assert main(["evidence", "plan", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "demo.captions must be a task name" in err
 
 
 def test_report_rebuilds_the_tables_from_the_results_file(

@@ -425,6 +425,7 @@ def test_a_later_phase_keeps_the_on_policy_arms_at_their_val_rates(
     """`distill evidence select`, `onpolicy`, then `live`: the report still shows the phase arms at the rates
     chosen on val (a later phase rewrites the file's `best` and once dropped the phase's choice)."""
     import pipeline.commands.evidence as command
+    import pipeline.evidence.phases as phases
     from pipeline.cli import build_parser
 
     calls: list[tuple[str, tuple[str, ...]]] = []
@@ -446,8 +447,8 @@ def test_a_later_phase_keeps_the_on_policy_arms_at_their_val_rates(
                 out[s] = {"caption_f1": f1, "ce": 1.0 - f1}
             return out
 
-    monkeypatch.setattr(command, "DistillRunner", FakeRunner)
-    monkeypatch.setattr(command, "teacher_digest", lambda path: "t0")
+    monkeypatch.setattr(phases, "DistillRunner", FakeRunner)
+    monkeypatch.setattr(phases, "teacher_digest", lambda path: "t0")
     params = tmp_path / "params.yaml"
     params.write_text("demo:\n  captions: exact\n")
     results = tmp_path / "sweep.json"
