@@ -47,7 +47,7 @@ def test_model_sees_the_whole_image(demo_assets: dict[str, Path], tmp_path: Path
     from swift.model import get_model_processor
 
     from pipeline.data import Row, read_rows
-    from pipeline.teacher.forward import hidden_states
+    from pipeline.forward import hidden_states
 
     enc = _encoder(demo_assets, tmp_path)
     model, _ = get_model_processor(

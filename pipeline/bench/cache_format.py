@@ -105,18 +105,11 @@ def _bf16(x: np.ndarray) -> np.ndarray:
     return rounded.astype(np.uint32).view(np.float32)
 
 
-def bench_one(
-    ids: np.ndarray,
-    logprobs: np.ndarray,
-    tail: np.ndarray,
-    root: Path,
-    logprob_encoding: str = DEFAULT_LOGPROB_ENCODING,
-) -> dict[str, Any]:
-    """Write, read back and score one top-k width; ``root`` must not exist yet."""
-    import torch
-
+def _write_synthetic(
+    ids: np.ndarray, lp32: np.ndarray, tail32: np.ndarray, root: Path, logprob_encoding: str
+) -> float:
+    """Write the targets as a cache at ``root``, ``SAMPLE_TARGETS`` per sample; the seconds it took."""
     n, k = ids.shape
-    lp32, tail32 = logprobs.astype(np.float32), tail.astype(np.float32)
     t0 = time.perf_counter()
     with CacheWriter(
         root,
@@ -141,17 +134,36 @@ def bench_one(
                     target_logprobs=lp32[sl, 0].copy(),
                 )
             )
-    write_s = time.perf_counter() - t0
-    shard_bytes = sum(p.stat().st_size for p in root.glob("shard-*.arrow"))
+    return time.perf_counter() - t0
+
+
+def _read_back(root: Path) -> tuple[float, float, dict[str, Any]]:
+    """(CPU s, wall s) of decoding the whole cache on one thread, and every row read back."""
+    import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         reader = CacheReader(root)
         cpu, wall = _decode_seconds(reader)
-        full = reader.batch(reader.sample_ids)
+        return cpu, wall, reader.batch(reader.sample_ids)
     finally:
         torch.set_num_threads(threads)
+
+
+def bench_one(
+    ids: np.ndarray,
+    logprobs: np.ndarray,
+    tail: np.ndarray,
+    root: Path,
+    logprob_encoding: str = DEFAULT_LOGPROB_ENCODING,
+) -> dict[str, Any]:
+    """Write, read back and score one top-k width; ``root`` must not exist yet."""
+    n, k = ids.shape
+    lp32, tail32 = logprobs.astype(np.float32), tail.astype(np.float32)
+    write_s = _write_synthetic(ids, lp32, tail32, root, logprob_encoding)
+    shard_bytes = sum(p.stat().st_size for p in root.glob("shard-*.arrow"))
+    cpu, wall, full = _read_back(root)
     kl = kl_per_position(
         ids,
         logprobs,

@@ -12,10 +12,12 @@ side's median and their ratio.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,6 +155,26 @@ def bench_dry_run(cfg: DistillConfig, rounds: int = 3, repeats: int = 3) -> dict
     return out
 
 
+@contextlib.contextmanager
+def _counting_forwards() -> Iterator[list[int]]:
+    """Count the rows of every teacher forward the cache stage runs inside the block (the stage looks
+    ``teacher_topk`` up at call time); the list is cleared by the caller between timings."""
+    import pipeline.teacher.forward as fw
+
+    forwarded: list[int] = []
+    real_topk = fw.teacher_topk
+
+    def counting(model: Any, batch: dict[str, Any], *a: Any, **k: Any) -> Any:
+        forwarded.append(int(batch["input_ids"].shape[0]))
+        return real_topk(model, batch, *a, **k)
+
+    fw.teacher_topk = counting  # type: ignore[assignment]
+    try:
+        yield forwarded
+    finally:
+        fw.teacher_topk = real_topk  # type: ignore[assignment]
+
+
 def bench_cache_write_incremental(
     cfg: DistillConfig, limit: int | None = None, rounds: int = 3, new_fraction: float = 0.05
 ) -> dict[str, Any]:
@@ -161,9 +183,8 @@ def bench_cache_write_incremental(
 
     Each round builds the existing cache of the other rows untimed, then times both sides in turn
     (the teacher is loaded once, outside every timing); the teacher forward is inside both timings and
-    the rows it ran on are counted. Prints one JSON line last.
+    the rows it ran on are counted. Returns the summary.
     """
-    import pipeline.teacher.forward as fw
     from pipeline.data import write_rows
 
     teacher = load_teacher(cfg, teacher_device_map())
@@ -172,47 +193,28 @@ def bench_cache_write_incremental(
         encoder.template.model = teacher
     rows = [r for r in read_rows(split_file(cfg, "train"))[: limit or None] if isinstance(r, Row)]
     n_new = max(1, round(new_fraction * len(rows)))
-    forwarded: list[int] = []
-    real_topk = fw.teacher_topk
-
-    def counting(model: Any, batch: dict[str, Any], *a: Any, **k: Any) -> Any:
-        forwarded.append(int(batch["input_ids"].shape[0]))
-        return real_topk(model, batch, *a, **k)
-
-    def timed(tmp: str, jsonl: str) -> tuple[float, int]:
-        data = replace(cfg.data, dataset=[jsonl], val_dataset=[])
-        run_cfg = replace(cfg, data=data, custom=replace(cfg.custom, teacher_cache=tmp))
-        forwarded.clear()
-        t0 = time.perf_counter()
-        cache_split(run_cfg, "train", teacher, encoder, progress=False)
-        return time.perf_counter() - t0, sum(forwarded)
-
-    fw.teacher_topk = counting  # type: ignore[assignment]  # the stage looks it up at call time
     full_s, inc_s, full_rows, inc_rows = [], [], 0, 0
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            base, whole = f"{scratch}/base.jsonl", f"{scratch}/all.jsonl"
-            write_rows(rows[:-n_new], base)
-            write_rows(rows, whole)
-            timed(f"{scratch}/warm", base)  # warm-up: allocator, kernels, lazy imports
-            for r in range(rounds):
-                t, full_rows = timed(f"{scratch}/full{r}", whole)
-                full_s.append(t)
-                timed(f"{scratch}/inc{r}", base)  # the existing cache (untimed)
-                t, inc_rows = timed(f"{scratch}/inc{r}", whole)
-                inc_s.append(t)
-    finally:
-        fw.teacher_topk = real_topk  # type: ignore[assignment]
+    with _counting_forwards() as forwarded, tempfile.TemporaryDirectory() as scratch:
+
+        def timed(tmp: str, jsonl: str) -> tuple[float, int]:
+            data = replace(cfg.data, dataset=[jsonl], val_dataset=[])
+            run_cfg = replace(cfg, data=data, custom=replace(cfg.custom, teacher_cache=tmp))
+            forwarded.clear()
+            t0 = time.perf_counter()
+            cache_split(run_cfg, "train", teacher, encoder, progress=False)
+            return time.perf_counter() - t0, sum(forwarded)
+
+        base, whole = f"{scratch}/base.jsonl", f"{scratch}/all.jsonl"
+        write_rows(rows[:-n_new], base)
+        write_rows(rows, whole)
+        timed(f"{scratch}/warm", base)  # warm-up: allocator, kernels, lazy imports
+        for r in range(rounds):
+            t, full_rows = timed(f"{scratch}/full{r}", whole)
+            full_s.append(t)
+            timed(f"{scratch}/inc{r}", base)  # the existing cache (untimed)
+            t, inc_rows = timed(f"{scratch}/inc{r}", whole)
+            inc_s.append(t)
     full, inc = statistics.median(full_s), statistics.median(inc_s)
-    out = {
-        "rows": len(rows),
-        "new_rows": n_new,
-        "full_s": round(full, 3),
-        "incremental_s": round(inc, 3),
-        "full_forwarded_rows": full_rows,
-        "incremental_forwarded_rows": inc_rows,
-        "incremental_over_full": round(inc / full, 4),
-    }
     log.info(
         "full cache %.2f s (%d rows forwarded) | incremental %.2f s (%d rows forwarded) | ratio %.3f",
         full,
@@ -221,4 +223,12 @@ def bench_cache_write_incremental(
         inc_rows,
         inc / full,
     )
-    return out
+    return {
+        "rows": len(rows),
+        "new_rows": n_new,
+        "full_s": round(full, 3),
+        "incremental_s": round(inc, 3),
+        "full_forwarded_rows": full_rows,
+        "incremental_forwarded_rows": inc_rows,
+        "incremental_over_full": round(inc / full, 4),
+    }

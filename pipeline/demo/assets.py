@@ -60,52 +60,34 @@ def build_demo_assets(
     ``labelled_pool`` (jsonl files), ``summary`` (``demo_assets.json``).
 
     ``captions``: ``exact`` (one canonical caption per image) or ``varied`` (many valid phrasings;
-    see ``pipeline.demo.captions``). Both draw the same scenes; the tokenizer (and so the models'
-    vocabulary) follows the style's words.
-
-    Raises ``ConfigError`` if ``captions`` is not a known style, if ``out_dir`` already holds demo assets and ``overwrite`` is false, or if
-    the teacher is not at least 4x the student (the demo exists to show a real size gap).
+    ``pipeline.demo.captions``); the tokenizer follows the style's words. ``ConfigError`` for an unknown
+    style, existing assets without ``overwrite``, or a teacher under 4x the student.
     """
     # Heavy imports stay inside: ``import pipeline.demo`` must stay cheap for caption scoring.
-    from .models import build_model, count_parameters, save_model_dir
-    from .tokenizer import build_processor, build_tokenizer, special_token_config
+    from .models import count_parameters
+    from .tokenizer import special_token_config
 
-    if captions not in CAPTION_STYLES:
-        raise ConfigError(f"captions must be one of {', '.join(CAPTION_STYLES)}, got {captions!r}")
-    for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("n_labelled", n_labelled)):
-        if n < 1:
-            raise ConfigError(f"{name} must be >= 1, got {n}")
+    sizes = {"train": n_train, "val": n_val, "test": n_test, "labelled": n_labelled, "pool": n_pool}
+    _check_request(captions, sizes)
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, overwrite)
 
-    tokenizer = build_tokenizer(captions=captions)
-    processor = build_processor(tokenizer)
-    # Distinct seeds per model so the student is not a slice of the teacher's random draw.
-    teacher = build_model(teacher_spec, tokenizer, seed=2 * seed)
-    student = build_model(student_spec, tokenizer, seed=2 * seed + 1)
-    n_teacher, n_student = count_parameters(teacher), count_parameters(student)
-    if n_teacher < 4 * n_student:
-        raise ConfigError(f"teacher has {n_teacher} parameters, fewer than 4x the student's {n_student}")
-    teacher_dir = save_model_dir(teacher, processor, out_dir / "teacher-init")
-    student_dir = save_model_dir(student, processor, out_dir / "student-init")
-
+    tokenizer, teacher, student, teacher_dir, student_dir = _build_models(
+        out_dir, seed, captions, teacher_spec, student_spec
+    )
     data_dir = out_dir / "data"
-    sizes = {"train": n_train, "val": n_val, "test": n_test}
-    splits = {split: build_split(split, n, seed, data_dir, captions=captions) for split, n in sizes.items()}
-    splits["labelled"] = build_split("labelled", n_labelled, seed, data_dir, captions=captions)
-    splits["pool"] = build_split("pool", n_pool, seed, data_dir, prompt_only=True, captions=captions)
-    splits["labelled_pool"] = data_dir / "labelled_pool.jsonl"
-    splits["labelled_pool"].write_bytes(splits["labelled"].read_bytes() + splits["pool"].read_bytes())
-    sizes.update(labelled=n_labelled, pool=n_pool)
+    splits = _build_splits(data_dir, sizes, seed, captions)
 
-    summary: dict[str, Any] = {
+    summary = {
         "seed": seed,
         "captions": captions,
         "split_sizes": sizes,
         "tokenizer_size": len(tokenizer),
         "special_token_ids": special_token_config(tokenizer),
-        "teacher": {"parameters": n_teacher, "vocab_size": teacher.config.text_config.vocab_size},
-        "student": {"parameters": n_student, "vocab_size": student.config.text_config.vocab_size},
+        **{
+            side: {"parameters": count_parameters(m), "vocab_size": m.config.text_config.vocab_size}
+            for side, m in (("teacher", teacher), ("student", student))
+        },
     }
     summary_path = out_dir / "demo_assets.json"
     summary_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -117,6 +99,48 @@ def build_demo_assets(
         **splits,
         "summary": summary_path,
     }
+
+
+def _check_request(captions: str, sizes: dict[str, int]) -> None:
+    if captions not in CAPTION_STYLES:
+        raise ConfigError(f"captions must be one of {', '.join(CAPTION_STYLES)}, got {captions!r}")
+    for split, n in sizes.items():
+        if n < 1 and split != "pool":
+            raise ConfigError(f"n_{split} must be >= 1, got {n}")
+
+
+def _build_models(
+    out_dir: Path, seed: int, captions: CaptionStyle, teacher_spec: ModelSpec, student_spec: ModelSpec
+) -> tuple[Any, Any, Any, Path, Path]:
+    """The tokenizer, teacher and student (refused unless the teacher is at least 4x the student),
+    saved under ``out_dir``: (tokenizer, teacher, student, teacher_dir, student_dir)."""
+    from .models import build_model, count_parameters, save_model_dir
+    from .tokenizer import build_processor, build_tokenizer
+
+    tokenizer = build_tokenizer(captions=captions)
+    processor = build_processor(tokenizer)
+    # Distinct seeds per model so the student is not a slice of the teacher's random draw.
+    teacher = build_model(teacher_spec, tokenizer, seed=2 * seed)
+    student = build_model(student_spec, tokenizer, seed=2 * seed + 1)
+    n_teacher, n_student = count_parameters(teacher), count_parameters(student)
+    if n_teacher < 4 * n_student:
+        raise ConfigError(f"teacher has {n_teacher} parameters, fewer than 4x the student's {n_student}")
+    teacher_dir = save_model_dir(teacher, processor, out_dir / "teacher-init")
+    student_dir = save_model_dir(student, processor, out_dir / "student-init")
+    return tokenizer, teacher, student, teacher_dir, student_dir
+
+
+def _build_splits(
+    data_dir: Path, sizes: dict[str, int], seed: int, captions: CaptionStyle
+) -> dict[str, Path]:
+    """Every split's JSONL (the pool prompt-only) and ``labelled_pool``: the labelled rows, then the pool."""
+    splits = {
+        split: build_split(split, n, seed, data_dir, prompt_only=split == "pool", captions=captions)
+        for split, n in sizes.items()
+    }
+    splits["labelled_pool"] = data_dir / "labelled_pool.jsonl"
+    splits["labelled_pool"].write_bytes(splits["labelled"].read_bytes() + splits["pool"].read_bytes())
+    return splits
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:

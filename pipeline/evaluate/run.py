@@ -120,7 +120,7 @@ def score_tokens(
     row raises ``CacheMismatchError``.
     """
     from pipeline.cache.targets import teacher_topk
-    from pipeline.teacher.forward import supervised_index
+    from pipeline.forward import supervised_index
     from pipeline.train.data import IDS_KEY, TEACHER_KEY, DistillCollator, EncodedDataset
     from pipeline.train.student_forward import student_token_scores
 

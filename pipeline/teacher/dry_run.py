@@ -30,6 +30,7 @@ apart: the stage's own wall-clock is counted from a loaded model.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -47,6 +48,8 @@ from pipeline.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
     from pipeline.encoding import RowEncoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -244,13 +247,14 @@ def run_dry_run(
     measure_batches: int = 6,
     repeats: int = 3,
 ) -> dict[str, Any]:
-    """``distill cache --dry-run``: print and return the expected size and time of each split.
+    """``distill cache --dry-run``: log and return the expected size and time of each split.
 
     ``repeats``: runs of each measured size, the fastest counting (``fastest``)."""
     from pipeline.encoding import RowEncoder
     from pipeline.fingerprint import model_dir_hash, teacher_path
     from pipeline.models import load_teacher, teacher_device_map
     from pipeline.teacher.compat import check_pair
+    from pipeline.teacher.incremental import preview
     from pipeline.teacher.stage import plan_split
     from pipeline.versions import check_versions
 
@@ -263,7 +267,6 @@ def run_dry_run(
         if split == "all" and cfg.data.val_dataset
         else [split if split != "all" else "train"]
     )
-    bs, workers = cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers
     plans = {s: plan_split(cfg, s, limit=limit) for s in splits}
     t0 = time.perf_counter()
     teacher = load_teacher(cfg, teacher_device_map())
@@ -271,45 +274,85 @@ def run_dry_run(
     encoder = RowEncoder.from_config(cfg)
     if encoder.template.use_model:
         encoder.template.model = teacher
-    from pipeline.teacher.incremental import preview
-
     for s in splits:  # what the stage will reuse and compute, before any forward
         keyed = preview(plans[s], Path(cfg.custom.teacher_cache) / s, encoder)
-        print(f"[dry-run {s}] {keyed.line(plans[s].rows_in)}")
-    mode = cfg.custom.written_responses
-    counts = {s: count_split(encoder, plans[s], bs, workers, mode) for s in splits}
+        log.info("[dry-run %s] %s", s, keyed.line(plans[s].rows_in))
+    counts = {
+        s: count_split(
+            encoder, plans[s], cfg.custom.cache_batch_size, cfg.data.dataloader_num_workers,
+            cfg.custom.written_responses,
+        )
+        for s in splits
+    }  # fmt: skip
     t0 = time.perf_counter()
     model_dir_hash(teacher_path(cfg))  # paid once per run by the stage's fingerprint; cached after
     hash_s = time.perf_counter() - t0
-    first = splits[0]
-    rows_avail = counts[first].encodable
-    labelled = False if any(c.written for c in counts.values()) else None
-    sizes = (min(bs, rows_avail), min(measure_batches * bs, rows_avail))
-    runs = _measure_sizes(cfg, first, teacher, encoder, plans[first], counts[first], sizes, labelled, repeats)
-    written_m = None
-    w_split = next((s for s in splits if counts[s].written), None)
-    if w_split is not None:
-        n_w = min(2 * measure_batches * bs, counts[w_split].written)  # a fuller record batch: closer bytes
-        run = partial(measure, cfg, w_split, teacher, encoder, n_w, True, plans[w_split])
-        written_m = fastest(run, repeats)
+    runs, written_m, w_split = _measure_splits(
+        cfg, splits, teacher, encoder, plans, counts, measure_batches, repeats
+    )
     shard_bytes = int(cfg.custom.cache_shard_mb * 2**20) if cfg.custom.cache_shard_mb else 256 * 2**20
     out: dict[str, Any] = {"model_load_s": load_s, "teacher_hash_s": hash_s, "splits": {}}
     for i, s in enumerate(splits):
         out["splits"][s] = predict(
             counts[s], runs[0], runs[1], shard_bytes, hash_s if i == 0 else 0.0, written_m
         )
-        _print_split(cfg, s, out["splits"][s])
-    if written_m is not None:
-        print(
-            f"[dry-run] teacher-written rows measured on {written_m.rows} rows of {w_split}: "
-            f"{written_m.targets / max(written_m.rows, 1):.1f} targets and "
-            f"{written_m.seconds / max(written_m.rows, 1):.3f} s per row"
-        )
-    print(
-        f"[dry-run] measured on the first {runs[1].rows} rows of {first}: {runs[1].seconds:.2f} s; "
-        f"model load {load_s:.1f} s (not in the estimates), teacher weight hash {hash_s:.1f} s"
-    )
+        _log_split(cfg, s, out["splits"][s])
+    _log_measured(runs[1], splits[0], written_m, w_split, load_s, hash_s)
     return out
+
+
+def _log_measured(
+    measured: Measurement,
+    split: str,
+    written_m: Measurement | None,
+    w_split: str | None,
+    load_s: float,
+    hash_s: float,
+) -> None:
+    """What the estimates were measured on, and the costs they leave out."""
+    if written_m is not None:
+        log.info(
+            "[dry-run] teacher-written rows measured on %d rows of %s: %.1f targets and %.3f s per row",
+            written_m.rows,
+            w_split,
+            written_m.targets / max(written_m.rows, 1),
+            written_m.seconds / max(written_m.rows, 1),
+        )
+    log.info(
+        "[dry-run] measured on the first %d rows of %s: %.2f s; model load %.1f s (not in the estimates), "
+        "teacher weight hash %.1f s",
+        measured.rows,
+        split,
+        measured.seconds,
+        load_s,
+        hash_s,
+    )
+
+
+def _measure_splits(
+    cfg: DistillConfig,
+    splits: list[str],
+    teacher: Any,
+    encoder: RowEncoder,
+    plans: dict[str, Any],
+    counts: dict[str, SplitCounts],
+    measure_batches: int,
+    repeats: int,
+) -> tuple[list[Measurement], Measurement | None, str | None]:
+    """The stage timed on the first split's first one and ``measure_batches`` batches, and on a fuller
+    batch of teacher-written rows when a split has them (with that split's name)."""
+    bs = cfg.custom.cache_batch_size
+    first = splits[0]
+    rows_avail = counts[first].encodable
+    labelled = False if any(c.written for c in counts.values()) else None
+    sizes = (min(bs, rows_avail), min(measure_batches * bs, rows_avail))
+    runs = _measure_sizes(cfg, first, teacher, encoder, plans[first], counts[first], sizes, labelled, repeats)
+    w_split = next((s for s in splits if counts[s].written), None)
+    if w_split is None:
+        return runs, None, None
+    n_w = min(2 * measure_batches * bs, counts[w_split].written)  # a fuller record batch: closer bytes
+    run = partial(measure, cfg, w_split, teacher, encoder, n_w, True, plans[w_split])
+    return runs, fastest(run, repeats), w_split
 
 
 def _measure_sizes(
@@ -337,9 +380,9 @@ def _measure_sizes(
     return runs
 
 
-def _print_split(cfg: DistillConfig, split: str, p: dict[str, Any]) -> None:
+def _log_split(cfg: DistillConfig, split: str, p: dict[str, Any]) -> None:
     reasons = ", ".join(f"{k}: {v}" for k, v in p["skipped_by_reason"].items()) or "none"
-    print(
+    log.info(
         f"[dry-run {split}] rows {p['rows']}: would cache {p['cached']} ({p['written']} teacher-written), "
         f"skip {p['rows'] - p['cached']} ({reasons}); {p['targets']} supervised targets\n"
         f"[dry-run {split}] expected {p['bytes'] / 2**20:.2f} MiB in {p['shards']} shard(s) "

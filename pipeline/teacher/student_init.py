@@ -127,6 +127,41 @@ def _group(key: str) -> str:
     return "llm_layers" if _LAYER.match(key) else "other"
 
 
+def _load_teacher_model(teacher_dir: Path, trust_remote_code: bool) -> Any:
+    """The teacher as its transformers class names it in ``config.json``, on CPU, in its own dtype."""
+    import transformers
+
+    t_cfg = transformers.AutoConfig.from_pretrained(teacher_dir, trust_remote_code=trust_remote_code)
+    arch = (t_cfg.architectures or [None])[0]
+    cls = getattr(transformers, arch or "", None)
+    if cls is None:
+        raise ConfigError(
+            f"{teacher_dir}/config.json: architectures {t_cfg.architectures!r} unknown to transformers"
+        )
+    return cls.from_pretrained(
+        teacher_dir, dtype="auto", device_map="cpu", trust_remote_code=trust_remote_code
+    )
+
+
+def _copy_from_teacher(student: Any, teacher: Any, spec: StudentInitSpec) -> tuple[dict[str, str], list[str]]:
+    """Copy every student tensor that has a same-shaped source in the teacher (``_source_key``); returns
+    (copied: student key -> teacher key, fresh: the keys left at their random init)."""
+    import torch
+
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    copied: dict[str, str] = {}
+    fresh: list[str] = []
+    with torch.no_grad():
+        for key, tensor in s_state.items():
+            src = _source_key(key, spec)
+            if src is not None and src in t_state and t_state[src].shape == tensor.shape:
+                tensor.copy_(t_state[src])
+                copied[key] = src
+            else:
+                fresh.append(key)
+    return copied, fresh
+
+
 def init_student(
     teacher_dir: str | Path,
     out_dir: str | Path,
@@ -143,45 +178,25 @@ def init_student(
     verbatim), so a config training it then needs ``model.trust_remote_code``.
     """
     import torch
-    import transformers
+
+    from pipeline.trust import require_trusted
 
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     if not (teacher_dir / "config.json").is_file():
         raise ConfigError(f"{teacher_dir}: not a model directory (no config.json)")
-    from pipeline.trust import require_trusted
-
     require_trusted(teacher_dir, trust_remote_code, "--trust-remote-code")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise ConfigError(f"{out_dir}: exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(out_dir)
-    t_cfg = transformers.AutoConfig.from_pretrained(teacher_dir, trust_remote_code=trust_remote_code)
-    arch = (t_cfg.architectures or [None])[0]
-    cls = getattr(transformers, arch or "", None)
-    if cls is None:
-        raise ConfigError(
-            f"{teacher_dir}/config.json: architectures {t_cfg.architectures!r} unknown to transformers"
-        )
-    teacher = cls.from_pretrained(
-        teacher_dir, dtype="auto", device_map="cpu", trust_remote_code=trust_remote_code
-    )
+    teacher = _load_teacher_model(teacher_dir, trust_remote_code)
     s_cfg = _student_config(teacher.config, spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        student = cls(s_cfg).to(teacher.dtype)
-    t_state, s_state = teacher.state_dict(), student.state_dict()
-    copied: dict[str, str] = {}
-    fresh: list[str] = []
-    with torch.no_grad():
-        for key, tensor in s_state.items():
-            src = _source_key(key, spec)
-            if src is not None and src in t_state and t_state[src].shape == tensor.shape:
-                tensor.copy_(t_state[src])
-                copied[key] = src
-            else:
-                fresh.append(key)
+        student = type(teacher)(s_cfg).to(teacher.dtype)
+    copied, fresh = _copy_from_teacher(student, teacher, spec)
     groups: dict[str, dict[str, int]] = {}
-    for key in s_state:
+    for key in student.state_dict():
         g = groups.setdefault(_group(key), {"copied": 0, "fresh": 0})
         g["copied" if key in copied else "fresh"] += 1
     student.generation_config = teacher.generation_config

@@ -357,7 +357,8 @@ def test_an_incremental_run_under_torchrun_equals_a_fresh_cache(
     lines[5] = json.dumps(edited)
     grown = _config(tmp_path, demo_assets, tiny_teacher, [_write(data, "t.jsonl", lines)])
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29541", "-m", "pipeline.cli", "cache"]
+    # --standalone: a free rendezvous port on localhost, never a fixed one another run may hold
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "pipeline.cli", "cache"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [*cmd, "--config", str(grown.source_files[-1])], env=env, capture_output=True, text=True

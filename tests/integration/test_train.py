@@ -163,7 +163,7 @@ def test_fused_student_scores_equal_the_dense_head(default_cache: Path) -> None:
 
 def test_topk16_loss_never_exceeds_live(default_cache: Path, record_property: Any) -> None:
     from pipeline.cache.targets import teacher_topk
-    from pipeline.teacher.forward import hidden_states, project_fp32
+    from pipeline.forward import hidden_states, project_fp32
     from pipeline.train.student_forward import student_token_scores
     from pipeline.train.trainer import DistillSettings
 

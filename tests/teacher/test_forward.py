@@ -7,12 +7,13 @@ import contextlib
 import pytest
 import torch
 
+from pipeline import forward as F
 from pipeline.teacher import forward as T
 
 
 def test_supervised_index_slices_without_wrapping() -> None:
     labels = torch.tensor([[-100, -100, 5, 6, 7], [-100, 9, -100, -100, -100]])
-    b, j = T.supervised_index(labels)
+    b, j = F.supervised_index(labels)
     # first response tokens (row 0 at j=2, row 1 at j=1) are covered; position 0 never is
     assert b.tolist() == [0, 0, 0, 1]
     assert j.tolist() == [2, 3, 4, 1]
@@ -20,7 +21,7 @@ def test_supervised_index_slices_without_wrapping() -> None:
 
 def test_label_at_position_zero_is_never_a_target() -> None:
     labels = torch.tensor([[4, -100, 6]])
-    _, j = T.supervised_index(labels)
+    _, j = F.supervised_index(labels)
     assert j.tolist() == [2]
 
 
@@ -82,15 +83,15 @@ def test_autocast_guard_follows_deepspeed_state(monkeypatch: pytest.MonkeyPatch)
     import transformers.integrations.deepspeed as hf_ds
 
     monkeypatch.setattr(hf_ds, "deepspeed_config", lambda: None)
-    assert not T.deepspeed_active()
-    assert isinstance(T.forward_context(model, torch.bfloat16), torch.autocast)
+    assert not F.deepspeed_active()
+    assert isinstance(F.forward_context(model, torch.bfloat16), torch.autocast)
     # DeepSpeed live (faked both ways it can be detected): no nested autocast
     monkeypatch.setattr(hf_ds, "deepspeed_config", lambda: {"zero_optimization": {"stage": 3}})
-    assert T.deepspeed_active()
-    assert isinstance(T.forward_context(model, torch.bfloat16), contextlib.nullcontext)
+    assert F.deepspeed_active()
+    assert isinstance(F.forward_context(model, torch.bfloat16), contextlib.nullcontext)
     monkeypatch.setattr(hf_ds, "deepspeed_config", lambda: None)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    assert isinstance(T.forward_context(model, torch.bfloat16), contextlib.nullcontext)
+    assert isinstance(F.forward_context(model, torch.bfloat16), contextlib.nullcontext)
     # no autocast requested: none either way
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
-    assert isinstance(T.forward_context(model, None), contextlib.nullcontext)
+    assert isinstance(F.forward_context(model, None), contextlib.nullcontext)
