@@ -241,7 +241,6 @@ class RowEncoder:
     @classmethod
     def from_config(cls, cfg: DistillConfig, processor: Any = None, mode: str = "train") -> RowEncoder:
         """The student's template with the config's encoding settings (max_length, truncation, pixels)."""
-        from swift.model import get_processor
         from swift.template import get_template
 
         from pipeline.config import model_location
@@ -251,7 +250,9 @@ class RowEncoder:
 
             student = model_location(cfg.model.model, "model.model", getattr(cfg, "config_path", None))
             require_trusted(student, getattr(cfg.model, "trust_remote_code", False), STUDENT_KEY)
-            processor = get_processor(student, model_type=cfg.model.model_type)
+            from pipeline.processors import load_processor
+
+            processor = load_processor(student, cfg.model.model_type)
         truncation = cfg.data.truncation_strategy
         kwargs: dict[str, Any] = {
             "template_type": cfg.model.template,

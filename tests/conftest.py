@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,17 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline import logs
+
 # Offline and quiet: nothing in the suite may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# The library's log lines reach the console (and capsys) as they do under `distill`, for tests that
+# call the library directly.
+logs.configure()
+logging.captureWarnings(False)  # warnings stay pytest's to record
 
 
 _CONSOLE_ENV = (

@@ -78,12 +78,11 @@ def compare_image_processors(teacher_proc: Any, student_proc: Any) -> list[str]:
 
 def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
     """Raise ``CompatibilityError`` unless teacher and student can be distilled together. Returns a report."""
-    from swift.model import get_processor
-
     from pipeline.config import model_location
     from pipeline.data import Row, read_rows
     from pipeline.encoding import RowEncoder, first_encoding_difference
     from pipeline.fingerprint import teacher_path
+    from pipeline.processors import load_processor
 
     if cfg.rlhf is None or not cfg.rlhf.teacher_model:
         raise CompatibilityError("no teacher configured (rlhf.teacher_model)")
@@ -93,8 +92,8 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
     student = model_location(cfg.model.model, "model.model", cfg.config_path)
     require_trusted(teacher, cfg.custom.teacher_trust_remote_code, TEACHER_KEY)
     require_trusted(student, cfg.model.trust_remote_code, STUDENT_KEY)
-    t_proc = get_processor(teacher, model_type=cfg.rlhf.teacher_model_type or cfg.model.model_type)
-    s_proc = get_processor(student, model_type=cfg.model.model_type)
+    t_proc = load_processor(teacher, cfg.rlhf.teacher_model_type or cfg.model.model_type)
+    s_proc = load_processor(student, cfg.model.model_type)
     t_tok = getattr(t_proc, "tokenizer", t_proc)
     s_tok = getattr(s_proc, "tokenizer", s_proc)
     diffs = compare_tokenizers(t_tok, s_tok) + compare_image_processors(t_proc, s_proc)
