@@ -119,6 +119,8 @@ def score_tokens(
     placeholder targets and are left out of the KL only. A row whose encoding differs from its cache
     row raises ``CacheMismatchError``.
     """
+    from tqdm import tqdm
+
     from pipeline.cache.targets import teacher_topk
     from pipeline.forward import supervised_index
     from pipeline.train.data import IDS_KEY, TEACHER_KEY, DistillCollator, EncodedDataset
@@ -131,7 +133,7 @@ def score_tokens(
     collate = DistillCollator(encoder.template.data_collator, placeholders=True)
     cached_ids = dataset.cached_ids or set()
     sums = dict.fromkeys(("ce_sum", "correct", "tokens", "kl_sum", "kl_tokens", "kl_rows"), 0.0)
-    for start in range(0, len(dataset), batch_size):
+    for start in tqdm(range(0, len(dataset), batch_size), desc="scoring", unit="batch", leave=False):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         teacher, ids = batch.pop(TEACHER_KEY, None), batch.pop(IDS_KEY)
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -170,10 +172,17 @@ def generate_captions(
     Runs the shared generation loop (``pipeline.generation``): left padding, stop at the template's
     end-of-turn, each completion cut at its first stop token.
     """
+    from tqdm import tqdm
+
     from pipeline.generation import SamplingSettings, generate
 
     settings = SamplingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return [c.text for c in generate(model, encoder, rows, settings)]
+    texts: list[str] = []
+    with tqdm(total=len(rows), desc="captions", unit="row", leave=False) as bar:
+        for start in range(0, len(rows), batch_size):  # the same batches as one call: same captions
+            texts += [c.text for c in generate(model, encoder, rows[start : start + batch_size], settings)]
+            bar.update(min(batch_size, len(rows) - start))
+    return texts
 
 
 # -------------------------------------------------------------------------------------- the stage

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import statistics
@@ -45,6 +46,8 @@ from pipeline.data import Row, read_split_rows, write_rows
 from pipeline.errors import ConfigError
 from pipeline.files import atomic_write
 from pipeline.hashing import file_sha256
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
 KEPT_METRICS = ("caption_f1", "ce", "token_accuracy", "bleu4", "rouge_l", "hallucination_rate", "rows_scored")
@@ -466,13 +469,18 @@ def ensure(
     runner: Runner,
     save: Callable[[Mapping[str, Any]], None],
 ) -> int:
-    """Run each point's missing splits through ``runner``, saving after each; returns how many ran."""
+    """Run each point's missing splits through ``runner``, saving after each; returns how many ran. A
+    progress bar counts the runs left (``--quiet`` hides it)."""
+    from tqdm import tqdm
+
     ran = 0
+    pending = []
     for p in points:
         entry = data["runs"].setdefault(p.key, {"method": p.method, "lr": p.lr, "seed": p.seed})
         todo = [s for s in splits if s not in entry]
-        if not todo:
-            continue
+        if todo:
+            pending.append((p, entry, todo))
+    for p, entry, todo in tqdm(pending, desc=f"evidence runs ({'/'.join(splits)})", unit="run", leave=False):
         got = runner(p, todo)
         wall = got.pop("train_wall_s", None)
         if wall is not None:
@@ -498,10 +506,10 @@ class DistillRunner:
     def _env(self) -> dict[str, str]:
         return {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
 
-    def _call(self, cmd: list[str], log: Path) -> None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        print("$", " ".join(cmd), flush=True)
-        with log.open("a") as fh:
+    def _call(self, cmd: list[str], output: Path) -> None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        log.debug("$ %s", " ".join(cmd))
+        with output.open("a") as fh:
             subprocess.run(cmd, check=True, env=self._env(), stdout=fh, stderr=subprocess.STDOUT)
 
     def config(self, run: str) -> Path:
@@ -582,8 +590,8 @@ class DistillRunner:
         }
         for split in splits:
             path = out / f"metrics_{split}.json"
-            log = out.parent / f"lr{p.lr:g}-s{p.seed}.log"
-            self._call(["distill", "evaluate", *args, "--split", split, "--out", str(path)], log)
+            output = out.parent / f"lr{p.lr:g}-s{p.seed}.log"
+            self._call(["distill", "evaluate", *args, "--split", split, "--out", str(path)], output)
             metrics = json.loads(path.read_text())
             got[split] = {k: metrics.get(k) for k in KEPT_METRICS}
         return got
