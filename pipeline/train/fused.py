@@ -67,6 +67,54 @@ class TokenLosses:
     correct: torch.Tensor
 
 
+def _check_student(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, real_vocab: int, bias: torch.Tensor | None
+) -> None:
+    """The student side's shapes and target range, each refused with the shapes it got."""
+    if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"expected h [N, H] and weight [V, H], got {tuple(h.shape)} and {tuple(weight.shape)}"
+        )
+    n = h.shape[0]
+    if targets.shape != (n,):
+        raise ValueError(f"targets must be [{n}], got {tuple(targets.shape)}")
+    if not 0 < real_vocab <= weight.shape[0]:
+        raise ValueError(f"real_vocab={real_vocab} must be in [1, {weight.shape[0]}] (head width)")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
+    losses.check_ids(targets.unsqueeze(-1), real_vocab, name="targets")
+
+
+def _checked_teacher(
+    n: int,
+    real_vocab: int,
+    topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    teacher_logits: torch.Tensor | None,
+) -> tuple[torch.Tensor, ...]:
+    """The teacher tensors ``_FusedHeadLoss`` takes (``(ids, logprobs, tail)``, ``(logits,)`` or none),
+    their shapes and ids checked against ``n`` rows and the real vocabulary."""
+    if topk is not None and teacher_logits is not None:
+        raise ValueError("pass either topk (cached teacher) or teacher_logits (live teacher), not both")
+    if topk is not None:
+        ids, lp, tail = topk
+        if ids.dim() != 2 or ids.shape[0] != n or lp.shape != ids.shape or tail.shape != (n,):
+            raise ValueError(
+                f"shape mismatch: h rows {n}, topk_ids {tuple(ids.shape)}, "
+                f"topk_logprobs {tuple(lp.shape)}, tail_logprobs {tuple(tail.shape)}"
+            )
+        if ids.dtype != torch.int64:
+            raise TypeError(f"topk_ids must be int64, got {ids.dtype}")
+        losses.check_ids(ids, real_vocab)
+        return (ids, lp, tail)
+    if teacher_logits is not None:
+        if teacher_logits.dim() != 2 or teacher_logits.shape[0] != n or teacher_logits.shape[1] < real_vocab:
+            raise ValueError(
+                f"teacher_logits must be [{n}, >= {real_vocab}], got {tuple(teacher_logits.shape)}"
+            )
+        return (teacher_logits,)
+    return ()
+
+
 def fused_token_losses(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -105,38 +153,8 @@ def fused_token_losses(
     losses.check_common(beta, temperature, "none", chunk_size)
     if vocab_block < 1:
         raise ValueError(f"vocab_block must be >= 1, got {vocab_block}")
-    if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"expected h [N, H] and weight [V, H], got {tuple(h.shape)} and {tuple(weight.shape)}"
-        )
-    n = h.shape[0]
-    if targets.shape != (n,):
-        raise ValueError(f"targets must be [{n}], got {tuple(targets.shape)}")
-    if not 0 < real_vocab <= weight.shape[0]:
-        raise ValueError(f"real_vocab={real_vocab} must be in [1, {weight.shape[0]}] (head width)")
-    if bias is not None and bias.shape != weight.shape[:1]:
-        raise ValueError(f"bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
-    if topk is not None and teacher_logits is not None:
-        raise ValueError("pass either topk (cached teacher) or teacher_logits (live teacher), not both")
-    losses.check_ids(targets.unsqueeze(-1), real_vocab, name="targets")
-    teacher: tuple[torch.Tensor, ...] = ()
-    if topk is not None:
-        ids, lp, tail = topk
-        if ids.dim() != 2 or ids.shape[0] != n or lp.shape != ids.shape or tail.shape != (n,):
-            raise ValueError(
-                f"shape mismatch: h {tuple(h.shape)}, topk_ids {tuple(ids.shape)}, "
-                f"topk_logprobs {tuple(lp.shape)}, tail_logprobs {tuple(tail.shape)}"
-            )
-        if ids.dtype != torch.int64:
-            raise TypeError(f"topk_ids must be int64, got {ids.dtype}")
-        losses.check_ids(ids, real_vocab)
-        teacher = (ids, lp, tail)
-    elif teacher_logits is not None:
-        if teacher_logits.dim() != 2 or teacher_logits.shape[0] != n or teacher_logits.shape[1] < real_vocab:
-            raise ValueError(
-                f"teacher_logits must be [{n}, >= {real_vocab}], got {tuple(teacher_logits.shape)}"
-            )
-        teacher = (teacher_logits,)
+    _check_student(h, weight, targets, real_vocab, bias)
+    teacher = _checked_teacher(h.shape[0], real_vocab, topk, teacher_logits)
     if any(t.requires_grad for t in teacher):
         raise ValueError("teacher tensors must not require grad: the teacher is a fixed target")
     dtype = torch.float64 if torch.float64 in (h.dtype, weight.dtype) else torch.float32

@@ -157,6 +157,29 @@ def gjsd_full(
     return _reduce(_rowwise(rows, (student_logits, teacher_logits), chunk_size), reduction)
 
 
+def _check_topk_inputs(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprobs: torch.Tensor,
+) -> None:
+    """``gjsd_topk``'s shapes, id dtype and id range, each refused with the shapes it got."""
+    if student_logits.dim() != 2 or topk_ids.dim() != 2:
+        raise ValueError(
+            f"expected student_logits [N, V] and topk_ids [N, k], got "
+            f"{tuple(student_logits.shape)} and {tuple(topk_ids.shape)}"
+        )
+    n, vocab = student_logits.shape
+    if topk_ids.shape[0] != n or topk_logprobs.shape != topk_ids.shape or tail_logprobs.shape != (n,):
+        raise ValueError(
+            f"shape mismatch: student_logits {tuple(student_logits.shape)}, topk_ids {tuple(topk_ids.shape)}, "
+            f"topk_logprobs {tuple(topk_logprobs.shape)}, tail_logprobs {tuple(tail_logprobs.shape)}"
+        )
+    if topk_ids.dtype != torch.int64:
+        raise TypeError(f"topk_ids must be int64, got {topk_ids.dtype}")
+    check_ids(topk_ids, vocab)
+
+
 def gjsd_topk(
     student_logits: torch.Tensor,
     topk_ids: torch.Tensor,
@@ -188,20 +211,7 @@ def gjsd_topk(
         fp32 (or fp64) divergences, summed or ``[N]``.
     """
     check_common(beta, temperature, reduction, chunk_size)
-    if student_logits.dim() != 2 or topk_ids.dim() != 2:
-        raise ValueError(
-            f"expected student_logits [N, V] and topk_ids [N, k], got "
-            f"{tuple(student_logits.shape)} and {tuple(topk_ids.shape)}"
-        )
-    n, vocab = student_logits.shape
-    if topk_ids.shape[0] != n or topk_logprobs.shape != topk_ids.shape or tail_logprobs.shape != (n,):
-        raise ValueError(
-            f"shape mismatch: student_logits {tuple(student_logits.shape)}, topk_ids {tuple(topk_ids.shape)}, "
-            f"topk_logprobs {tuple(topk_logprobs.shape)}, tail_logprobs {tuple(tail_logprobs.shape)}"
-        )
-    if topk_ids.dtype != torch.int64:
-        raise TypeError(f"topk_ids must be int64, got {topk_ids.dtype}")
-    check_ids(topk_ids, vocab)
+    _check_topk_inputs(student_logits, topk_ids, topk_logprobs, tail_logprobs)
     dtype = _compute_dtype(student_logits, topk_logprobs, tail_logprobs)
 
     def rows(s: torch.Tensor, ids: torch.Tensor, t_top: torch.Tensor, t_tail: torch.Tensor) -> torch.Tensor:
