@@ -7,7 +7,9 @@ folders that tell them apart (``<out>/a/data.jsonl``, ``<out>/b/data.jsonl``), s
 overwrite another's; an ``--out`` that would overwrite an input is refused. Unusable rows (not JSON, missing or unreadable image, empty response,
 image/tag count mismatch, non-UTF-8 text) are left out and recorded with file, line and reason in
 ``<out>/prepare_report.json``: rows in = kept + dropped, per split. A split with no usable row (an
-empty file, or every line unusable) is an error naming the file.
+empty file, or every line unusable) is an error naming the file. Every output is written to a
+temporary name and renamed only once all are complete, so a failed run (that error, a full disk)
+leaves ``<out>`` as it was.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from pipeline.data import partition_rows, read_rows, require_rows, write_rows
 from pipeline.errors import DataError
+from pipeline.files import atomic_path, atomic_write
 
 
 def prepare_split(src: Path, dst: Path) -> dict[str, Any]:
-    """Prepare one file; ``DataError`` naming it when no row is usable (nothing is written then)."""
+    """Prepare one file into ``dst`` (a temporary name beside the final file: image paths are made
+    relative to its folder); ``DataError`` naming ``src`` when no row is usable (nothing is written)."""
     kept, bad = partition_rows(read_rows(src))
     require_rows(src, len(kept), bad)
     dropped = [
@@ -73,11 +78,18 @@ def destinations(inputs: list[Path], out: Path) -> dict[str, tuple[Path, Path]]:
 
 
 def prepare_splits(inputs: list[Path], out: Path) -> dict[str, Any]:
-    """Prepare every input file into ``out``; writes and returns the report."""
+    """Prepare every input file into ``out``; writes and returns the report.
+
+    Every split and the report are written to temporary names and renamed only once all are complete:
+    a split that fails (no usable row, a full disk) leaves every output of ``out`` as it was."""
     splits = destinations(inputs, out)  # refusals come before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    report = {split: prepare_split(src, dst) for split, (src, dst) in splits.items()}
-    (out / "prepare_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    with ExitStack() as renames:
+        report = {
+            split: prepare_split(src, renames.enter_context(atomic_path(dst)))
+            for split, (src, dst) in splits.items()
+        }
+        fh = renames.enter_context(atomic_write(out / "prepare_report.json"))
+        fh.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
     for name, r in report.items():
         reasons = ", ".join(f"{k}: {v}" for k, v in r["dropped_by_reason"].items()) or "none"
         print(

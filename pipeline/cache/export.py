@@ -1,29 +1,39 @@
 """Plain copies of a cache for tools that do not speak its codec (``distill inspect --export``).
 
-The shards store id-sorted delta planes and quantised levels; this writes the decoded values as plain
-list columns, as Parquet or as an Arrow IPC stream (what ``datasets.Dataset.from_file`` reads).
+The shards store id-sorted delta planes and quantised levels; this writes the decoded values of the
+*live* rows (one per ``sample_id``: a changed or unusable row's superseded version stays stored until
+compaction, and is left out) as plain list columns, as Parquet, as an Arrow IPC stream (what
+``datasets.Dataset.from_file`` reads) or as JSON Lines. The file is written to a temporary name and
+renamed once complete (:func:`pipeline.files.atomic_path`): a full disk is one ``DiskFullError`` line
+and leaves the old file, if any, as it was.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from pipeline.cache.format import CachedSample
 from pipeline.cache.reader import CacheReader
 from pipeline.errors import ConfigError
+from pipeline.files import atomic_path
 
 # Suffix -> what is written. CSV cannot hold the per-target list columns, so it is refused, never
 # written as something else under its name.
 EXPORT_FORMATS = {".parquet": "Parquet", ".arrow": "Arrow IPC stream", ".jsonl": "JSON Lines"}
+ROWS_PER_BATCH = 512  # samples per written record batch (row group, for Parquet)
 
 
-def export_format(out_path: str | Path) -> str:
+def export_format(out_path: str | Path, cache_root: str | Path | None = None) -> str:
     """The format ``out_path``'s suffix asks for; ``ConfigError`` naming the path for an unknown
-    suffix or a directory that does not exist (checked before anything is read or written)."""
+    suffix, a directory that does not exist, or a path inside ``cache_root`` (the export would replace
+    one of the cache's own files). Checked before anything is read or written."""
     out_path = Path(out_path)
     fmt = EXPORT_FORMATS.get(out_path.suffix.lower())
     if fmt is None:
@@ -34,19 +44,41 @@ def export_format(out_path: str | Path) -> str:
         )
     if not out_path.parent.is_dir():
         raise ConfigError(f"--export {out_path}: directory {out_path.parent} does not exist; create it first")
+    if cache_root is not None and out_path.resolve().is_relative_to(Path(cache_root).resolve()):
+        raise ConfigError(
+            f"--export {out_path}: is inside the cache directory {cache_root} (it would replace or add to "
+            "the cache's own files); export to a path outside it"
+        )
     return fmt
 
 
-def export_plain(cache_root: str | Path, out_path: str | Path) -> dict[str, int]:
-    """Write a plain copy of a cache (decoded values) with list columns: ``.parquet`` Parquet, ``.arrow``
-    an Arrow IPC *stream* (``pa.ipc.open_stream``; what ``datasets.Dataset.from_file`` reads), ``.jsonl``
-    one JSON object per sample (``-inf`` logprobs as ``null``); any other suffix is a ``ConfigError``.
+def live_samples(reader: Any) -> Iterator[CachedSample]:
+    """Every live sample of ``reader``, once each, in storage order.
 
-    One row per sample: ``sample_id``, ``encoding_hash``, ``num_tokens`` and per-target lists ``positions``,
-    ``target_ids``, ``target_logprobs``, ``tail_logprobs``, ``topk_ids`` (list of fixed-size lists of k
-    int32), ``topk_logprobs`` (same, float32). Returns ``{"rows", "targets"}``.
+    ``CacheReader.iter_samples`` decodes whole record batches, so it is used only while every stored row
+    is live; a cache with superseded rows (the manifest's ``superseded`` records) is read by live
+    ``sample_id`` through ``get``, which never serves a superseded version. Any other object with the
+    reader surface (``sample_ids``, ``get``; tests wrap readers) is read through ``get`` too.
     """
-    fmt = export_format(out_path)
+    manifest = getattr(reader, "manifest", None) or {}
+    if hasattr(reader, "iter_samples") and not manifest.get("superseded"):
+        yield from reader.iter_samples()
+        return
+    for sid in reader.sample_ids:
+        yield reader.get(sid)
+
+
+def export_plain(cache_root: str | Path, out_path: str | Path) -> dict[str, int]:
+    """Write a plain copy of a cache's live rows (decoded values) with list columns: ``.parquet``
+    Parquet, ``.arrow`` an Arrow IPC *stream* (``pa.ipc.open_stream``; what
+    ``datasets.Dataset.from_file`` reads), ``.jsonl`` one JSON object per sample (``-inf`` logprobs as
+    ``null``); any other suffix, or a path inside ``cache_root``, is a ``ConfigError``.
+
+    One row per live sample: ``sample_id``, ``encoding_hash``, ``num_tokens`` and per-target lists
+    ``positions``, ``target_ids``, ``target_logprobs``, ``tail_logprobs``, ``topk_ids`` (list of fixed-size
+    lists of k int32), ``topk_logprobs`` (same, float32). Returns ``{"rows", "targets"}``.
+    """
+    fmt = export_format(out_path, cache_root)
     reader = CacheReader(cache_root, verify="lazy")
     k = reader.top_k
     schema = pa.schema(
@@ -63,47 +95,57 @@ def export_plain(cache_root: str | Path, out_path: str | Path) -> dict[str, int]
         ],
         metadata={b"vlm_distill.manifest": _manifest_json(reader.manifest)},
     )
-    out_path = Path(out_path)
     rows = targets = 0
+    samples = live_samples(reader)
+    with atomic_path(out_path) as tmp, _open_sink(fmt, tmp, schema) as sink:
+        while chunk := list(islice(samples, ROWS_PER_BATCH)):
+            batch = _record_batch(chunk, schema, k)
+            sink.write_batch(batch)
+            rows += batch.num_rows
+            targets += sum(s.num_targets for s in chunk)
+    return {"rows": rows, "targets": targets}
+
+
+def _open_sink(fmt: str, path: Path, schema: pa.Schema) -> Any:
+    """A ``write_batch`` sink (a context manager) writing ``fmt`` to ``path``."""
     if fmt == "Parquet":
         import pyarrow.parquet as pq
 
-        sink: Any = pq.ParquetWriter(str(out_path), schema, compression="zstd")
-    elif fmt == "JSON Lines":
-        sink = _JsonLines(out_path)
-    else:
-        sink = pa.ipc.new_stream(
-            str(out_path), schema, options=pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd"))
-        )
-    with sink:
-        for block, d, positions in reader.iter_blocks():
-            offsets = pa.array(np.concatenate([[0], np.cumsum(block.num_targets)]).astype(np.int32))
+        return pq.ParquetWriter(str(path), schema, compression="zstd")
+    if fmt == "JSON Lines":
+        return _JsonLines(path)
+    return pa.ipc.new_stream(str(path), schema, options=pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd")))
 
-            def lst(values: np.ndarray, offsets: pa.Array = offsets) -> pa.Array:
-                return pa.ListArray.from_arrays(offsets, pa.array(values))
 
-            def fixed(values: np.ndarray, offsets: pa.Array = offsets) -> pa.Array:
-                inner = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k)
-                return pa.ListArray.from_arrays(offsets, inner)
+def _record_batch(samples: list[CachedSample], schema: pa.Schema, k: int) -> pa.RecordBatch:
+    """``samples`` as one record batch of ``schema``: their targets concatenated under list offsets."""
+    counts = [s.num_targets for s in samples]
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
 
-            batch = pa.RecordBatch.from_arrays(
-                [
-                    pa.array(block.sample_ids, pa.string()),
-                    pa.array(block.hashes, pa.string()),
-                    pa.array(block.num_tokens, pa.int32()),
-                    lst(positions.astype(np.int32)),
-                    lst(d.target_ids.astype(np.int32)),
-                    lst(d.target_logprobs),
-                    lst(d.tail_logprobs),
-                    fixed(d.topk_ids.astype(np.int32)),
-                    fixed(d.topk_logprobs),
-                ],
-                schema=schema,
-            )
-            sink.write_batch(batch)
-            rows += batch.num_rows
-            targets += len(d.target_ids)
-    return {"rows": rows, "targets": targets}
+    def cat(name: str, dtype: type) -> np.ndarray:
+        return np.concatenate([getattr(s, name) for s in samples]).astype(dtype)
+
+    def lst(values: np.ndarray) -> pa.Array:
+        return pa.ListArray.from_arrays(offsets, pa.array(values))
+
+    def fixed(values: np.ndarray) -> pa.Array:
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), k)
+        return pa.ListArray.from_arrays(offsets, inner)
+
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([s.sample_id for s in samples], pa.string()),
+            pa.array([s.encoding_hash for s in samples], pa.string()),
+            pa.array([s.num_tokens for s in samples], pa.int32()),
+            lst(cat("positions", np.int32)),
+            lst(cat("target_ids", np.int32)),
+            lst(cat("target_logprobs", np.float32)),
+            lst(cat("tail_logprobs", np.float32)),
+            fixed(cat("topk_ids", np.int32)),
+            fixed(cat("topk_logprobs", np.float32)),
+        ],
+        schema=schema,
+    )
 
 
 def _manifest_json(manifest: dict[str, Any]) -> bytes:

@@ -8,9 +8,11 @@ and leaves the caches' and the SFT runs' files as they were).
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 from pathlib import Path
 
 from pipeline.commands.options import dump_config
+from pipeline.files import atomic_path
 
 HELP = "write each run's and cache's config with params.yaml's knobs applied (what DVC stages run)"
 
@@ -23,11 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.params import every_entry, resolved_config
 
-    # Every entry is resolved and checked before the first file is written: a bad entry leaves --out
-    # as it was, never half of the configs new and half stale.
+    # Every entry is resolved and checked before the first file is written, and every file is written
+    # to a temporary name and renamed only once all are complete: a bad entry or a full disk leaves
+    # --out as it was, never half of the configs new and half stale.
     resolved = [(entry, resolved_config(entry, args.params)) for entry in every_entry(args.params)]
-    for entry, config in resolved:
+    with ExitStack() as renames:
+        for entry, config in resolved:
+            dump_config(config, renames.enter_context(atomic_path(args.out / f"{entry.name}.yaml")))
+    for entry, _ in resolved:
         path = args.out / f"{entry.name}.yaml"
-        dump_config(config, path)
         print(f"{entry.name}: {entry.config} + {', '.join(entry.params) or 'no knobs'} -> {path}")
     return 0

@@ -67,7 +67,8 @@ def run_inspect(
     if export is not None:
         from pipeline.cache.export import export_format
 
-        export_format(export)  # a bad suffix or a missing directory stops before any work
+        # A bad suffix, a missing directory or a path inside the cache stops before any work.
+        export_format(export, cache)
     reader = open_cache_dir(cache)
     ranking, ids = parse_select(select)
     if ids:

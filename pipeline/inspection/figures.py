@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.files import atomic_write
 from pipeline.inspection.summary import Profile
 
 if TYPE_CHECKING:
@@ -134,6 +135,7 @@ def write_figures(profiles: list[tuple[str, Profile]], out_dir: str | Path) -> l
     paths = []
     for fmt in ("png", "svg"):
         path = out / f"{FIGURE_NAME}.{fmt}"
-        path.write_bytes(figure_bytes(fig, fmt))
+        with atomic_write(path, "wb") as fh:  # a full disk is one line and leaves the old figure
+            fh.write(figure_bytes(fig, fmt))
         paths.append(path)
     return paths

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.files import atomic_write
 from pipeline.inspection.figures import figure_bytes, histograms
 from pipeline.inspection.rows import RowView, row_view
 from pipeline.inspection.sources import RowSource
@@ -57,8 +58,13 @@ def _display(text: str) -> str:
     return html.escape(text.replace("\\n", "\u21b5\n"))
 
 
+def _attr(value: object) -> str:
+    """``value`` escaped for an attribute in double quotes (quotes, ``<``, ``>``, ``&``)."""
+    return html.escape(str(value), quote=True)
+
+
 def _anchor(sample_id: str) -> str:
-    return html.escape(sample_id, quote=True)
+    return _attr(sample_id)
 
 
 def _target_spans(sample: Any, text: TokenText, top_k: int) -> list[str]:
@@ -118,7 +124,8 @@ def _section(
     sample: Any, stats: RowStats, view: RowView, text: TokenText, top_k: int, placeholders: set[int]
 ) -> str:
     thumbs = "".join(
-        f'<img src="{uri}" alt="image {i + 1} of {sample.sample_id}" title="{w}x{h} px on disk">'
+        f'<img src="{_attr(uri)}" alt="{_attr(f"image {i + 1} of {sample.sample_id}")}" '
+        f'title="{_attr(f"{w}x{h} px on disk")}">'
         for i, (uri, (w, h)) in enumerate(zip(view.thumbs, view.image_sizes, strict=True))
     )
     grid = "; ".join("x".join(str(v) for v in g) for g in view.grids) or "-"
@@ -236,7 +243,6 @@ def write_report(
         + "\n".join(sections)
         + "\n</body></html>\n"
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    with atomic_write(path) as fh:  # a full disk is one line and leaves the old page
+        fh.write(page)
     return len(sections)

@@ -131,16 +131,12 @@ def row_stats(sample: CachedSample, st: TokenStats | None = None, limit: int | N
 
 
 def iter_samples(reader: Any) -> Iterator[CachedSample]:
-    """Every cached sample, in storage order.
+    """Every live cached sample, once each, in storage order (:func:`pipeline.cache.export.live_samples`:
+    a real ``CacheReader`` decodes a record batch at a time while no stored row is superseded; any
+    other object with the reader surface, such as the tests' wrapped readers, is read through ``get``)."""
+    from pipeline.cache.export import live_samples
 
-    A real ``CacheReader`` decodes a record batch at a time (its ``iter_samples``); any other object
-    with the reader surface (tests wrap readers) is read through ``get``.
-    """
-    if hasattr(reader, "iter_samples"):
-        yield from reader.iter_samples()
-        return
-    for sid in reader.sample_ids:
-        yield reader.get(sid)
+    yield from live_samples(reader)
 
 
 class TokenText:

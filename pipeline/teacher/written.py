@@ -234,15 +234,19 @@ def export_written(cache_root: str | Path, split_file: str | Path, out: str | Pa
     """Write the rows a cache holds, in cache order, teacher-written responses filled in, as JSONL.
 
     The text-only view of a teacher-written cache: SFT on it is sequence-level KD alone, and a live
-    teacher run on it sees exactly the cached tokens. Returns ``{"rows": n, "teacher_written": m}``.
+    teacher run on it sees exactly the cached tokens. Only live rows are written (one per sample_id:
+    a superseded version is not), and ``out`` is replaced only once complete (a full disk is one
+    ``DiskFullError`` line and leaves the old file). Returns ``{"rows": n, "teacher_written": m}``.
     """
+    from pipeline.cache.export import live_samples
     from pipeline.cache.reader import CacheReader
     from pipeline.data import read_rows, write_rows
+    from pipeline.files import atomic_path
 
     reader = CacheReader(Path(cache_root))
     by_id = {r.sample_id: r for r in read_rows(split_file) if isinstance(r, Row)}
     rows, n_written = [], 0
-    for sample in reader.iter_samples():
+    for sample in live_samples(reader):
         row = by_id.get(sample.sample_id)
         if row is None:
             raise DataError(
@@ -251,5 +255,6 @@ def export_written(cache_root: str | Path, split_file: str | Path, out: str | Pa
         if sample.teacher_written:
             row, n_written = with_response(row, sample.written_text), n_written + 1
         rows.append(row)
-    write_rows(rows, out)
+    with atomic_path(out) as tmp:  # beside ``out``: image paths are made relative to the same folder
+        write_rows(rows, tmp)
     return {"rows": len(rows), "teacher_written": n_written}
