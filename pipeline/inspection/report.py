@@ -185,6 +185,24 @@ def _index(ranked: list[RowStats], ranking: str, by_rank: dict[str, list[RowStat
     )
 
 
+def _sections(
+    reader: Any, prof: Profile, chosen: list[str], text: TokenText, rows: RowSource | None
+) -> list[str]:
+    """One HTML section per chosen sample: its tokens coloured by p(target), image and context."""
+    stats = {r.sample_id: r for r in prof.rows}
+    placeholder_ids = ((reader.manifest.get("fingerprint") or {}).get("encoding") or {}).get(
+        "placeholder_ids"
+    ) or {}
+    placeholders = {int(v) for v in placeholder_ids.values()}
+    sections = []
+    for sid in chosen:
+        sample = reader.get(sid)
+        row = rows.rows.get(sid) if rows is not None else None
+        view = row_view(sample, row, rows.encoder if rows is not None else None, placeholder_ids)
+        sections.append(_section(sample, stats[sid], view, text, reader.top_k, placeholders))
+    return sections
+
+
 def write_report(
     reader: Any,
     path: str | Path,
@@ -204,20 +222,9 @@ def write_report(
     (label, :func:`summarise` dict, profile) of each cache to show, this one first (``--compare``);
     ``rows``: dataset rows and encoder for images and context; ``notes``: lines shown under the title.
     """
-    text = TokenText(tokenizer)
     ranked = rank_rows(prof.rows, ranking)
-    stats = {r.sample_id: r for r in prof.rows}
     chosen = list(select) if select else [r.sample_id for r in ranked[:limit]]
-    placeholder_ids = ((reader.manifest.get("fingerprint") or {}).get("encoding") or {}).get(
-        "placeholder_ids"
-    ) or {}
-    placeholders = {int(v) for v in placeholder_ids.values()}
-    sections = []
-    for sid in chosen:
-        sample = reader.get(sid)
-        row = rows.rows.get(sid) if rows is not None else None
-        view = row_view(sample, row, rows.encoder if rows is not None else None, placeholder_ids)
-        sections.append(_section(sample, stats[sid], view, text, reader.top_k, placeholders))
+    sections = _sections(reader, prof, chosen, TokenText(tokenizer), rows)
     by_rank = {key: rank_rows(prof.rows, key) for key in RANKINGS}
     for key, keep in RANKING_ROWS.items():
         by_rank[key] = [r for r in by_rank[key] if keep(r)]
