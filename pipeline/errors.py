@@ -69,7 +69,7 @@ def exit_code(main: Callable[[], object]) -> int:
     try:
         result = main()
     except DistillError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n")
         return 2
     except OSError as exc:
         # A full disk in a write that no more specific handler covered (a library's own save): still
@@ -77,9 +77,8 @@ def exit_code(main: Callable[[], object]) -> int:
         if not is_disk_full(exc):
             raise
         line = (str(exc).splitlines() or [""])[0]
-        print(
-            f"error: DiskFullError: no space left on device ({line}); free space and run the same command again",
-            file=sys.stderr,
+        sys.stderr.write(
+            f"error: DiskFullError: no space left on device ({line}); free space and run the same command again\n"
         )
         return 2
     return result if isinstance(result, int) else 0

@@ -15,6 +15,7 @@ leaves ``<out>`` as it was.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter, defaultdict
 from contextlib import ExitStack
@@ -24,6 +25,8 @@ from typing import Any
 from pipeline.data import partition_rows, read_rows, require_rows, write_rows
 from pipeline.errors import DataError
 from pipeline.files import atomic_path, atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def prepare_split(src: Path, dst: Path) -> dict[str, Any]:
@@ -92,7 +95,12 @@ def prepare_splits(inputs: list[Path], out: Path) -> dict[str, Any]:
         fh.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
     for name, r in report.items():
         reasons = ", ".join(f"{k}: {v}" for k, v in r["dropped_by_reason"].items()) or "none"
-        print(
-            f"[prepare {name}] rows in {r['rows_in']}, kept {r['kept']}, dropped {r['dropped']} ({reasons})"
+        log.info(
+            "[prepare %s] rows in %d, kept %d, dropped %d (%s)",
+            name,
+            r["rows_in"],
+            r["kept"],
+            r["dropped"],
+            reasons,
         )
     return report

@@ -50,7 +50,7 @@ def main() -> None:
     reader = open_cache_dir(a.cache)
     ids = split_ids(a.rows) if a.rows else None
     prof = entropy_profile(reader, classifier(load_tokenizer(a.tokenizer)), a.threshold, ids)
-    print(format_profile(prof))
+    sys.stdout.write(format_profile(prof) + "\n")  # the script's result
     if a.json:
         a.json.write_text(json.dumps(prof, indent=2) + "\n")
 
