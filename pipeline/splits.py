@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import CacheMismatchError, ConfigError
 
 if TYPE_CHECKING:
+    from pipeline.cache.cachedir import Manifest
     from pipeline.cache.policy import CachePolicy
     from pipeline.cache.reader import CacheReader
     from pipeline.config import DistillConfig
@@ -61,9 +62,10 @@ def split_path(cfg: DistillConfig, split: str | Path) -> Path:
 
 
 def cache_split_dir(cfg: DistillConfig, split: str) -> Path:
-    if not cfg.custom.teacher_cache:
-        raise ConfigError("custom.teacher_cache is not set")
-    return Path(cfg.custom.teacher_cache) / split
+    """``split``'s directory in ``cfg``'s teacher cache (``ConfigError`` without one)."""
+    from pipeline.cache.cachedir import CacheDir
+
+    return CacheDir.of(cfg).split(split).root
 
 
 def open_split_cache(
@@ -75,11 +77,12 @@ def open_split_cache(
     required: bool = True,
 ) -> CacheReader | None:
     """Open ``split``'s cache of ``cfg`` under ``policy``; ``None`` when absent and not ``required``."""
-    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.cachedir import CacheDir
     from pipeline.cache.policy import CachePolicy, open_cache_dir
 
-    root = cache_split_dir(cfg, split)
-    if not (root / MANIFEST_NAME).is_file():
+    where = CacheDir.of(cfg).split(split)
+    root = where.root
+    if not where.finished:
         if required:
             raise CacheMismatchError(
                 f"{root}: no teacher cache here (run `distill cache --config ...` first)"
@@ -87,22 +90,21 @@ def open_split_cache(
         return None
     expected = None
     if policy is CachePolicy.FINGERPRINT:
-        from pipeline.cache.manifest import read_json
         from pipeline.fingerprint import build_fingerprint
 
         if encoder is None:
             raise ValueError("the fingerprint policy needs the encoder the run will use")
-        expected = accept_recorded_top_k(build_fingerprint(cfg, encoder), read_json(root / MANIFEST_NAME))
+        expected = accept_recorded_top_k(build_fingerprint(cfg, encoder), where.manifest())
     return open_cache_dir(
         root, policy, expected_fingerprint=expected, loss_temperature=cfg.custom.loss_temperature
     )
 
 
-def accept_recorded_top_k(expected: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+def accept_recorded_top_k(expected: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
     """``expected`` with the cache's ``top_k`` when both mean "every real id": caches written before
     the fingerprint recorded the effective k hold the k they were asked for (e.g. 100000 for a
     422-token vocabulary), which is the same cache as k = 422."""
-    recorded = (manifest.get("fingerprint") or {}).get("top_k")
+    recorded = manifest.fingerprint.get("top_k")
     vocab = (expected.get("tokenizer") or {}).get("len")
     if isinstance(recorded, int) and isinstance(vocab, int) and expected.get("top_k") == vocab <= recorded:
         return {**expected, "top_k": recorded}

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
+from pipeline.cache.cachedir import Manifest
 from pipeline.cache.format import DEFAULT_LOGPROB_ENCODING, CachedSample
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.writer import CacheWriter
@@ -207,8 +208,8 @@ def bench_real_cache(root: str | Path) -> dict[str, Any]:
     import torch
 
     reader = CacheReader(root)
-    targets = reader.manifest["counts"]["targets"]
-    shard_bytes = sum(s["bytes"] for s in reader.manifest["shards"])
+    record = Manifest(reader.manifest)
+    targets, shard_bytes = record.targets, record.shard_bytes
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.cache.manifest import read_json
+from pipeline.cache.cachedir import CacheDir
 from pipeline.data import Row, read_rows
 from pipeline.encoding import IGNORE_INDEX, RowEncoder
 from pipeline.models import load_teacher, teacher_device_map
@@ -126,7 +126,7 @@ def bench_dry_run(cfg: DistillConfig, rounds: int = 3, repeats: int = 3) -> dict
                 t0 = time.perf_counter()
                 cache_split(cfg_tmp, split, teacher, encoder, plan=plan, progress=False)
                 real_s = time.perf_counter() - t0
-                real_bytes = sum(s["bytes"] for s in read_json(Path(tmp) / split / "manifest.json")["shards"])
+                real_bytes = CacheDir(Path(tmp)).split(split).manifest().shard_bytes
                 pred_s = p["seconds"] - (hash_s if i == 0 else 0.0)
                 row = {
                     "round": r,

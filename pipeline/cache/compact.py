@@ -6,8 +6,9 @@ records of the other kept ids, into a sibling directory by an ordinary :class:`C
 result is one generation, as a fresh cache of the same rows would be. The new directory then takes
 the old one's place atomically: ``renameat2(RENAME_EXCHANGE)`` on Linux swaps the two in one step,
 so a reader sees the old cache or the new one, never neither. Where the kernel lacks it, two renames
-leave a short window without ``root``; :func:`finish_compaction` (which the cache stage calls before
-it holds the lock) completes an interrupted swap.
+leave a short window without ``root``; :func:`finish_compaction` (which the cache stage calls once
+it holds the lock) completes an interrupted swap. The writer lock file goes with the cache, so the
+run holding it keeps it held; a leftover copy is never taken up as a cache.
 
 A cache written before row digests and generations existed comes out in the current form: its rows
 keep their (unknown, empty) digests, its fingerprint loses the dataset hash.
@@ -24,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cache.format import MANIFEST_NAME, TAG_WRITTEN, Layout
+from pipeline.cache.lock import LOCK_NAME
 from pipeline.cache.manifest import settings_only
 from pipeline.cache.reader import CacheReader
 from pipeline.cache.writer import CacheWriter
+from pipeline.files import disk_full_as_one_line
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -42,14 +45,27 @@ def _old_dir(root: Path) -> Path:
 
 def compact(root: str | Path, keep: Collection[str], *, shard_bytes: int | None = None) -> dict[str, Any]:
     """Rewrite the cache at ``root`` holding only the live rows and skips of ``keep``; return the new
-    manifest's counts. The caller holds ``root``'s writer lock."""
+    manifest's counts. The caller holds ``root``'s writer lock. A full disk while the copy is built
+    is one ``DiskFullError`` line; the copy is removed and the cache stays as it was."""
     root = Path(root)
     finish_compaction(root)
-    reader = CacheReader(root)  # every shard's checksum verified before anything is copied
-    manifest = reader.manifest
-    keep = set(keep)
     tmp = building_dir(root)
     shutil.rmtree(tmp, ignore_errors=True)  # an earlier compaction that stopped before its swap
+    kept = "the cache is intact as it was and the partial copy was removed"
+    with disk_full_as_one_line(f"{root} (compacting into {tmp.name})", kept):
+        try:
+            counts = _build(root, set(keep), tmp, shard_bytes)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never left where a later run could take it up
+            raise
+    _swap(tmp, root)
+    return counts
+
+
+def _build(root: Path, keep: set[str], tmp: Path, shard_bytes: int | None) -> dict[str, Any]:
+    """Write the compacted copy of ``root`` into ``tmp``; return its counts."""
+    reader = CacheReader(root)  # every shard's checksum verified before anything is copied
+    manifest = reader.manifest
     layout = Layout.from_dict(manifest["layout"], str(root))
     kwargs = {"shard_bytes": shard_bytes} if shard_bytes else {}
     extra = {k: manifest[k] for k in ("sources",) if k in manifest}
@@ -67,9 +83,7 @@ def compact(root: str | Path, keep: Collection[str], *, shard_bytes: int | None 
         for s in skips:
             writer.skip(s["sample_id"], s["reason"], s.get("detail", ""), s.get("row_digest", ""))
         last = (manifest.get("generations") or [{}])[-1]
-        counts = writer.finalize(rows_in=kept + len(skips), reused=0, dataset=last.get("dataset"))
-    _swap(tmp, root)
-    return counts
+        return writer.finalize(rows_in=kept + len(skips), reused=0, dataset=last.get("dataset"))
 
 
 def _copy_live_rows(reader: CacheReader, keep: set[str], writer: CacheWriter) -> int:
@@ -85,7 +99,9 @@ def _copy_live_rows(reader: CacheReader, keep: set[str], writer: CacheWriter) ->
 
 
 def _swap(new: Path, root: Path) -> None:
-    """Put ``new`` in ``root``'s place and remove the old cache."""
+    """Put ``new`` in ``root``'s place and remove the old cache. The writer lock file that this run
+    holds moves with it (linked into ``new`` first), so the lock stays held on ``root`` throughout."""
+    _carry_lock(root, new)
     if _exchange(new, root):
         shutil.rmtree(new)  # now the old cache
         return
@@ -111,19 +127,38 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, f"exchanging {a} and {b}: {os.strerror(err)}")
 
 
+def _carry_lock(root: Path, new: Path) -> None:
+    """Give ``new`` the lock file of ``root`` (the same file: a lock held on it stays held)."""
+    lock, target = root / LOCK_NAME, new / LOCK_NAME
+    if not lock.exists():
+        return
+    target.unlink(missing_ok=True)
+    try:
+        os.link(lock, target)
+    except OSError:  # a filesystem without hard links: the file itself moves
+        os.replace(lock, target)
+
+
+def _only_the_lock(root: Path) -> bool:
+    """``root`` holds nothing but what taking its writer lock creates: not a cache."""
+    return root.is_dir() and set(os.listdir(root)) <= {LOCK_NAME}
+
+
 def finish_compaction(root: Path) -> None:
-    """Complete a compaction stopped between its two renames (``root`` absent: the new cache goes in
-    when it was finished, else the old one goes back), then remove what a stopped compaction left."""
+    """Complete a compaction stopped between the two renames of the fallback swap (the old cache was
+    moved beside ``root`` and ``root`` is absent): the new cache goes in when it was finished, else the
+    old one goes back. Then remove what a stopped compaction left. A leftover copy on its own (a
+    compaction stopped before its swap) is never a source of rows: it is removed, whatever ``root``
+    holds, so a deleted split is not revived from it. The writer lock file in ``root`` (held by the
+    caller) moves with the cache that takes ``root``'s place."""
     tmp, old = building_dir(root), _old_dir(root)
-    # ``root`` holding only what taking the writer lock creates (the lock file) is not a cache.
-    bare = root.is_dir() and not (root / MANIFEST_NAME).exists() and not any(root.glob("shard-*"))
-    if bare and ((tmp / MANIFEST_NAME).is_file() or (old / MANIFEST_NAME).is_file()):
-        shutil.rmtree(root)
-    if not root.exists():
-        if (tmp / MANIFEST_NAME).is_file():
-            os.replace(tmp, root)
-        elif (old / MANIFEST_NAME).is_file():
-            os.replace(old, root)
-    if root.exists():
-        for leftover in (tmp, old):
-            shutil.rmtree(leftover, ignore_errors=True)
+    if (old / MANIFEST_NAME).is_file() and (not root.exists() or _only_the_lock(root)):
+        source = tmp if (tmp / MANIFEST_NAME).is_file() else old
+        if root.exists():
+            _carry_lock(root, source)
+            for name in os.listdir(root):
+                os.unlink(root / name)  # the lock file's other name: the lock itself stays held
+            os.rmdir(root)
+        os.replace(source, root)
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)

@@ -7,24 +7,15 @@ naming the directory, what it already holds, and that the same command resumes f
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.cache.format import PARTS_DIR
 from pipeline.cache.manifest import complete_shards, read_shard_index, read_skips
-from pipeline.errors import DiskFullError
+from pipeline.errors import DiskFullError, is_disk_full
 
-__all__ = ["disk_full_as_error"]
-
-
-def _is_disk_full(exc: OSError) -> bool:
-    # pyarrow's file errors are OSErrors without errno; their message carries strerror.
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or any(
-        os.strerror(code) in str(exc) for code in (errno.ENOSPC, errno.EDQUOT)
-    )
+__all__ = ["disk_full_as_error", "written_so_far"]
 
 
 @contextmanager
@@ -36,16 +27,23 @@ def disk_full_as_error(root: str | Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if isinstance(exc, DiskFullError) or not _is_disk_full(exc):
+        if isinstance(exc, DiskFullError) or not is_disk_full(exc):
             raise
-        root = Path(root)
-        shards = complete_shards(root) if root.is_dir() else []
-        rows = sum(len(read_shard_index(p)[1]) for p in shards)
-        size = sum(p.stat().st_size for p in shards)
-        skips = sum(len(read_skips(p)) for p in sorted((root / PARTS_DIR).glob("rank-*.skips.jsonl")))
         first_line = (str(exc).splitlines() or [""])[0]  # the error stays one line
         raise DiskFullError(
-            f"{root}: no space left on device ({first_line}); written so far: {rows} rows in {len(shards)} "
-            f"complete shards ({size / 2**20:.1f} MiB), {skips} skips recorded; free space and run the "
-            "same command again: it resumes from there"
+            f"{root}: no space left on device ({first_line}); {written_so_far(Path(root))}; free space and "
+            "run the same command again: it resumes from there"
         ) from exc
+
+
+def written_so_far(root: Path) -> str:
+    """``written so far: N rows in S complete shards (X MiB), K skips recorded``: what a stopped cache
+    run leaves at ``root`` for the next run of the same command to resume from."""
+    shards = complete_shards(root) if root.is_dir() else []
+    rows = sum(len(read_shard_index(p)[1]) for p in shards)
+    size = sum(p.stat().st_size for p in shards)
+    skips = sum(len(read_skips(p)) for p in sorted((root / PARTS_DIR).glob("rank-*.skips.jsonl")))
+    return (
+        f"written so far: {rows} rows in {len(shards)} complete shards ({size / 2**20:.1f} MiB), "
+        f"{skips} skips recorded"
+    )

@@ -132,6 +132,24 @@ def digest_hex(total: int) -> str:
     return f"{total % _DIGEST_MOD:064x}"
 
 
+def live_digest(shards: list[dict[str, Any]], superseded: list[dict[str, Any]], open_source: Any) -> str:
+    """``content_digest`` of a cache: every shard record's ``digest`` summed, less the digests of the
+    superseded rows, each read from its shard (``open_source(file name)``: an Arrow readable source)."""
+    total = sum(int(s["digest"], 16) for s in shards)
+    gone: dict[str, set[str]] = {}
+    for r in superseded:
+        gone.setdefault(str(r["shard"]), set()).add(str(r["sample_id"]))
+    for name, ids in sorted(gone.items()):
+        reader = pa.ipc.open_file(open_source(name), options=pa.ipc.IpcReadOptions(use_threads=False))
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            sids = batch.column("sample_id").to_pylist()
+            if ids.isdisjoint(sids):
+                continue
+            total -= sum(d for sid, d in zip(sids, row_digests(batch), strict=True) if sid in ids)
+    return digest_hex(total)
+
+
 def read_shard_index(path: Path) -> tuple[pa.Schema, list[str]]:
     """Schema and sample_ids of a complete shard (reads only the sample_id column)."""
     try:

@@ -25,19 +25,16 @@ from pipeline.cache.live import LiveState, scan
 from pipeline.cache.manifest import (
     check_compatible,
     complete_shards,
-    digest_hex,
     header,
+    live_digest,
     part_path,
     read_json,
-    row_digests,
     scan_shard,
     shard_meta,
     shard_tag_counts,
     write_json_atomic,
 )
 from pipeline.errors import CacheFormatError
-
-_DIGEST_MOD = 2**256
 
 
 def merge_rank_manifests(root: str | Path, rows_in: int | None = None) -> dict[str, Any]:
@@ -188,18 +185,7 @@ def _live_counts(state: LiveState, shards: list[dict[str, Any]], entry: dict[str
 
 def _live_digest(root: Path, state: LiveState, shards: list[dict[str, Any]]) -> str:
     """Sum of the live rows' digests: every shard's, less those of its superseded rows."""
-    total = sum(int(s["digest"], 16) for s in shards)
-    gone: dict[str, set[str]] = {}
-    for r in state.superseded:
-        gone.setdefault(r["shard"], set()).add(r["sample_id"])
-    for name, ids in gone.items():
-        with pa.memory_map(str(root / name)) as source:
-            reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(use_threads=False))
-            for i in range(reader.num_record_batches):
-                batch = reader.get_batch(i)
-                sids = batch.column("sample_id").to_pylist()
-                total -= sum(d for sid, d in zip(sids, row_digests(batch), strict=True) if sid in ids)
-    return digest_hex(total % _DIGEST_MOD)
+    return live_digest(shards, state.superseded, lambda name: pa.memory_map(str(root / name)))
 
 
 def _skip_record(rec: dict[str, Any]) -> dict[str, Any]:

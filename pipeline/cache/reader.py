@@ -6,12 +6,21 @@ the first time anything is decoded from it (in this process, or before pickling 
 way nothing decoded from a shard is returned before its checksum matched, and a truncated or altered
 shard is a ``CacheFormatError`` naming it. Nothing here unpickles or executes stored data.
 
+What it serves is what the manifest records: at open, every superseded record must name the row it
+recorded (its encoding hash) and ``content_digest`` must equal the shards' digests less the
+superseded rows' (so swapped shards or an edited digest are refused, naming the shard). The reader
+maps every shard when it opens and keeps them mapped: a compaction that replaces the directory under
+a running reader changes nothing it reads. Every row it returns is checked to be the sample asked for;
+a copy unpickled in a worker, which maps the files again by name, says in one line that the cache
+changed under it rather than serve another row.
+
 Not thread-safe (the decoder reuses scratch buffers); give each dataloader worker its own copy (the
 reader pickles without its open files).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +32,12 @@ from pipeline.cache.codec import Decoded, Decoder
 from pipeline.cache.format import FORMAT_NAME, MANIFEST_NAME, CachedSample, Layout, check_format_version
 from pipeline.cache.manifest import (
     compare_fingerprints,
+    live_digest,
     mismatch_error,
     read_json,
     settings_only,
     shard_meta,
 )
-from pipeline.hashing import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -113,9 +122,13 @@ class CacheReader:
         self.top_k, self.vocab_size = self.layout.top_k, self.layout.vocab_size
         self._shards: list[dict[str, Any]] = self.manifest["shards"]
         self._verified: set[int] = set()
+        # The snapshot this reader serves: every shard mapped now and kept mapped, so a compaction
+        # that replaces the directory under a running reader changes nothing it reads.
+        self._maps: dict[int, Any] = {}
         for i, shard in enumerate(self._shards):
             p = self.root / shard["file"]
-            size = p.stat().st_size if p.is_file() else None
+            self._maps[i] = self._guard(i, lambda p=p: pa.memory_map(str(p))) if p.is_file() else None
+            size = self._maps[i].size() if self._maps[i] is not None else None
             if size != shard["bytes"]:
                 raise _format_error(
                     f"shard {shard['file']} in {self.root}: {'missing' if size is None else 'truncated or altered'} "
@@ -138,13 +151,14 @@ class CacheReader:
         self.sample_ids: list[str] = []
         gone = _superseded(self.manifest)
         for i in range(len(self._shards)):
-            schema, batch_ids = self._guard(i, lambda i=i: _batch_ids(self.root / self._shards[i]["file"]))
+            schema, batch_ids, hashes = self._guard(i, lambda i=i: _batch_ids(self._maps[i]))
             self._guard(i, lambda schema=schema: self._check_layout(schema))
             self._check_shard(i, schema, batch_ids)
             name = self._shards[i]["file"]
             for b, ids in enumerate(batch_ids):
                 for row, sid in enumerate(ids):
                     if (sid, name) in gone:
+                        self._check_superseded(name, sid, hashes[b][row], gone[(sid, name)])
                         continue  # an earlier version of a row the cache holds again, or a dropped one
                     if sid in self._index:
                         first = self._shards[self._index[sid][0]]["file"]
@@ -155,14 +169,62 @@ class CacheReader:
                     self._index[sid] = (i, b, row)
                     self.sample_ids.append(sid)
         self._check_counts()
+        self._check_content_digest()
 
     # -- shards ----------------------------------------------------------------------------------
+
+    def _check_superseded(self, name: str, sid: str, stored: str, rec: dict[str, Any]) -> None:
+        """The row a superseded record names is the one it recorded: a shard swapped for another
+        (manifest entries fixed to match) would otherwise serve the stale version of a row."""
+        if rec.get("encoding_hash") and rec["encoding_hash"] != stored:
+            raise _format_error(
+                f"shard {name} in {self.root}: holds sample {sid!r} with encoding hash {stored[:12]}..., "
+                f"but {MANIFEST_NAME}'s superseded record for it says {str(rec['encoding_hash'])[:12]}...: "
+                "shards were swapped or replaced; rebuild the cache"
+            )
+
+    def _check_content_digest(self) -> None:
+        """``content_digest`` equals the shards' digests less the superseded rows' (read from the
+        shards): an edited digest, or swapped shards whose superseded rows are not the recorded ones,
+        is refused. Reads only the record batches that hold superseded rows."""
+        recorded = self.manifest.get("content_digest")
+        if not recorded or any("digest" not in s for s in self._shards):
+            return  # written before digests existed
+        by_name = {s["file"]: i for i, s in enumerate(self._shards)}
+        superseded = [r for r in self.manifest.get("superseded") or [] if isinstance(r, dict)]
+        for r in superseded:
+            if str(r.get("shard")) not in by_name:
+                raise _format_error(
+                    f"{self.root / MANIFEST_NAME}: superseded record of sample {r.get('sample_id')!r} names "
+                    f"shard {r.get('shard')}, which the cache does not list; rebuild the cache"
+                )
+        found = live_digest(self._shards, superseded, lambda name: self._maps[by_name[name]])
+        if found != recorded:
+            shards = sorted({str(r["shard"]) for r in superseded}) or [s["file"] for s in self._shards]
+            raise _format_error(
+                f"{self.root / MANIFEST_NAME}: content_digest {str(recorded)[:12]}... does not match the "
+                f"shards ({found[:12]}... from their digests, less the superseded rows of "
+                f"{', '.join(shards[:3])}{' ...' if len(shards) > 3 else ''}): the manifest was edited or "
+                "shards were swapped; rebuild the cache"
+            )
+
+    def _sha256(self, i: int) -> str:
+        """sha256 of shard ``i`` as this reader maps it (its snapshot), or of the file by name."""
+        source = self._map(i)
+        h, size, offset = hashlib.sha256(), source.size(), 0
+        while offset < size:
+            chunk = source.read_at(min(1 << 23, size - offset), offset)
+            h.update(chunk)
+            offset += len(chunk)
+        return h.hexdigest()
 
     def _verify(self, i: int) -> None:
         if i in self._verified:
             return
         shard = self._shards[i]
-        if file_sha256(self.root / shard["file"]) != shard["sha256"]:
+        if self._sha256(i) != shard["sha256"]:
+            if self._manifest_changed():
+                raise self._changed(f"shard {shard['file']} is another file now")
             raise _format_error(
                 f"shard {shard['file']} in {self.root}: checksum mismatch (corrupt; rebuild the cache)"
             )
@@ -231,15 +293,37 @@ class CacheReader:
 
     def _file(self, i: int) -> Any:
         if i not in self._files:
+            source = self._map(i)
 
             def open_() -> Any:
-                source = pa.memory_map(str(self.root / self._shards[i]["file"]))
-                reader = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(use_threads=False))
+                options = pa.ipc.IpcReadOptions(use_threads=False)
+                reader = pa.ipc.open_file(source, options=options)
                 self._check_layout(reader.schema)
                 return reader
 
             self._files[i] = self._guard(i, open_)
         return self._files[i]
+
+    def _map(self, i: int) -> Any:
+        """Shard ``i`` as mapped at open; a copy unpickled in a worker maps the file again, by name."""
+        if self._maps.get(i) is None:
+            path = self.root / self._shards[i]["file"]
+            if not path.is_file() or path.stat().st_size != self._shards[i]["bytes"]:
+                raise self._changed(f"shard {path.name} is gone or not the size it was")
+            self._maps[i] = self._guard(i, lambda: pa.memory_map(str(path)))
+        return self._maps[i]
+
+    def _manifest_changed(self) -> bool:
+        try:
+            return bool(read_json(self.root / MANIFEST_NAME) != self.manifest)
+        except Exception:  # gone or unreadable: changed too
+            return True
+
+    def _changed(self, what: str) -> Exception:
+        return _format_error(
+            f"{self.root}: the cache changed since this reader opened it ({what}): it was compacted or "
+            "rewritten under a running reader; start the run again"
+        )
 
     def _check_layout(self, schema: pa.Schema) -> None:
         if Layout.from_schema(schema, "shard") != self.layout:
@@ -277,6 +361,10 @@ class CacheReader:
         """Decode the targets of ``sample_ids`` (in that order), with the ragged list columns."""
         where = [self._locate(s) for s in sample_ids]
         rows = [(self._block(i, b), r) for i, b, r in where]
+        for sid, (i, b, _), (block, r) in zip(sample_ids, where, rows, strict=True):
+            if r >= len(block.sample_ids) or block.sample_ids[r] != sid:  # serve only what was asked for
+                name = self._shards[i]["file"]
+                raise self._changed(f"{name} batch {b} row {r} does not hold sample {sid!r}")
         runs: list[tuple[_Block, int, int]] = []  # consecutive rows of one block are sliced at once
         for block, r in rows:
             if runs and runs[-1][0] is block and runs[-1][2] == r:
@@ -350,7 +438,7 @@ class CacheReader:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_files"], state["_blocks"] = {}, OrderedDict()
+        state["_files"], state["_blocks"], state["_maps"] = {}, OrderedDict(), {}
         return state
 
 
@@ -373,22 +461,27 @@ def _sample(block: _Block, r: int, d: Decoded, positions: np.ndarray, sl: slice)
     )
 
 
-def _batch_ids(path: Path) -> tuple[pa.Schema, list[list[str]]]:
-    """Schema and sample_ids per record batch of a shard, decompressing only the sample_id column."""
-    with pa.memory_map(str(path)) as source:
-        options = pa.ipc.IpcReadOptions(included_fields=[0], use_threads=False)
-        reader = pa.ipc.open_file(source, options=options)
-        return reader.schema, [
-            reader.get_batch(b).column(0).to_pylist() for b in range(reader.num_record_batches)
-        ]
+def _batch_ids(source: Any) -> tuple[pa.Schema, list[list[str]], list[list[str]]]:
+    """Schema, and sample_ids and encoding hashes per record batch of a shard (an Arrow source),
+    decompressing only those two columns."""
+    schema = pa.ipc.open_file(source).schema
+    wanted = [schema.get_field_index("sample_id"), schema.get_field_index("encoding_hash")]
+    options = pa.ipc.IpcReadOptions(included_fields=wanted, use_threads=False)
+    reader = pa.ipc.open_file(source, options=options)
+    batches = [reader.get_batch(b) for b in range(reader.num_record_batches)]
+    return (
+        reader.schema,
+        [b.column("sample_id").to_pylist() for b in batches],
+        [b.column("encoding_hash").to_pylist() for b in batches],
+    )
 
 
-def _superseded(manifest: dict[str, Any]) -> set[tuple[str, str]]:
-    """``(sample_id, shard)`` of every stored row the manifest records as no longer live."""
-    out = set()
+def _superseded(manifest: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(sample_id, shard)`` -> record, for every stored row the manifest records as no longer live."""
+    out = {}
     for rec in manifest.get("superseded") or []:
         if isinstance(rec, dict):
-            out.add((str(rec.get("sample_id")), str(rec.get("shard"))))
+            out[(str(rec.get("sample_id")), str(rec.get("shard")))] = rec
     return out
 
 

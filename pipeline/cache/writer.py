@@ -65,6 +65,7 @@ from pipeline.cache.manifest import (
     write_json_atomic,
 )
 from pipeline.cache.merge import merge_rank_manifests
+from pipeline.files import atomic_write
 from pipeline.hashing import file_sha256
 
 __all__ = ["CacheWriter", "merge_rank_manifests"]
@@ -456,11 +457,14 @@ class CacheWriter:
 
 def _open_log(path: Path, read: Any) -> Any:
     """Open an append-only JSONL log, first dropping a torn last line (``read`` keeps whole records)
-    so the next append starts on a fresh line."""
+    so the next append starts on a fresh line. The cleaned log goes to a temporary file renamed over
+    the old one: a kill mid-rewrite leaves the old log, never an empty one (an emptied superseded log
+    would make every superseded row live again, "cached twice")."""
     if path.exists():
-        records = read(path)
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in read(path))
+        if text != path.read_text(encoding="utf-8"):
+            with atomic_write(path) as f:
+                f.write(text)
     return open(path, "a", encoding="utf-8")  # closed by finalize or __exit__
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pipeline.commands.options import (
     add_config,
@@ -46,5 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_caching(cfg, split=args.split, strict=args.strict, limit=args.limit, compact=args.compact)
     if is_main_process():
-        dump_config(resolved, Path(cfg.custom.teacher_cache or "") / "resolved_config.yaml")
+        from pipeline.cache.cachedir import CacheDir
+
+        dump_config(resolved, CacheDir.of(cfg).resolved_config)
     return 0

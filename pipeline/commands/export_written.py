@@ -16,9 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.cache.cachedir import CacheDir
     from pipeline.teacher.written import export_written
 
     cfg = load(args)
-    counts = export_written(Path(cfg.custom.teacher_cache or "") / "train", cfg.data.dataset[0], args.out)
+    counts = export_written(CacheDir.of(cfg).split("train").root, cfg.data.dataset[0], args.out)
     print(f"{counts['rows']} rows ({counts['teacher_written']} teacher-written) -> {args.out}")
     return 0

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cache.cachedir import Manifest
 from pipeline.cache.format import CachedSample
 from pipeline.cache.validation import Cells, Findings, check_sample
 from pipeline.errors import DistillError
@@ -140,15 +141,15 @@ def audit(
     coverage check training makes: every row of the dataset cached or recorded as skipped.
     """
     out = Findings()
-    manifest = reader.manifest
-    fingerprint = manifest.get("fingerprint", {}) or {}
+    manifest = Manifest(reader.manifest)
+    fingerprint = manifest.fingerprint
     if cfg is not None:
         encoder = reencode_check(reader, cfg, out, max_rows=max_rows, seed=seed, encoder=encoder)
         tokenizer = tokenizer if tokenizer is not None else encoder.tokenizer
     if (msg := tokenizer_problem(tokenizer, fingerprint)) is not None:
         out.add("tokenizer", msg)
-    cells = Cells(manifest.get("layout"))
-    encoding = fingerprint.get("encoding", {}) or {}
+    cells = Cells(manifest.layout or None)
+    encoding = manifest.encoding
     allowed = end_of_turn_ids(tokenizer, encoding, encoder)
     forbidden = forbidden_targets(tokenizer, encoding.get("placeholder_ids"), allowed)
     shift = ShiftCounter()
@@ -160,11 +161,11 @@ def audit(
         shift.add(sample)
     if (msg := shift.problem()) is not None:
         out.add("off-by-one", msg)
-    counts = manifest.get("counts", {}) or {}
+    counts = manifest.counts
     for key, found in (("cached", n_samples), ("targets", n_targets)):
         if counts.get(key) is not None and counts[key] != found:
             out.add("manifest", f"counts.{key} is {counts[key]} but the shards hold {found}")
-    for msg in count_problems(manifest):
+    for msg in count_problems(reader.manifest):
         out.add("manifest", msg)
     if dataset is None and cfg is not None and reader.root.name in ("train", "val"):
         from pipeline.splits import split_file
@@ -181,8 +182,8 @@ def audit(
 
 def count_problems(manifest: dict[str, Any]) -> list[str]:
     """Every count of the manifest that does not reconcile with its skip records or ``rows_in``."""
-    counts = manifest.get("counts", {}) or {}
-    records = manifest.get("skipped") or []
+    record = Manifest(manifest)
+    counts, records = record.counts, record.skipped
     found: list[str] = []
     if counts.get("skipped") is not None and counts["skipped"] != len(records):
         found.append(f"counts.skipped is {counts['skipped']} but {len(records)} skip records are listed")
@@ -258,8 +259,8 @@ def reencode_check(
 
     if encoder is None:
         encoder = RowEncoder.from_config(cfg)
-    recorded = (reader.manifest.get("fingerprint", {}) or {}).get("encoding")
-    if isinstance(recorded, dict):
+    recorded = Manifest(reader.manifest).encoding
+    if recorded:
         diffs = compare_fingerprints(recorded, json_normal(encoder.settings()))
         if diffs:
             shown = "; ".join(f"{k}: cache {a!r}, config {b!r}" for k, (a, b) in list(diffs.items())[:5])

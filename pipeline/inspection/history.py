@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.cache.cachedir import Manifest
 from pipeline.data import read_split_rows
 from pipeline.errors import DistillError
 
@@ -17,14 +18,14 @@ def dataset_files(root: Path, manifest: dict[str, Any], cfg: Any = None) -> list
     keys = {"train": "dataset", "val": "val_dataset"}
     if cfg is not None and root.name in keys:
         return list(getattr(cfg.data, keys[root.name]))
-    recorded = (manifest.get("sources") or {}).get("dataset")
+    recorded = Manifest(manifest).sources.get("dataset")
     return [recorded] if recorded and Path(recorded).is_file() else []
 
 
 def history_lines(root: Path, manifest: dict[str, Any], sample_ids: list[str], cfg: Any = None) -> list[str]:
     """Lines for the inspect summary; none for a one-generation cache that matches its dataset."""
-    generations = manifest.get("generations") or []
-    storage = manifest.get("storage") or {}
+    generations = Manifest(manifest).generations
+    storage = Manifest(manifest).storage
     lines = []
     if len(generations) > 1 or storage.get("superseded"):
         last = generations[-1] if generations else {}

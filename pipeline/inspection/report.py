@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cache.cachedir import Manifest
 from pipeline.files import atomic_write
 from pipeline.inspection.figures import figure_bytes, histograms
 from pipeline.inspection.rows import RowView, row_view
@@ -190,9 +191,7 @@ def _sections(
 ) -> list[str]:
     """One HTML section per chosen sample: its tokens coloured by p(target), image and context."""
     stats = {r.sample_id: r for r in prof.rows}
-    placeholder_ids = ((reader.manifest.get("fingerprint") or {}).get("encoding") or {}).get(
-        "placeholder_ids"
-    ) or {}
+    placeholder_ids = Manifest(reader.manifest).placeholder_ids
     placeholders = {int(v) for v in placeholder_ids.values()}
     sections = []
     for sid in chosen:

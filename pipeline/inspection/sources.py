@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.cache.cachedir import Manifest
 from pipeline.errors import ConfigError, DistillError
 
 TOKENIZER_HINT = "pass --tokenizer DIR (the student model or tokenizer directory) or --config"
@@ -38,8 +39,7 @@ def load_tokenizer(path: str | Path, trusted: bool = False) -> Any:
 
 def recorded_sources(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``sources`` (empty for caches written before they were recorded)."""
-    sources = manifest.get("sources")
-    return sources if isinstance(sources, dict) else {}
+    return Manifest(manifest).sources
 
 
 def resolve_tokenizer(manifest: dict[str, Any], path: Path | None = None, cfg: Any = None) -> tuple[Any, str]:
@@ -69,7 +69,7 @@ def resolve_tokenizer(manifest: dict[str, Any], path: Path | None = None, cfg: A
         tokenizer = load_tokenizer(where, trusted)
     except ConfigError as exc:
         return None, f"note: showing token ids ({exc}; {TOKENIZER_HINT})"
-    recorded = (manifest.get("fingerprint") or {}).get("tokenizer")
+    recorded = Manifest(manifest).fingerprint.get("tokenizer")
     diffs = compare_fingerprints(recorded, tokenizer_hash(tokenizer)) if isinstance(recorded, dict) else {}
     if diffs:
         return None, (
@@ -144,7 +144,7 @@ def _encoder(manifest: dict[str, Any], cfg: Any, notes: list[str]) -> Any:
     except (DistillError, OSError, ValueError) as exc:
         notes.append(f"cannot build the row encoder ({type(exc).__name__}: {exc}): pass --config")
         return None
-    settings = (manifest.get("fingerprint") or {}).get("encoding")
+    settings = Manifest(manifest).encoding or None
     diffs = (
         compare_fingerprints(settings, json_normal(encoder.settings())) if isinstance(settings, dict) else {}
     )
@@ -161,9 +161,9 @@ def _dataset_changed(manifest: dict[str, Any], path: str) -> bool:
     from before generations recorded the hash in its fingerprint)."""
     from pipeline.data import dataset_hash, file_sha256
 
-    generations = manifest.get("generations") or []
-    files = ((generations[-1].get("dataset") or {}).get("files") or []) if generations else []
+    record = Manifest(manifest)
+    files = (record.last_generation.get("dataset") or {}).get("files") or []
     if files:
         return all(f.get("sha256") != file_sha256(path) for f in files)
-    recorded = (manifest.get("fingerprint") or {}).get("dataset_sha256")
+    recorded = record.fingerprint.get("dataset_sha256")
     return bool(recorded) and dataset_hash(path) != recorded

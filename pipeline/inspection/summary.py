@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cache.cachedir import Manifest
 from pipeline.errors import CacheFormatError
 from pipeline.inspection.tokens import (
     TOP_SHOWN,
@@ -110,9 +111,9 @@ def summarise(reader: Any, prof: Profile | None = None) -> dict[str, Any]:
     already collected :func:`profile` of the same reader.
     """
     prof = prof if prof is not None else profile(reader)
-    manifest = reader.manifest
-    shards = manifest.get("shards", [])
-    counts = manifest.get("counts", {})
+    manifest = Manifest(reader.manifest)
+    shards = manifest.shards
+    counts = manifest.counts
     col = prof.tokens
     tokens = int(col["agree"].size)
     total_bytes = int(sum(int(s.get("bytes", 0)) for s in shards))
@@ -129,7 +130,7 @@ def summarise(reader: Any, prof: Profile | None = None) -> dict[str, Any]:
         "bytes": total_bytes,
         "top_k": int(reader.top_k),
         "vocab_size": int(reader.vocab_size),
-        "logprob_encoding": manifest.get("layout", {}).get("logprob_encoding"),
+        "logprob_encoding": manifest.layout.get("logprob_encoding"),
         "bytes_per_token": per_token,
         "raw_bytes_per_token": raw_per_token,
         "compression_ratio": raw_per_token / per_token if tokens and total_bytes else float("nan"),
@@ -141,7 +142,7 @@ def summarise(reader: Any, prof: Profile | None = None) -> dict[str, Any]:
         "rows_in": counts.get("rows_in"),
         "skipped": int(counts.get("skipped", 0) or 0),
         "skipped_by_reason": dict(counts.get("skipped_by_reason", {})),
-        "written": written_summary(manifest, prof.rows),
+        "written": written_summary(reader.manifest, prof.rows),
     }
 
 
@@ -159,7 +160,7 @@ def written_summary(manifest: dict[str, Any], rows: list[RowStats]) -> dict[str,
 
     limit = written_limit(manifest)
     written = [r for r in rows if r.teacher_written]
-    recorded = written_counts(manifest.get("counts") or {})
+    recorded = written_counts(Manifest(manifest).counts)
     if not written and limit is None and not any(recorded.values()):
         return None
     return {

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cache.cachedir import Manifest
 from pipeline.cache.format import CachedSample
 
 TOP_SHOWN = 5  # teacher entries shown per token in the table and the report's hover
@@ -85,7 +86,7 @@ class RowStats:
 
 def written_limit(manifest: dict[str, Any]) -> int | None:
     """``max_new_tokens`` of the cache's teacher-written responses (None: the fingerprint has none)."""
-    settings = (manifest.get("fingerprint") or {}).get("written_responses")
+    settings = Manifest(manifest).written_responses
     limit = settings.get("max_new_tokens") if isinstance(settings, dict) else None
     return int(limit) if limit is not None else None
 

@@ -143,7 +143,7 @@ def measure(
     (timed from a checked plan, as the stage runs after loading the model). ``written`` True / False
     keeps only rows the teacher writes / does not write (None: every row). ``plan``: the split's
     checked plan, when the caller has one (else it is read again)."""
-    from pipeline.cache.manifest import read_json
+    from pipeline.cache.cachedir import CacheDir
     from pipeline.teacher.stage import cache_split, plan_split
     from pipeline.teacher.written import split_written
 
@@ -157,14 +157,13 @@ def measure(
         t0 = time.perf_counter()
         counts = cache_split(cfg_tmp, split, teacher, encoder, plan=plan, progress=False)
         seconds = time.perf_counter() - t0
-        manifest = read_json(Path(tmp) / split / "manifest.json")
-        shards = manifest["shards"]
+        record = CacheDir(Path(tmp)).split(split).manifest()
     return Measurement(
         rows=int(counts["cached"]),
         targets=int(counts["targets"]),
         tokens=0,  # filled in by the caller from the encoding pass
-        bytes=sum(int(s["bytes"]) for s in shards),
-        shards=len(shards),
+        bytes=record.shard_bytes,
+        shards=len(record.shards),
         seconds=seconds,
     )
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pipeline.cache.live import LiveState
     from pipeline.cache.writer import CacheWriter
     from pipeline.encoding import RowEncoder
-    from pipeline.teacher.stage import SplitPlan
+    from pipeline.teacher.plan import SplitPlan
 
 
 @dataclass

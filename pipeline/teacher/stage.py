@@ -17,17 +17,19 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.data import BadRow, Row, count_reasons, read_split_rows, require_rows
+from pipeline.data import Row, count_reasons, read_split_rows, require_rows
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import load_teacher, teacher_device_map
 from pipeline.splits import split_files
 from pipeline.teacher.batches import dist_info, iterate_batches, split_samples, to_device
+from pipeline.teacher.interrupt import check as check_sigterm
+from pipeline.teacher.interrupt import sigterm_keeps, sigterm_stops_cleanly, sigterm_waits
+from pipeline.teacher.plan import SplitPlan
 from pipeline.teacher.written import cache_written_rows, partition_for_written, split_written
 
 if TYPE_CHECKING:
@@ -49,26 +51,6 @@ def source_paths(cfg: DistillConfig, dataset_file: str) -> dict[str, Any]:
     }
 
 
-@dataclass
-class SplitPlan:
-    """What one rank will do with one split, decided before the teacher loads.
-
-    ``files``: the split's JSONL files (``path``: them joined, for messages); ``rows_in``: this
-    rank's share of their rows (after ``limit``); ``usable``: rows that passed the fast checks
-    (parsed, images readable, response present); ``unusable``: the others, each with its reason, to
-    be recorded as skipped; ``digests``: row digests computed on the way (by sample_id).
-    """
-
-    split: str
-    path: str
-    rows_in: int
-    usable: list[Row]
-    unusable: list[BadRow]
-    files: list[str] = field(default_factory=list)
-    digests: dict[str, str] = field(default_factory=dict)
-    limit: int | None = None
-
-
 def plan_split(
     cfg: DistillConfig, split: str, *, strict: bool = False, limit: int | None = None
 ) -> SplitPlan:
@@ -79,7 +61,8 @@ def plan_split(
     files = split_files(cfg, split)
     path = ", ".join(files)
     rank, world = dist_info()
-    mine = read_split_rows(files)[:limit][rank::world]
+    rows = read_split_rows(files)[:limit]
+    mine = rows[rank::world]
     from pipeline.teacher.incremental import held_unchanged
 
     held, digests = held_unchanged(Path(cfg.custom.teacher_cache or "") / split, mine)
@@ -90,7 +73,8 @@ def plan_split(
         checked = {id(r) for r in usable}
         usable = [r for r in mine if isinstance(r, Row) and (r.sample_id in held or id(r) in checked)]
     require_rows(path, _sum_over_ranks(len(usable), world), unusable, f"usable rows for the {split} split")
-    return SplitPlan(split, path, len(mine), usable, unusable, files, digests, limit)
+    ids = frozenset(r.sample_id for r in rows)
+    return SplitPlan(split, path, len(mine), usable, unusable, files, digests, limit, ids)
 
 
 def _sum_over_ranks(n: int, world: int) -> int:
@@ -165,7 +149,7 @@ def cache_split(
 
     if (held := _holds_more_than_the_limit(plan, root)) is not None:
         return held
-    with writer_lock(root) if hold_lock else nullcontext(), disk_full_as_error(root):
+    with writer_lock(root) if hold_lock else nullcontext(), disk_full_as_error(root), sigterm_keeps(root):
         return _cache_planned(
             cfg, plan, root, teacher, encoder, strict=strict, progress=progress, shard_bytes=shard_bytes
         )
@@ -177,19 +161,41 @@ def _holds_more_than_the_limit(plan: SplitPlan, root: Path) -> dict[str, Any] | 
     from pipeline.cache.format import MANIFEST_NAME
     from pipeline.cache.manifest import read_json
 
-    if plan.limit is None or not (root / MANIFEST_NAME).is_file():
+    if plan.limit is None or not root.is_dir():
         return None
+    if not (root / MANIFEST_NAME).is_file():
+        return _unfinished_beyond_the_limit(plan, root)
     counts = dict(read_json(root / MANIFEST_NAME).get("counts") or {})
     held = int(counts.get("cached", 0)) + int(counts.get("skipped", 0))
     rows = _sum_over_ranks(plan.rows_in, dist_info()[1])
     if held <= rows:
-        return None
+        return _unfinished_beyond_the_limit(plan, root)
     if dist_info()[0] == 0:
         print(
             f"[cache {plan.split}] {root} already holds {held} rows ({counts.get('cached')} cached, "
             f"{counts.get('skipped')} skipped), more than --limit {plan.limit} asks for: left as it is"
         )
     return counts
+
+
+def _unfinished_beyond_the_limit(plan: SplitPlan, root: Path) -> dict[str, Any] | None:
+    """An unfinished run (killed, stopped) that already cached rows past what ``--limit`` asks for:
+    finishing it under the limit could not reconcile its counts, so it is left as it is, and said."""
+    from pipeline.cache.live import scan
+
+    state = scan(root)  # read without the lock, as planning does; nothing is written here
+    cached = [s for s, r in state.rows.items() if state.shard_generation[r.shard] == state.generation]
+    skipped = [s for s, rec in state.skips.items() if rec["generation"] == state.generation]
+    beyond = [s for s in cached + skipped if s not in plan.all_ids]
+    if not beyond:
+        return None
+    if dist_info()[0] == 0:
+        print(
+            f"[cache {plan.split}] {root} holds an unfinished run's {len(cached) + len(skipped)} rows "
+            f"({len(cached)} cached, {len(skipped)} skipped), {len(beyond)} of them past --limit "
+            f"{plan.limit}: left as it is; run the same command without --limit to finish it"
+        )
+    return {"cached": len(cached), "skipped": len(skipped), "rows_in": None, "unfinished": True}
 
 
 def _open_writer(
@@ -252,19 +258,25 @@ def _cache_planned(
         def skip(sid: str, reason: str, detail: str) -> None:
             writer.skip(sid, reason, detail, keyed.digests.get(sid, ""))
 
-        _cache_labelled(cfg, encoder, todo, writer.add, skip, forward, bar, strict=strict)
-        cache_written_rows(
-            cfg,
-            teacher,
-            encoder,
-            to_write,
-            writer.add,
-            skip,
-            forward,
-            strict=strict,
-            progress=bar.update,
-        )
-        bar.close()
+        def advance(n: int) -> None:
+            bar.update(n)
+            check_sigterm()  # a SIGTERM stops here, between written rows
+
+        try:
+            _cache_labelled(cfg, encoder, todo, writer.add, skip, forward, bar, strict=strict)
+            cache_written_rows(
+                cfg,
+                teacher,
+                encoder,
+                to_write,
+                writer.add,
+                skip,
+                forward,
+                strict=strict,
+                progress=advance,
+            )
+        finally:
+            bar.close()  # ends the bar's line, so an error (a full disk, a SIGTERM) prints on its own
         record = dataset_record(plan.files, plan.rows_in)
         writer.finalize(rows_in=plan.rows_in, reused=keyed.reused, dataset=record)
     return _merged_counts(cfg, root)
@@ -314,6 +326,7 @@ def _cache_labelled(
                 n_tok += sample.num_targets
         bar.update(len(item["ids"]) + len(item["skipped"]))
         bar.set_postfix(tokens_per_s=f"{n_tok / max(time.perf_counter() - t0, 1e-9):.0f}")
+        check_sigterm()  # a SIGTERM stops here, between batches: the writer then seals what it holds
 
 
 def _merged_counts(cfg: DistillConfig, root: Path) -> dict[str, Any]:
@@ -369,7 +382,7 @@ def run_caching(
     for plan in plans.values():
         _report_plan(plan)
     results = {}
-    with ExitStack() as locks:
+    with sigterm_stops_cleanly(), ExitStack() as locks:
         for s in splits:
             locks.enter_context(writer_lock(Path(cfg.custom.teacher_cache) / s))
         check_pair(cfg)
@@ -379,8 +392,9 @@ def run_caching(
             encoder.template.model = teacher  # the template computes rope position ids with the model
         for s in splits:
             results[s] = _cache_and_report(cfg, plans[s], teacher, encoder, strict, progress)
-            if compact:
-                results[s] = compact_split(cfg, s, limit)
+            if compact and not results[s].get("unfinished"):
+                with sigterm_waits():  # a compaction finishes (or never starts its swap) first
+                    results[s] = compact_split(cfg, s, limit)
     return results
 
 
@@ -391,7 +405,7 @@ def _cache_and_report(
         cfg, plan.split, teacher, encoder, strict=strict, progress=progress, plan=plan, hold_lock=False
     )
     rank, _ = dist_info()
-    if rank == 0:
+    if rank == 0 and not counts.get("unfinished"):
         from pipeline.cache.format import MANIFEST_NAME
         from pipeline.cache.manifest import read_json
         from pipeline.teacher.incremental import generation_line

@@ -152,7 +152,7 @@ def downgrade_to_first_format(root: Any, dataset_sha256: str = "12" * 32) -> Non
     import pyarrow as pa
 
     from pipeline.cache.format import FINGERPRINT_KEY, MANIFEST_NAME, PARTS_DIR
-    from pipeline.cache.manifest import scan_shard
+    from pipeline.cache.manifest import digest_hex, scan_shard
 
     root = Path(root)
     manifest = json.loads((root / MANIFEST_NAME).read_text())
@@ -173,7 +173,9 @@ def downgrade_to_first_format(root: Any, dataset_sha256: str = "12" * 32) -> Non
         shards.append({**scan_shard(path), "tags": rec.get("tags", {})})
     for key in ("generations", "superseded", "storage"):
         manifest.pop(key, None)
-    manifest.update(fingerprint=fingerprint, shards=shards)
+    # Its digest as that writer computed it: over the rows as stored then (no row_digest column).
+    content = digest_hex(sum(int(s["digest"], 16) for s in shards))
+    manifest.update(fingerprint=fingerprint, shards=shards, content_digest=content)
     for rec in manifest["skipped"]:
         rec.pop("row_digest", None)
     (root / MANIFEST_NAME).write_text(json.dumps(manifest))

@@ -204,8 +204,8 @@ def test_distill_cache_on_a_full_disk_is_one_line_and_the_rerun_completes_it(
     with monkeypatch.context() as m:
         m.setattr(pa.ipc, "new_file", lambda *a, **k: Full(new_file(*a, **k)))
         assert main(argv) == 2
-    (err,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # beside tqdm's bar
-    err = err[err.index("error:") :]
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert err.startswith("error:"), err  # on its own line, not glued onto tqdm's bar
     root = d / "cache" / "train"
     assert err.startswith(f"error: DiskFullError: {root}: no space left on device ([Errno 28]")
     assert "complete shards" in err and err.endswith("run the same command again: it resumes from there")

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -134,38 +133,82 @@ def test_bad_rows_are_skipped_with_reasons_and_strict_fails(
     assert first_bad in str(err.value)
 
 
+# Runs ``distill`` with the cache writer patched to send this process ``argv[1]`` (a signal name)
+# right after its first shard is sealed: the signal lands at a point the test controls, never a race.
+SIGNAL_AFTER_FIRST_SHARD = """
+import os, signal, sys
+from pipeline.cache.writer import CacheWriter
+from pipeline.cli import main
+
+seal = CacheWriter._seal
+
+def _seal(self):
+    was_open = self._file_writer is not None
+    seal(self)
+    if was_open and not os.environ.get("SIGNAL_SENT"):
+        os.environ["SIGNAL_SENT"] = "1"
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+
+CacheWriter._seal = _seal
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def cache_with_signal(
+    config: Path, sig: str, driver_dir: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess:
+    """``distill cache --config config`` that receives ``sig`` once its first shard is sealed."""
+    driver = driver_dir / "signal_after_first_shard.py"
+    driver.write_text(SIGNAL_AFTER_FIRST_SHARD)
+    cmd = [sys.executable, str(driver), sig, "cache", "--config", str(config)]
+    repo = Path(__file__).parents[2]  # the driver imports this checkout's pipeline, not an installed one
+    env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=repo)
+
+
+def assert_same_cache(a: Path, b: Path) -> None:
+    """Caches ``a`` and ``b`` hold the same rows: ids once each, top-k ids, logprobs (fp32, as close as
+    batch composition allows), encoding hashes, counts and skip records."""
+    from pipeline.cache.reader import CacheReader
+
+    ra, rb = CacheReader(a), CacheReader(b)
+    assert sorted(ra.sample_ids) == sorted(rb.sample_ids)
+    assert len(set(ra.sample_ids)) == len(ra.sample_ids)
+    assert ra.manifest["counts"] == rb.manifest["counts"]
+    assert ra.manifest["skipped"] == rb.manifest["skipped"]
+    for sid in rb.sample_ids:
+        x, y = ra.get(sid), rb.get(sid)
+        assert np.array_equal(x.topk_ids, y.topk_ids)
+        np.testing.assert_allclose(x.topk_logprobs, y.topk_logprobs, atol=1e-6)
+        assert x.encoding_hash == y.encoding_hash
+
+
+def small_shard_config(demo_assets: dict[str, Path], teacher: Path, tmp_path: Path, name: str) -> Path:
+    """The train split only, cached into many small fp32 shards under ``tmp_path / name``."""
+    c = gkd_config(
+        demo_assets,
+        teacher,
+        tmp_path / name,
+        tmp_path / "run",
+        custom={"cache_shard_mb": 0.004, "cache_batch_size": 4, "logprob_encoding": "fp32"},
+    )
+    c["data"]["val_dataset"] = []
+    return write_config(tmp_path / f"{name}.yaml", c)
+
+
 def test_kill_after_first_shard_then_resume(
     demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path
 ) -> None:
-    from pipeline.cache.reader import CacheReader
-
-    def cfg_for(name: str) -> Path:
-        c = gkd_config(
-            demo_assets,
-            tiny_teacher,
-            tmp_path / name,
-            tmp_path / "run",
-            custom={"cache_shard_mb": 0.004, "cache_batch_size": 4, "logprob_encoding": "fp32"},
-        )
-        c["data"]["val_dataset"] = []
-        return write_config(tmp_path / f"{name}.yaml", c)
-
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = cfg_for("killed")
-    cmd = [sys.executable, "-m", "pipeline.cli", "cache", "--config", str(killed)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list((tmp_path / "killed" / "train").glob("*.arrow")):
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the cache stage finished before its first shard could be observed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = small_shard_config(demo_assets, tiny_teacher, tmp_path, "killed")
+    proc = cache_with_signal(killed, "SIGKILL", tmp_path, env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert list((tmp_path / "killed" / "train").glob("*.arrow"))
     assert not (tmp_path / "killed" / "train" / "manifest.json").exists()
+    cmd = [sys.executable, "-m", "pipeline.cli", "cache", "--config", str(killed)]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    ref = cfg_for("reference")
+    ref = small_shard_config(demo_assets, tiny_teacher, tmp_path, "reference")
     subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "cache", "--config", str(ref)],
         env=env,
@@ -173,15 +216,7 @@ def test_kill_after_first_shard_then_resume(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    a = CacheReader(tmp_path / "killed" / "train")
-    b = CacheReader(tmp_path / "reference" / "train")
-    assert sorted(a.sample_ids) == sorted(b.sample_ids)
-    assert len(set(a.sample_ids)) == len(a.sample_ids)
-    for sid in b.sample_ids:
-        x, y = a.get(sid), b.get(sid)
-        assert np.array_equal(x.topk_ids, y.topk_ids)
-        np.testing.assert_allclose(x.topk_logprobs, y.topk_logprobs, atol=1e-6)
-        assert x.encoding_hash == y.encoding_hash
+    assert_same_cache(tmp_path / "killed" / "train", tmp_path / "reference" / "train")
 
 
 def test_data_parallel_caching_matches_single_process(
