@@ -6,7 +6,12 @@ row stops the run before any optimizer step, naming the file. For the cached var
 :func:`bind_to_cache` then requires the cache to *cover* the split: every row is either cached or
 recorded by the cache stage as skipped with its reason. Rows that are neither (a cache built with
 ``--limit``, or a split whose caching never finished) are refused unless ``custom.allow_partial_cache``
-is set. :func:`check_left_out` caps the unusable fraction (``custom.max_skipped_fraction``), and
+is set. A skip record is trusted only while it still describes the row: a row recorded as skipped
+that has changed since (its digest differs from the record's, or the row check that skipped it
+passes now) is refused as stale, since ``distill cache`` re-attempts it. :func:`check_rows_against_cache`
+then compares every row the run will use with its cache row, all of them before the first optimizer
+step (a stale row found by a batch at step 12 would waste the steps before it).
+:func:`check_left_out` caps the unusable fraction (``custom.max_skipped_fraction``), and
 :func:`write_report` prints the counts when training starts and records every left-out row with its
 reason in ``<output_dir>/data_coverage.json``.
 """
@@ -14,13 +19,23 @@ reason in ``<output_dir>/data_coverage.json``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.binding import as_cached, require_cached_encoding
+from pipeline.cache.cachedir import Manifest
 from pipeline.data import (
+    BAD_ROW,
+    EMPTY_RESPONSE,
+    MISSING_IMAGE,
+    NON_UTF8,
+    PROMPT_ONLY,
+    REMOTE_IMAGE,
+    UNREADABLE_IMAGE,
     BadRow,
     Row,
     count_reasons,
@@ -29,10 +44,18 @@ from pipeline.data import (
     read_split_rows,
     require_rows,
 )
+from pipeline.encoding import row_digest
 from pipeline.errors import CacheMismatchError, DataError
+
+logger = logging.getLogger(__name__)
 
 REPORT_NAME = "data_coverage.json"
 NOT_CACHED = "not_cached"  # left out because a partial cache (allow_partial_cache) does not hold it
+# Reasons the row check (``pipeline.data.check_row``) gives: the cache stage records such a skip
+# without a row digest, so a row that passes the check now has changed since it was skipped.
+ROW_CHECK_REASONS = frozenset(
+    {BAD_ROW, NON_UTF8, MISSING_IMAGE, UNREADABLE_IMAGE, REMOTE_IMAGE, PROMPT_ONLY, EMPTY_RESPONSE}
+)
 
 
 @dataclass
@@ -92,7 +115,8 @@ def bind_to_cache(split: SplitRows, cache: Any, *, allow_partial: bool = False) 
 
     Cache rows the split does not have (a subset, another file of the same cache) are counted in
     ``unused_cache_rows``, never an error. Raises ``CacheMismatchError`` when rows are neither cached
-    nor recorded as skipped and ``allow_partial`` is off.
+    nor recorded as skipped, or a skip record is stale (:func:`stale_skip`), and ``allow_partial`` is
+    off; with it such rows are left out as ``not_cached``.
     """
     everything: list[Row | BadRow] = [*split.rows, *split.excluded]
     order = sorted(everything, key=_file_order)
@@ -100,6 +124,7 @@ def bind_to_cache(split: SplitRows, cache: Any, *, allow_partial: bool = False) 
     cached = [sid for sid in cache.sample_ids if sid in known]
     cached_set = set(cached)
     skipped = cache.skipped()
+    digests = skip_digests(cache)
     by_id = {r.sample_id: r for r in split.rows}
     unused = len(cache.sample_ids) - len(cached)
     unusable_now = [r for r in split.excluded if r.sample_id in cached_set]
@@ -125,7 +150,15 @@ def bind_to_cache(split: SplitRows, cache: Any, *, allow_partial: bool = False) 
             continue
         if row.sample_id in skipped:
             rec = skipped[row.sample_id]
-            excluded.append(BadRow(row.sample_id, rec["reason"], rec["detail"], row.source))
+            stale = stale_skip(row, rec, digests.get(row.sample_id, ""), cache.root)
+            if stale is None:
+                excluded.append(BadRow(row.sample_id, rec["reason"], rec["detail"], row.source))
+            elif not allow_partial:
+                raise CacheMismatchError(
+                    stale + " (or set custom.allow_partial_cache: true to train without it)"
+                )
+            else:
+                excluded.append(BadRow(row.sample_id, NOT_CACHED, stale, row.source))
         elif isinstance(row, BadRow):
             excluded.append(row)
         else:
@@ -133,6 +166,63 @@ def bind_to_cache(split: SplitRows, cache: Any, *, allow_partial: bool = False) 
             excluded.append(BadRow(row.sample_id, NOT_CACHED, detail, row.source))
     return SplitRows(
         split.name, split.files, [by_id[sid] for sid in cached], excluded, str(cache.root), unused
+    )
+
+
+def skip_digests(cache: Any) -> dict[str, str]:
+    """sample_id -> the row digest each of ``cache``'s skip records was made for ("" when none);
+    ``CacheReader.skipped()`` leaves the digest out, the manifest's view has it."""
+    return Manifest(getattr(cache, "manifest", None) or {}).skip_digests()
+
+
+def stale_skip(row: Row | BadRow, rec: dict[str, str], recorded_digest: str, root: Any) -> str | None:
+    """Why the cache's skip record ``rec`` no longer describes ``row`` (one line), or None if it does.
+
+    A record with a digest is stale when the row's digest differs (the row was fixed, or the record
+    edited); one without (the row check skipped the row) when that check passes now. A row that is
+    unusable now stays left out under the record, whatever its digest.
+    """
+    if not isinstance(row, Row):
+        return None
+    where = f"{row.source}: sample {row.sample_id!r}: the skip record of the cache at {root}"
+    why = f"({rec['reason']}: {rec['detail']})"
+    if recorded_digest:
+        now = row_digest(row)
+        if now == recorded_digest:
+            return None
+        change = (
+            f"was made for another version of the row (row digest {recorded_digest[:12]}, "
+            f"the row now {now[:12]}): the row changed since it was skipped, or the record was edited"
+        )
+    elif rec["reason"] in ROW_CHECK_REASONS:
+        change = "no longer holds: the row passes that check now"
+    else:
+        return None  # an encoding failure recorded without a digest: nothing to compare it with
+    return f"{where} {why} {change}; run `distill cache` to re-attempt the row"
+
+
+def check_rows_against_cache(split: SplitRows, cache: Any, encoder: Any) -> None:
+    """Every row ``split`` uses (bound by :func:`bind_to_cache`) is what its cache row was built from;
+    else ``CacheMismatchError`` naming file:line, sample and the first difference, before any step.
+
+    A row whose digest (messages and image bytes) equals its cache row's is unchanged without
+    encoding: the fingerprint checked when the cache opened covers every encoding setting. Any other
+    row (changed, or cached before digests were stored) is encoded and its encoding hash compared.
+    Rows are read in cache order, so each record batch is decompressed once.
+    """
+    encoded = 0
+    for row in split.rows:
+        cached = cache.get(row.sample_id)
+        if cached.row_digest and cached.row_digest == row_digest(row):
+            continue
+        require_cached_encoding(row, encoder.encode(as_cached(row, cached)), cached)
+        encoded += 1
+    logger.info(
+        "%s split: %d rows checked against the cache at %s (%d encoded to compare)",
+        split.name,
+        len(split.rows),
+        cache.root,
+        encoded,
     )
 
 

@@ -8,6 +8,8 @@ so training encodes exactly as caching did), strict datasets, the trainer class 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,8 @@ from pipeline.versions import check_versions
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
+
+logger = logging.getLogger(__name__)
 
 
 def make_output_dir(cfg: DistillConfig) -> None:
@@ -42,6 +46,7 @@ def run_training(cfg: DistillConfig) -> Any:
     if cfg.custom.variant.distils and cfg.rlhf is not None and cfg.rlhf.seq_kd:
         raise ConfigError("rlhf.seq_kd: sequence-level KD is not supported")
     make_output_dir(cfg)
+    cfg = with_resume_checked(cfg)
     from pipeline.train.swift_args import swift_run_args
 
     args = swift_run_args(cfg, "sft")
@@ -52,6 +57,22 @@ def run_training(cfg: DistillConfig) -> Any:
 
     pipeline = DistillSft(args, cfg, training_splits(cfg))
     return pipeline.main()
+
+
+def with_resume_checked(cfg: DistillConfig) -> DistillConfig:
+    """``cfg`` with ``train.extra.resume_from_checkpoint`` resolved to a whole checkpoint (``last`` /
+    ``true`` pick the newest whole one; a partial one is refused naming the last whole one), before
+    ms-swift reads it (an adapter resume loads it with the model)."""
+    from pipeline.train.checkpoints import RESUME_KEY, resolve_resume
+
+    if RESUME_KEY not in cfg.train.extra:
+        return cfg
+    extra = {k: v for k, v in cfg.train.extra.items() if k != RESUME_KEY}
+    resume = resolve_resume(cfg)
+    if resume is not None:
+        logger.info("resuming from %s", resume)
+        extra[RESUME_KEY] = resume
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, extra=extra))
 
 
 def training_splits(cfg: DistillConfig) -> list[SplitRows]:

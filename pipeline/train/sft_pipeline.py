@@ -17,11 +17,19 @@ from swift.pipelines import SwiftSft
 from pipeline.cache.policy import CachePolicy
 from pipeline.config import needs_live_teacher
 from pipeline.encoding import RowEncoder
-from pipeline.errors import CacheMismatchError, ConfigError
+from pipeline.errors import CacheMismatchError, ConfigError, DiskFullError
 from pipeline.models import load_teacher
 from pipeline.splits import open_split_cache
-from pipeline.train.coverage import SplitRows, bind_to_cache, check_left_out, write_report
+from pipeline.train.checkpoints import is_disk_full_anywhere, stopped_line
+from pipeline.train.coverage import (
+    SplitRows,
+    bind_to_cache,
+    check_left_out,
+    check_rows_against_cache,
+    write_report,
+)
 from pipeline.train.data import EncodedDataset, MemoBudget
+from pipeline.train.preemption import PreemptionCallback, TrainingStopped
 from pipeline.train.trainer import DistillSettings, resolve_trainer_cls
 
 if TYPE_CHECKING:
@@ -90,6 +98,8 @@ class DistillSft(SwiftSft):
             encoder=self.encoder,
         )
         trainer.add_callback(TelemetryCallback(cfg))
+        self.preemption = PreemptionCallback()
+        trainer.add_callback(self.preemption)
         if teacher is not None:
             teacher.to(trainer.args.device)
         self.trainer = trainer
@@ -97,6 +107,7 @@ class DistillSft(SwiftSft):
 
     def _datasets(self) -> tuple[EncodedDataset, EncodedDataset | None]:
         """The train (and val) datasets, each split bound to its cache where the variant reads one,
+        every bound row compared with its cache row (before step 1, not when a batch fetches it),
         its left-out rows checked and reported."""
         cfg, variant = self.cfg, self.cfg.custom.variant
         train_split, *val_split = self.splits
@@ -115,6 +126,10 @@ class DistillSft(SwiftSft):
                 val_split = [bind_to_cache(val_split[0], eval_cache, allow_partial=partial)]
         for split in (train_split, *val_split):
             check_left_out(split, cfg.custom.max_skipped_fraction, strict=cfg.custom.strict)
+        if train_cache is not None:
+            check_rows_against_cache(train_split, train_cache, self.encoder)
+        if eval_cache is not None:
+            check_rows_against_cache(val_split[0], eval_cache, self.encoder)
         write_report([train_split, *val_split], self.args.output_dir)
         val_rows = val_split[0].rows if val_split else []
         on_policy = cfg.rlhf is not None and cfg.rlhf.lmbda > 0  # sampling needs the raw rows
@@ -149,11 +164,34 @@ class DistillSft(SwiftSft):
         )
 
     def train(self, trainer: Any) -> Any:
-        result = super().train(trainer)
+        """ms-swift's train, then the final weights; a SIGTERM'd run stops with ``TrainingStopped``
+        after its checkpoint (no final weights), a full disk with one ``DiskFullError`` line."""
+        out = self.args.output_dir
+        try:
+            result = super().train(trainer)
+        except Exception as exc:
+            if trainer.disk_full is not None and exc is not trainer.disk_full and is_disk_full_anywhere(exc):
+                raise trainer.disk_full from exc
+            raise
+        drop_dangling_last_checkpoint(out)
+        stop = self.preemption
+        if stop.stopped_at is not None:
+            ckpt = trainer.state.last_model_checkpoint or os.path.join(out, f"checkpoint-{stop.stopped_at}")
+            line = stopped_line(out, str(stop.signal_name), stop.stopped_at, trainer.state.max_steps, ckpt)
+            raise TrainingStopped(line)
         # Checkpoint rotation may keep the best rather than the last checkpoint; the next stage
         # wants the end-of-training weights at a fixed path.
-        trainer.save_model(os.path.join(self.args.output_dir, FINAL_DIR))
-        drop_dangling_last_checkpoint(self.args.output_dir)
+        final = os.path.join(out, FINAL_DIR)
+        try:
+            trainer.save_model(final)
+        except Exception as exc:
+            if not is_disk_full_anywhere(exc):
+                raise
+            raise DiskFullError(
+                f"{final}: no space left on device while writing the final weights "
+                f"({(str(exc).splitlines() or [''])[0]}); the checkpoints in {out} are kept; free space "
+                "and run the same command with train.extra.resume_from_checkpoint: last"
+            ) from exc
         return result
 
     def _check_cache_vocab(self, cache: Any) -> None:

@@ -38,7 +38,7 @@ from transformers import Trainer as HfTrainer
 
 from pipeline.cache.targets import teacher_topk
 from pipeline.errors import ConfigError
-from pipeline.teacher.forward import forward_context, hidden_states, project_fp32, supervised_index
+from pipeline.forward import forward_context, hidden_states, project_fp32, supervised_index
 from pipeline.train import losses
 from pipeline.train.data import IDS_KEY, ROWS_KEY, TEACHER_KEY
 from pipeline.train.student_forward import output_head, student_token_scores
@@ -95,6 +95,7 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         self.teacher_model = teacher_model
         self.encoder = encoder
         self.on_policy_draws: list[tuple[int, bool]] = []  # (global_step, on_policy) per training micro-batch
+        self.disk_full: Exception | None = None  # a checkpoint write that met a full disk
         # transformers' sinks would prefix our canonical names again (train/train/loss); TelemetryCallback
         # writes TensorBoard and DVCLive instead.
         from transformers.integrations import DVCLiveCallback, TensorBoardCallback
@@ -111,6 +112,26 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         from pipeline.train.data import DistillCollator
 
         return DistillCollator(super()._get_data_collator(args, template))
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """transformers' checkpoint save, with a full disk as one ``DiskFullError`` line naming
+        ``output_dir`` and the last whole checkpoint (the partial one is removed)."""
+        import os
+        from pathlib import Path
+
+        from pipeline.train.checkpoints import disk_full_error, is_disk_full_anywhere
+
+        target = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as exc:
+            if not is_disk_full_anywhere(exc):
+                raise
+            # Kept on the trainer too: a write in ms-swift's own cleanup after training (its
+            # logging.jsonl) may meet the same full disk and replace this exception.
+            self.disk_full = disk_full_error(os.fspath(self.args.output_dir), target, exc)
+            raise self.disk_full from exc
 
     # ---- resume ---------------------------------------------------------------------------------------
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:

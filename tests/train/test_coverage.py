@@ -157,3 +157,66 @@ def test_report_records_rows_used_and_every_reason(
         f"{N_ROWS} rows, using {N_ROWS - 2}, left out 2 (bad_row: 1, missing_image: 1)"
         in capsys.readouterr().out
     )
+
+
+class SkipLogCache(FakeCache):
+    """A ``FakeCache`` whose manifest carries the skip records' row digests, as a real cache's does."""
+
+    def __init__(self, root: Path, cached: list[str], records: dict[str, tuple[str, str]]):
+        super().__init__(root, cached, {sid: reason for sid, (reason, _) in records.items()})
+        self.manifest = {
+            "skipped": [
+                {"sample_id": sid, "reason": r, "detail": f"{sid}: {r}", "row_digest": d}
+                for sid, (r, d) in records.items()
+            ]
+        }
+
+
+def test_a_skip_record_for_another_version_of_the_row_is_refused_as_stale(tmp_path: Path) -> None:
+    """A skip record whose digest is not the row's (the row fixed, or the record edited) is one line
+    naming the row and the remedy, never a silent leave-out or a KeyError; the same digest keeps it."""
+    from pipeline.encoding import row_digest
+
+    split = load_split("train", [str(_dataset(tmp_path))])
+    row = next(r for r in split.rows if r.sample_id == "r03")
+    cached = [r.sample_id for r in split.rows if r.sample_id != "r03"]
+    bad = {"r05": ("missing_image", ""), BAD_LINE: ("bad_row", "")}
+    same = SkipLogCache(tmp_path, cached, {**bad, "r03": ("truncated_by_max_length", row_digest(row))})
+    bound = bind_to_cache(split, same)
+    assert {r.sample_id: r.reason for r in bound.excluded}["r03"] == "truncated_by_max_length"
+    forged = SkipLogCache(tmp_path, cached, {**bad, "r03": ("truncated_by_max_length", "0" * 64)})
+    with pytest.raises(CacheMismatchError) as err:
+        bind_to_cache(split, forged)
+    msg = str(err.value)
+    assert "train.jsonl:4: sample 'r03': the skip record of the cache at" in msg
+    assert "another version of the row" in msg and "run `distill cache` to re-attempt the row" in msg
+    assert "\n" not in msg
+    partial = bind_to_cache(split, forged, allow_partial=True)
+    assert {r.sample_id: r.reason for r in partial.excluded}["r03"] == NOT_CACHED
+
+
+def test_a_row_check_skip_of_a_row_that_passes_now_is_stale(tmp_path: Path) -> None:
+    """The cache recorded r03 as missing its image (no digest: the row check skipped it); the row is
+    usable now, so the record no longer holds. A row still unusable keeps its record."""
+    split = load_split("train", [str(_dataset(tmp_path))])
+    cached = [r.sample_id for r in split.rows if r.sample_id != "r03"]
+    cache = SkipLogCache(
+        tmp_path,
+        cached,
+        {"r05": ("missing_image", ""), BAD_LINE: ("bad_row", ""), "r03": ("missing_image", "")},
+    )
+    with pytest.raises(
+        CacheMismatchError, match=r"sample 'r03'.*the row passes that check now; run `distill cache`"
+    ):
+        bind_to_cache(split, cache)
+    del cache.manifest["skipped"][2]
+    cache._skipped["r03"] = {"reason": "encode_failed", "detail": "r03: encode_failed"}
+    cache.manifest["skipped"].append(
+        {"sample_id": "r03", "reason": "encode_failed", "detail": "", "row_digest": ""}
+    )
+    bound = bind_to_cache(split, cache)  # an encoding failure with no digest: nothing to compare
+    assert {r.sample_id: r.reason for r in bound.excluded} == {
+        "r03": "encode_failed",
+        "r05": "missing_image",
+        BAD_LINE: "bad_row",
+    }
