@@ -102,3 +102,40 @@ def test_curve_options_narrow_the_curves_and_leave_the_headline_seeds(tmp_path: 
     assert spec.headline_seeds == SweepSpec().headline_seeds
     default = _spec(_args("curves", "--params", str(params)))
     assert (default.pools, default.step_budgets) == (SweepSpec().pools, SweepSpec().step_budgets)
+
+
+def test_a_full_disk_while_the_evidence_is_saved_is_one_line_and_keeps_the_last_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The results file and its report are rewritten whole: a full disk leaves the last complete
+    version of each and no temporary file, and the rerun writes them."""
+    import errno
+    import os
+
+    import pipeline.files as files
+    from pipeline.evidence.sweep import save_results
+
+    params = tmp_path / "params.yaml"
+    params.write_text("demo: {captions: exact}\n")
+    spec = SweepSpec()
+    results = tmp_path / "sweep.json"
+    data = {"setting": dict(spec.setting), "runs": {Point("sft_written", 3e-3, 0).key: {"val": {"ce": 0.1}}}}
+    save_results(results, data)
+    before = results.read_bytes()
+    (tmp_path / "sweep.md").write_text("last report\n")
+    real_replace = os.replace
+
+    def full(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "replace", full)
+    with pytest.raises(files.DiskFullError, match=rf"^{results}: no space left on device"):
+        save_results(results, {**data, "runs": {}})
+    assert main(["evidence", "report", "--params", str(params), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: DiskFullError: {tmp_path / 'sweep.md'}")
+    assert results.read_bytes() == before and (tmp_path / "sweep.md").read_text() == "last report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "sweep.json", "sweep.md"]
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    assert main(["evidence", "report", "--params", str(params), "--results", str(results)]) == 0
+    assert (tmp_path / "sweep.md").read_text() != "last report\n"
