@@ -30,10 +30,13 @@ def test_top_k_above_the_vocabulary_is_recorded_as_the_effective_k(
 
 def test_a_cache_that_recorded_the_requested_k_keeps_working() -> None:
     """Caches from before the effective k was recorded hold e.g. 100000 for a 422-token vocabulary."""
+    from pipeline.cache.cachedir import Manifest
     from pipeline.splits import accept_recorded_top_k
 
     expected = {"top_k": 422, "tokenizer": {"len": 422}}
-    assert accept_recorded_top_k(expected, {"fingerprint": {"top_k": 100_000}})["top_k"] == 100_000
-    assert accept_recorded_top_k(expected, {"fingerprint": {"top_k": 64}})["top_k"] == 422  # still refused
+    assert accept_recorded_top_k(expected, Manifest({"fingerprint": {"top_k": 100_000}}))["top_k"] == 100_000
+    assert (
+        accept_recorded_top_k(expected, Manifest({"fingerprint": {"top_k": 64}}))["top_k"] == 422
+    )  # still refused
     smaller = {"top_k": 16, "tokenizer": {"len": 422}}
-    assert accept_recorded_top_k(smaller, {"fingerprint": {"top_k": 100_000}})["top_k"] == 16
+    assert accept_recorded_top_k(smaller, Manifest({"fingerprint": {"top_k": 100_000}}))["top_k"] == 16
