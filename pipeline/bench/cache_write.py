@@ -109,7 +109,7 @@ def bench_dry_run(cfg: DistillConfig, rounds: int = 3, repeats: int = 3) -> dict
     sides: the dry run pays it once, and the real stage then finds it cached in this process.
     """
     from pipeline.teacher.dry_run import run_dry_run
-    from pipeline.teacher.stage import plan_split
+    from pipeline.teacher.incremental import plan_split
 
     teacher = load_teacher(cfg, teacher_device_map())
     encoder = RowEncoder.from_config(cfg)

@@ -1,7 +1,7 @@
 """``distill cache --dry-run``: how big the cache will be and how long the cache stage will take,
 before committing GPU hours and disk.
 
-1. The stage's own row check (:func:`pipeline.teacher.stage.plan_split`: lines, images) and an
+1. The stage's own row check (:func:`pipeline.teacher.incremental.plan_split`: lines, images) and an
    encoding pass over the usable rows (the same ``RowEncoder``, no teacher): rows, skips by reason,
    supervised targets and encoded tokens per split. Rows whose response the teacher writes
    (``custom.written_responses``) have no response yet: they are counted apart (``written``).
@@ -144,7 +144,8 @@ def measure(
     keeps only rows the teacher writes / does not write (None: every row). ``plan``: the split's
     checked plan, when the caller has one (else it is read again)."""
     from pipeline.cache.cachedir import CacheDir
-    from pipeline.teacher.stage import cache_split, plan_split
+    from pipeline.teacher.incremental import plan_split
+    from pipeline.teacher.stage import cache_split
     from pipeline.teacher.written import split_written
 
     with tempfile.TemporaryDirectory(prefix="dry-run-") as tmp:
@@ -253,8 +254,7 @@ def run_dry_run(
     from pipeline.fingerprint import model_dir_hash, teacher_path
     from pipeline.models import load_teacher, teacher_device_map
     from pipeline.teacher.compat import check_pair
-    from pipeline.teacher.incremental import preview
-    from pipeline.teacher.stage import plan_split
+    from pipeline.teacher.incremental import plan_split, preview
     from pipeline.versions import check_versions
 
     check_versions()

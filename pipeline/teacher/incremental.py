@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any
 from pipeline.cache.format import SUPERSEDED_CHANGED, SUPERSEDED_UNUSABLE
 from pipeline.data import BadRow, Row
 from pipeline.encoding import row_digest
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
+from pipeline.teacher.plan import SplitPlan
 
 if TYPE_CHECKING:
+    from pipeline.cache.cachedir import Manifest
     from pipeline.cache.live import LiveState
     from pipeline.cache.writer import CacheWriter
+    from pipeline.config import DistillConfig
     from pipeline.encoding import RowEncoder
-    from pipeline.teacher.plan import SplitPlan
 
 
 @dataclass
@@ -150,17 +152,16 @@ def encoding_hash_of(encoder: RowEncoder) -> Callable[[Row], str | None]:
     return encode_hash
 
 
-def generation_line(manifest: dict[str, Any]) -> str:
+def generation_line(manifest: Manifest) -> str:
     """What the last generation did, from the manifest: ``N rows: A reused, B new, C changed
     (re-cached), D skipped``, and the rows the cache holds that this dataset does not."""
-    g = manifest["generations"][-1]
-    counts = manifest["counts"]
+    g, counts = manifest.last_generation, manifest.counts
     line = (
         f"{g['rows_in']:,} rows: {g['reused']:,} reused, {g['new']:,} new, {g['changed']:,} changed "
         f"(re-cached), {g['skipped']:,} skipped"
     )
     held = counts["cached"] + counts["skipped"] - g["rows_in"]
-    stored = manifest.get("storage", {}).get("superseded", 0)
+    stored = manifest.superseded_versions
     if held > 0 or stored:
         line += (
             f"; the cache also holds {held:,} rows this dataset does not and {stored:,} superseded "
@@ -183,10 +184,10 @@ def held_unchanged(root: Path, rows: list[Row | BadRow]) -> tuple[set[str], dict
     the fast check does not open them again: on a large dataset with a few new rows that check would
     cost more than the rows' forward. A row whose digest cannot be taken (a missing image) is
     checked as usual."""
-    from pipeline.cache.format import MANIFEST_NAME
+    from pipeline.cache.cachedir import SplitDir
     from pipeline.cache.live import scan
 
-    if not (root / MANIFEST_NAME).is_file():
+    if not SplitDir(root).finished:
         return set(), {}
     live = scan(root).rows  # read without the lock: the writer keys the rows again under it
     held, digests = set(), {}
@@ -201,3 +202,33 @@ def held_unchanged(root: Path, rows: list[Row | BadRow]) -> tuple[set[str], dict
         if digests[r.sample_id] == stored.row_digest:
             held.add(r.sample_id)
     return held, digests
+
+
+def plan_split(
+    cfg: DistillConfig, split: str, *, strict: bool = False, limit: int | None = None
+) -> SplitPlan:
+    """Read and check this rank's share of ``split`` (every image opened); raise when the split has no
+    usable row (``DataError`` naming the file) or, with ``strict``, at the first unusable row."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 (or None for every row), got {limit}")
+    from pipeline.cache.cachedir import CacheDir
+    from pipeline.data import read_split_rows, require_rows
+    from pipeline.dist import rank_world, sum_over_ranks
+    from pipeline.splits import split_files
+    from pipeline.teacher.written import partition_for_written
+
+    files = split_files(cfg, split)
+    path = ", ".join(files)
+    rank, world = rank_world()
+    rows = read_split_rows(files)[:limit]
+    mine = rows[rank::world]
+    held, digests = held_unchanged(CacheDir.of(cfg).split(split).root, mine)
+    usable, unusable = partition_for_written(
+        [r for r in mine if r.sample_id not in held], cfg.custom.written_responses, strict=strict
+    )
+    if held:  # back in file order
+        checked = {id(r) for r in usable}
+        usable = [r for r in mine if isinstance(r, Row) and (r.sample_id in held or id(r) in checked)]
+    require_rows(path, sum_over_ranks(len(usable)), unusable, f"usable rows for the {split} split")
+    ids = frozenset(r.sample_id for r in rows)
+    return SplitPlan(split, path, len(mine), usable, unusable, files, digests, limit, ids)

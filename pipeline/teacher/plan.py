@@ -1,5 +1,5 @@
 """What one rank will do with one split of the cache stage, decided before the teacher loads
-(:func:`pipeline.teacher.stage.plan_split` makes it; :mod:`pipeline.teacher.incremental` keys it)."""
+(:func:`pipeline.teacher.incremental.plan_split` makes it, then keys it against the cache)."""
 
 from __future__ import annotations
 

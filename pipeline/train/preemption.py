@@ -66,14 +66,9 @@ class PreemptionCallback(TrainerCallback):
         self._previous.clear()
 
     def _requested(self, args: Any) -> bool:
-        import torch.distributed as dist
+        from pipeline.dist import any_rank
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.signal_name is not None
-        import torch
-
-        flag = torch.tensor([float(self.signal_name is not None)], device=args.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.signal_name is None:
+        asked = any_rank(self.signal_name is not None)  # every rank stops at the same step
+        if asked and self.signal_name is None:
             self.signal_name = "SIGTERM (on another rank)"
-        return bool(flag.item())
+        return asked

@@ -62,7 +62,7 @@ def test_limit_on_a_finished_cache_leaves_it_as_it_is(
     manifest = (d / "cache" / "train" / "manifest.json").read_bytes()
     assert built["counts"]["cached"] + built["counts"]["skipped"] == built["rows"]
     code = main(["cache", "--config", str(d / "cfg.yaml"), "--split", "train", "--limit", "10"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the stage's notes are log lines, on stderr
     assert code == 0
     held, c = built["rows"], built["counts"]
     assert (

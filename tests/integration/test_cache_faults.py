@@ -61,7 +61,7 @@ def test_limit_below_what_an_unfinished_cache_holds_is_a_note(
     assert held > 1
     before = sorted(p.name for p in root.iterdir())
     assert main(["cache", "--config", str(config), "--limit", "1"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert (
         f"[cache train] {root} holds an unfinished run's {held} rows ({held} cached, 0 skipped), "
         f"{held - 1} of them past --limit 1: left as it is; run the same command without --limit to "

@@ -69,7 +69,7 @@ def _cache(cfg: Any, capsys: pytest.CaptureFixture[str] | None = None, **kw: Any
     from pipeline.teacher.stage import run_caching
 
     run_caching(cfg, progress=False, **kw)
-    return capsys.readouterr().out if capsys is not None else ""
+    return capsys.readouterr().err if capsys is not None else ""  # the stage logs on stderr
 
 
 def _assert_equal_caches(a: Path, b: Path) -> None:
@@ -364,7 +364,7 @@ def test_an_incremental_run_under_torchrun_equals_a_fresh_cache(
         [*cmd, "--config", str(grown.source_files[-1])], env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "12 rows: 7 reused, 4 new, 1 changed (re-cached), 0 skipped" in done.stdout
+    assert "12 rows: 7 reused, 4 new, 1 changed (re-cached), 0 skipped" in done.stderr
     assert list((tmp_path / "cache" / "train").glob("shard-r01-*.arrow"))  # rank 1 cached its share
     _cache(_config(tmp_path, demo_assets, tiny_teacher, [str(data / "t.jsonl")], cache="fresh"))
     _assert_equal_caches(tmp_path / "cache" / "train", tmp_path / "fresh" / "train")
