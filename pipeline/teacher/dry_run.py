@@ -250,6 +250,7 @@ def run_dry_run(
     """``distill cache --dry-run``: log and return the expected size and time of each split.
 
     ``repeats``: runs of each measured size, the fastest counting (``fastest``)."""
+    from pipeline.cache.cachedir import CacheDir
     from pipeline.encoding import RowEncoder
     from pipeline.fingerprint import model_dir_hash, teacher_path
     from pipeline.models import load_teacher, teacher_device_map
@@ -274,7 +275,7 @@ def run_dry_run(
     if encoder.template.use_model:
         encoder.template.model = teacher
     for s in splits:  # what the stage will reuse and compute, before any forward
-        keyed = preview(plans[s], Path(cfg.custom.teacher_cache) / s, encoder)
+        keyed = preview(plans[s], CacheDir.of(cfg).split(s).root, encoder)
         log.info("[dry-run %s] %s", s, keyed.line(plans[s].rows_in))
     counts = {
         s: count_split(

@@ -46,8 +46,11 @@ from pipeline.data import (
 )
 from pipeline.encoding import row_digest
 from pipeline.errors import CacheMismatchError, DataError
+from pipeline.files import atomic_write
 
 logger = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
 
 REPORT_NAME = "data_coverage.json"
 NOT_CACHED = "not_cached"  # left out because a partial cache (allow_partial_cache) does not hold it
@@ -256,17 +259,18 @@ def _where(r: BadRow) -> str:
 
 
 def write_report(splits: Sequence[SplitRows], output_dir: str | Path) -> Path:
-    """Print one line per split and write ``<output_dir>/data_coverage.json`` (rank 0 only)."""
+    """Log one line per split and write ``<output_dir>/data_coverage.json`` (rank 0 only)."""
     path = Path(output_dir) / REPORT_NAME
     if int(os.environ.get("RANK", "0")) != 0:
         return path
     for s in splits:
         reasons = ", ".join(f"{k}: {v}" for k, v in count_reasons(s.excluded).items()) or "none"
         unused = f"; {s.unused_cache_rows} cache rows unused" if s.unused_cache_rows else ""
-        print(
-            f"[train] {s.name} split ({s.where}): {s.rows_in} rows, using {len(s.rows)}, "
-            f"left out {len(s.excluded)} ({reasons}){unused}"
-        )
+        log.info(
+            "[train] %s split (%s): %d rows, using %d, left out %d (%s)%s",
+            s.name, s.where, s.rows_in, len(s.rows), len(s.excluded), reasons, unused,
+        )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({s.name: s.summary() for s in splits}, indent=1, sort_keys=True) + "\n")
+    with atomic_write(path) as fh:
+        fh.write(json.dumps({s.name: s.summary() for s in splits}, indent=1, sort_keys=True) + "\n")
     return path

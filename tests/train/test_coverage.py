@@ -155,7 +155,7 @@ def test_report_records_rows_used_and_every_reason(
     assert {r["sample_id"] for r in report["excluded_rows"]} == {"r05", BAD_LINE}
     assert (
         f"{N_ROWS} rows, using {N_ROWS - 2}, left out 2 (bad_row: 1, missing_image: 1)"
-        in capsys.readouterr().out
+        in capsys.readouterr().err  # a log line
     )
 
 
