@@ -53,7 +53,9 @@ def rewrite(path: Path, runs: dict[tuple[Path, str], set[Path]]) -> list[str]:
         deps = body.get("deps")
         if deps is None or (path.resolve(), name) not in runs:
             continue
-        mine = [i for i, d in enumerate(deps) if isinstance(d, str) and (wdir / d).resolve().is_relative_to(PKG)]
+        mine = [
+            i for i, d in enumerate(deps) if isinstance(d, str) and (wdir / d).resolve().is_relative_to(PKG)
+        ]
         own = [deps[i] for i in mine]
         want = code_deps(own, runs[(path.resolve(), name)], wdir)
         if not mine or own == want:

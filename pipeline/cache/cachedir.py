@@ -19,17 +19,26 @@ cache path or reads a manifest key itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.cache.format import MANIFEST_NAME, PARTS_DIR, SHARD_RE
-from pipeline.errors import ConfigError
+from pipeline.errors import CacheFormatError, ConfigError
 
-__all__ = ["RESOLVED_CONFIG_NAME", "CacheDir", "Manifest", "SplitDir"]
+__all__ = ["RESOLVED_CONFIG_NAME", "CacheDir", "Manifest", "SplitDir", "read_json"]
 
 RESOLVED_CONFIG_NAME = "resolved_config.yaml"
+
+
+def read_json(path: Path) -> Any:
+    """One of the cache's JSON records; an unreadable one is a ``CacheFormatError`` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CacheFormatError(f"{path}: unreadable ({err})") from err
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -153,8 +162,6 @@ class SplitDir:
         return self.manifest_path.is_file()
 
     def manifest(self) -> Manifest:
-        from pipeline.cache.manifest import read_json
-
         return Manifest(read_json(self.manifest_path))
 
     @property

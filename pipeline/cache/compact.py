@@ -24,6 +24,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from pipeline.cache.cachedir import SplitDir
 from pipeline.cache.format import MANIFEST_NAME, TAG_WRITTEN, Layout
 from pipeline.cache.lock import LOCK_NAME
 from pipeline.cache.manifest import settings_only
@@ -33,10 +34,6 @@ from pipeline.files import disk_full_as_one_line
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-
-
-def building_dir(root: Path) -> Path:
-    return root.with_name(f".{root.name}.compacting")
 
 
 def _old_dir(root: Path) -> Path:
@@ -49,7 +46,7 @@ def compact(root: str | Path, keep: Collection[str], *, shard_bytes: int | None 
     is one ``DiskFullError`` line; the copy is removed and the cache stays as it was."""
     root = Path(root)
     finish_compaction(root)
-    tmp = building_dir(root)
+    tmp = SplitDir(root).building_dir
     shutil.rmtree(tmp, ignore_errors=True)  # an earlier compaction that stopped before its swap
     kept = "the cache is intact as it was and the partial copy was removed"
     with disk_full_as_one_line(f"{root} (compacting into {tmp.name})", kept):
@@ -151,7 +148,7 @@ def finish_compaction(root: Path) -> None:
     compaction stopped before its swap) is never a source of rows: it is removed, whatever ``root``
     holds, so a deleted split is not revived from it. The writer lock file in ``root`` (held by the
     caller) moves with the cache that takes ``root``'s place."""
-    tmp, old = building_dir(root), _old_dir(root)
+    tmp, old = SplitDir(root).building_dir, _old_dir(root)
     if (old / MANIFEST_NAME).is_file() and (not root.exists() or _only_the_lock(root)):
         source = tmp if (tmp / MANIFEST_NAME).is_file() else old
         if root.exists():

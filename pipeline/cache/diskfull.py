@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.cache.cachedir import SplitDir
 from pipeline.cache.format import PARTS_DIR
-from pipeline.cache.manifest import complete_shards, read_shard_index, read_skips
+from pipeline.cache.manifest import read_skips
+from pipeline.cache.shards import read_shard_index
 from pipeline.errors import DiskFullError, is_disk_full
 
 __all__ = ["disk_full_as_error", "written_so_far"]
@@ -39,7 +41,7 @@ def disk_full_as_error(root: str | Path) -> Iterator[None]:
 def written_so_far(root: Path) -> str:
     """``written so far: N rows in S complete shards (X MiB), K skips recorded``: what a stopped cache
     run leaves at ``root`` for the next run of the same command to resume from."""
-    shards = complete_shards(root) if root.is_dir() else []
+    shards = SplitDir(root).shard_paths()
     rows = sum(len(read_shard_index(p)[1]) for p in shards)
     size = sum(p.stat().st_size for p in shards)
     skips = sum(len(read_skips(p)) for p in sorted((root / PARTS_DIR).glob("rank-*.skips.jsonl")))

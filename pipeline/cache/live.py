@@ -21,8 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.cache.cachedir import SplitDir, read_json
 from pipeline.cache.format import MANIFEST_NAME, PARTS_DIR
-from pipeline.cache.manifest import complete_shards, read_json, read_skips
+from pipeline.cache.manifest import read_skips
 from pipeline.errors import CacheFormatError
 
 # Columns a stage reads to decide which rows to reuse; ``row_digest`` is absent in older shards.
@@ -38,10 +39,6 @@ class StoredRow:
     encoding_hash: str
     num_targets: int
     row_digest: str
-
-
-def superseded_path(root: Path, rank: int) -> Path:
-    return root / PARTS_DIR / f"rank-{rank:02d}.superseded.jsonl"
 
 
 def read_superseded_log(path: Path) -> list[dict[str, Any]]:
@@ -129,7 +126,7 @@ def scan(root: Path, generation: int | None = None) -> LiveState:
     current = generation_of(manifest) if generation is None else generation
     listed = {s["file"]: int(s.get("generation", 0)) for s in (manifest or {}).get("shards", [])}
     state = LiveState(current, {}, [], {}, read_superseded(root), {})
-    for path in complete_shards(root):
+    for path in SplitDir(root).shard_paths():
         schema, rows = read_shard_rows(path)
         state.schemas[path.name] = schema
         state.shard_generation[path.name] = listed.get(path.name, current)

@@ -20,20 +20,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.cache.cachedir import SplitDir, read_json
 from pipeline.cache.format import FORMAT_VERSION, MANIFEST_NAME, PARTS_DIR, Layout
 from pipeline.cache.live import LiveState, scan
-from pipeline.cache.manifest import (
-    check_compatible,
-    complete_shards,
-    header,
-    live_digest,
-    part_path,
-    read_json,
-    scan_shard,
-    shard_meta,
-    shard_tag_counts,
-    write_json_atomic,
-)
+from pipeline.cache.manifest import check_compatible, header, shard_tag_counts, write_json_atomic
+from pipeline.cache.shards import live_digest, scan_shard, shard_meta
 from pipeline.errors import CacheFormatError
 
 
@@ -99,9 +90,9 @@ def _shard_records(
     shard's own fingerprint and layout checked against the parts'."""
     listed: dict[str, dict[str, Any]] = {}
     for rank, part in parts.items():
-        check_compatible(str(part_path(root, rank)), part, fingerprint, layout)
+        check_compatible(str(SplitDir(root).part_path(rank)), part, fingerprint, layout)
         listed.update({s["file"]: s for s in part["shards"]})
-    on_disk = {p.name: p for p in complete_shards(root)}
+    on_disk = {p.name: p for p in SplitDir(root).shard_paths()}
     if missing := sorted(set(listed) - set(on_disk)):
         raise CacheFormatError(f"{root}: shards recorded but missing on disk: {missing}")
     shards = []

@@ -28,16 +28,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.cache.cachedir import read_json
 from pipeline.cache.codec import Decoded, Decoder
 from pipeline.cache.format import FORMAT_NAME, MANIFEST_NAME, CachedSample, Layout, check_format_version
-from pipeline.cache.manifest import (
-    compare_fingerprints,
-    live_digest,
-    mismatch_error,
-    read_json,
-    settings_only,
-    shard_meta,
-)
+from pipeline.cache.manifest import compare_fingerprints, mismatch_error, settings_only
+from pipeline.cache.shards import live_digest, shard_meta
 
 if TYPE_CHECKING:
     import torch

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.cache.cachedir import SplitDir, read_json
 from pipeline.cache.codec import encode_sample
 from pipeline.cache.format import (
     DEFAULT_LOGPROB_ENCODING,
@@ -46,25 +47,11 @@ from pipeline.cache.live import (
     append_record,
     read_superseded_log,
     scan,
-    superseded_path,
 )
 from pipeline.cache.lock import CacheLock
-from pipeline.cache.manifest import (
-    check_compatible,
-    complete_shards,
-    digest_hex,
-    header,
-    part_path,
-    read_json,
-    read_skips,
-    row_digests,
-    scan_shard,
-    shard_meta,
-    shard_tag_counts,
-    skips_path,
-    write_json_atomic,
-)
+from pipeline.cache.manifest import check_compatible, header, read_skips, shard_tag_counts, write_json_atomic
 from pipeline.cache.merge import merge_rank_manifests
+from pipeline.cache.shards import digest_hex, row_digests, scan_shard, shard_meta
 from pipeline.files import atomic_write
 from pipeline.hashing import file_sha256
 
@@ -114,6 +101,7 @@ class CacheWriter:
         if shard_bytes < 1:
             raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
         self.root = Path(root)
+        self.where = SplitDir(self.root)
         self.fingerprint = json.loads(json.dumps(fingerprint))  # a JSON copy: what the manifest will hold
         self.extra_meta = json.loads(json.dumps(extra_meta or {}))
         self.layout = Layout.create(top_k, vocab_size, logprob_encoding)
@@ -145,8 +133,8 @@ class CacheWriter:
         self._reused: int | None = None
         self._dataset: Any = None
         self._write_part()
-        self._skip_log = _open_log(skips_path(self.root, self.rank), read_skips)
-        self._superseded_log = _open_log(superseded_path(self.root, self.rank), read_superseded_log)
+        self._skip_log = _open_log(self.where.skips_path(self.rank), read_skips)
+        self._superseded_log = _open_log(self.where.superseded_path(self.rank), read_superseded_log)
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -177,10 +165,10 @@ class CacheWriter:
         prefix = f"shard-r{self.rank:02d}-"
         for stale in self.root.glob(prefix + "*.arrow.tmp*"):
             stale.unlink(missing_ok=True)  # an interrupted shard: its samples are not in done_ids
-        part = part_path(self.root, self.rank)
+        part = self.where.part_path(self.rank)
         listed = {s["file"]: s for s in read_json(part)["shards"]} if part.exists() else {}
         shards = []
-        for path in complete_shards(self.root):
+        for path in self.where.shard_paths():
             if path.name.startswith(prefix):
                 rec = listed.get(path.name)
                 if not rec or rec["bytes"] != path.stat().st_size:
@@ -199,7 +187,7 @@ class CacheWriter:
             "shards": self._shards,
             "extra_meta": self.extra_meta,
         }
-        write_json_atomic(part_path(self.root, self.rank), part)
+        write_json_atomic(self.where.part_path(self.rank), part)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -415,7 +403,7 @@ class CacheWriter:
         if self.world_size == 1:
             counts = merge_rank_manifests(self.root, rows_in=rows_in)
         else:
-            own = read_skips(skips_path(self.root, self.rank))
+            own = read_skips(self.where.skips_path(self.rank))
             skipped = [r for r in own if r["generation"] == self.generation]
             reasons: dict[str, int] = {}
             for rec in skipped:

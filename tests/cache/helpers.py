@@ -152,7 +152,7 @@ def downgrade_to_first_format(root: Any, dataset_sha256: str = "12" * 32) -> Non
     import pyarrow as pa
 
     from pipeline.cache.format import FINGERPRINT_KEY, MANIFEST_NAME, PARTS_DIR
-    from pipeline.cache.manifest import digest_hex, scan_shard
+    from pipeline.cache.shards import digest_hex, scan_shard
 
     root = Path(root)
     manifest = json.loads((root / MANIFEST_NAME).read_text())

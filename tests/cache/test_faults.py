@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from pipeline.cache import compact as compaction
-from pipeline.cache.compact import building_dir, compact
+from pipeline.cache.cachedir import SplitDir
+from pipeline.cache.compact import compact
 from pipeline.cache.format import MANIFEST_NAME, PARTS_DIR
 from pipeline.cache.lock import CacheLock
 from pipeline.cache.reader import CacheReader
@@ -142,7 +143,7 @@ def _killed_before_swap(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         m.setattr(compaction, "_swap", killed)
         with CacheLock(root), pytest.raises(KeyboardInterrupt):
             compact(root, [f"row-{i:03d}" for i in range(10)])
-    assert (building_dir(root) / MANIFEST_NAME).is_file()
+    assert (SplitDir(root).building_dir / MANIFEST_NAME).is_file()
 
 
 def test_a_deleted_split_is_not_revived_from_a_killed_compactions_copy(
@@ -156,7 +157,7 @@ def test_a_deleted_split_is_not_revived_from_a_killed_compactions_copy(
     shutil.rmtree(root)  # the user deletes the split to rebuild it
     with writer_lock(root):
         assert not (root / MANIFEST_NAME).exists() and not list(root.glob("shard-*"))
-        assert not building_dir(root).exists()
+        assert not SplitDir(root).building_dir.exists()
         with pytest.raises(CacheLockedError):
             CacheLock(root).acquire()  # the lock this run holds is still there and held
 
@@ -169,14 +170,14 @@ def test_a_compaction_stopped_between_its_renames_is_finished_and_keeps_the_lock
     root = tmp_path / "c"
     two_generations(root)
     _killed_before_swap(root, monkeypatch)
-    built = json.loads((building_dir(root) / MANIFEST_NAME).read_text())
+    built = json.loads((SplitDir(root).building_dir / MANIFEST_NAME).read_text())
     os.replace(root, compaction._old_dir(root))  # the fallback swap's first rename, then the kill
     with writer_lock(root):
         assert json.loads((root / MANIFEST_NAME).read_text()) == built
         assert len(CacheReader(root, FINGERPRINT)) == 8
         with pytest.raises(CacheLockedError):
             CacheLock(root).acquire()
-    assert not building_dir(root).exists() and not compaction._old_dir(root).exists()
+    assert not SplitDir(root).building_dir.exists() and not compaction._old_dir(root).exists()
 
 
 def test_compaction_keeps_the_writer_lock_held(tmp_path: Path) -> None:
@@ -218,9 +219,11 @@ def test_a_full_disk_while_compacting_is_one_line_and_the_cache_stays_intact(
         with CacheLock(root), pytest.raises(DiskFullError) as err:
             compact(root, keep)
     message = str(err.value)
-    assert message.startswith(f"{root} (compacting into {building_dir(root).name}): no space left on device")
+    assert message.startswith(
+        f"{root} (compacting into {SplitDir(root).building_dir.name}): no space left on device"
+    )
     assert "the cache is intact as it was" in message and "\n" not in message
-    assert not building_dir(root).exists()
+    assert not SplitDir(root).building_dir.exists()
     assert (root / MANIFEST_NAME).read_bytes() == manifest and len(CacheReader(root)) == 8
     with CacheLock(root):
         counts = compact(root, keep)  # the rerun completes

@@ -51,7 +51,7 @@ def test_sigterm_seals_the_open_shard_says_so_and_the_rerun_equals_a_fresh_cache
 def test_limit_below_what_an_unfinished_cache_holds_is_a_note(
     demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.cache.manifest import read_shard_index
+    from pipeline.cache.shards import read_shard_index
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     config = small_shard_config(demo_assets, tiny_teacher, tmp_path, "cache")

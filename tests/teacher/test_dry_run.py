@@ -67,7 +67,7 @@ def test_fastest_of_repeats_ignores_a_busy_moment() -> None:
 def test_dry_run_predicts_counts_and_bytes_of_the_real_stage(
     demo_assets: dict[str, Path], tiny_teacher: Path, tmp_path: Path, encoding: str
 ) -> None:
-    from pipeline.cache.manifest import read_json
+    from pipeline.cache.cachedir import read_json
     from pipeline.config import load_config
     from pipeline.encoding import RowEncoder
     from pipeline.models import load_teacher
@@ -105,7 +105,7 @@ def test_dry_run_estimates_teacher_written_rows(
 ) -> None:
     """Prompt-only rows have no response before the teacher writes it: the dry run counts them apart and
     scales a measurement of written rows alone (response length, seconds per row) to the split."""
-    from pipeline.cache.manifest import read_json
+    from pipeline.cache.cachedir import read_json
     from pipeline.config import load_config
     from pipeline.encoding import RowEncoder
     from pipeline.models import load_teacher
