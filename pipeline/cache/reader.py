@@ -96,41 +96,13 @@ class CacheReader:
         if verify not in ("open", "lazy"):
             raise ValueError(f"verify must be 'open' or 'lazy', got {verify!r}")
         self.root = Path(root)
-        path = self.root / MANIFEST_NAME
-        if not path.is_file():
-            raise _format_error(
-                f"{self.root}: no {MANIFEST_NAME} (not a cache, or its writers never finished)"
-            )
-        self.manifest: dict[str, Any] = read_json(path)
-        if self.manifest.get("format") != FORMAT_NAME:
-            raise _format_error(
-                f"{path}: not a teacher-cache manifest (format {self.manifest.get('format')!r})"
-            )
-        check_format_version(self.manifest, str(path))
-        self.layout = Layout.from_dict(self.manifest["layout"], str(path))
-        if expected_fingerprint is not None:
-            diffs = compare_fingerprints(
-                settings_only(expected_fingerprint), settings_only(self.manifest["fingerprint"])
-            )
-            if diffs:
-                raise mismatch_error(f"cache {self.root}", diffs)
+        self.manifest: dict[str, Any] = self._read_manifest(expected_fingerprint)
+        self.layout = Layout.from_dict(self.manifest["layout"], str(self.root / MANIFEST_NAME))
         self.top_k, self.vocab_size = self.layout.top_k, self.layout.vocab_size
         self._shards: list[dict[str, Any]] = self.manifest["shards"]
         self._verified: set[int] = set()
-        # The snapshot this reader serves: every shard mapped now and kept mapped, so a compaction
-        # that replaces the directory under a running reader changes nothing it reads.
         self._maps: dict[int, Any] = {}
-        for i, shard in enumerate(self._shards):
-            p = self.root / shard["file"]
-            self._maps[i] = self._guard(i, lambda p=p: pa.memory_map(str(p))) if p.is_file() else None
-            size = self._maps[i].size() if self._maps[i] is not None else None
-            if size != shard["bytes"]:
-                raise _format_error(
-                    f"shard {shard['file']} in {self.root}: {'missing' if size is None else 'truncated or altered'} "
-                    f"({size} bytes on disk, manifest says {shard['bytes']})"
-                )
-            if verify == "open":
-                self._verify(i)
+        self._map_shards(verify == "open")
         self._cached_batches = cached_batches
         self._files: dict[int, Any] = {}
         self._blocks: OrderedDict[tuple[int, int], _Block] = OrderedDict()
@@ -144,6 +116,50 @@ class CacheReader:
         )
         self._index: dict[str, tuple[int, int, int]] = {}
         self.sample_ids: list[str] = []
+        self._build_index()
+        self._check_counts()
+        self._check_content_digest()
+
+    def _read_manifest(self, expected_fingerprint: dict[str, Any] | None) -> dict[str, Any]:
+        """The manifest, its format and version checked, and its fingerprint against the expected one
+        (``CacheMismatchError`` listing each differing dotted field)."""
+        path = self.root / MANIFEST_NAME
+        if not path.is_file():
+            raise _format_error(
+                f"{self.root}: no {MANIFEST_NAME} (not a cache, or its writers never finished)"
+            )
+        manifest: dict[str, Any] = read_json(path)
+        if manifest.get("format") != FORMAT_NAME:
+            raise _format_error(f"{path}: not a teacher-cache manifest (format {manifest.get('format')!r})")
+        check_format_version(manifest, str(path))
+        if expected_fingerprint is not None:
+            diffs = compare_fingerprints(
+                settings_only(expected_fingerprint), settings_only(manifest["fingerprint"])
+            )
+            if diffs:
+                raise mismatch_error(f"cache {self.root}", diffs)
+        return manifest
+
+    def _map_shards(self, verify: bool) -> None:
+        """Map every shard now and keep it mapped: the snapshot this reader serves, so a compaction
+        that replaces the directory under a running reader changes nothing it reads. Sizes are
+        checked here, checksums here (``verify``) or on first read."""
+        for i, shard in enumerate(self._shards):
+            p = self.root / shard["file"]
+            self._maps[i] = self._guard(i, lambda p=p: pa.memory_map(str(p))) if p.is_file() else None
+            size = self._maps[i].size() if self._maps[i] is not None else None
+            if size != shard["bytes"]:
+                state = "missing" if size is None else "truncated or altered"
+                raise _format_error(
+                    f"shard {shard['file']} in {self.root}: {state} ({size} bytes on disk, manifest says "
+                    f"{shard['bytes']})"
+                )
+            if verify:
+                self._verify(i)
+
+    def _build_index(self) -> None:
+        """sample_id -> (shard, record batch, row) of every live row, each shard's metadata and rows
+        checked against the manifest; a superseded row is checked against its record and left out."""
         gone = _superseded(self.manifest)
         for i in range(len(self._shards)):
             schema, batch_ids, hashes = self._guard(i, lambda i=i: _batch_ids(self._maps[i]))
@@ -158,13 +174,11 @@ class CacheReader:
                     if sid in self._index:
                         first = self._shards[self._index[sid][0]]["file"]
                         raise _format_error(
-                            f"{self.root}: sample {sid!r} is stored twice ({first} and "
-                            f"{self._shards[i]['file']}): a shard was copied or swapped; rebuild the cache"
+                            f"{self.root}: sample {sid!r} is stored twice ({first} and {name}): a shard "
+                            "was copied or swapped; rebuild the cache"
                         )
                     self._index[sid] = (i, b, row)
                     self.sample_ids.append(sid)
-        self._check_counts()
-        self._check_content_digest()
 
     # -- shards ----------------------------------------------------------------------------------
 

@@ -131,27 +131,50 @@ def check_sample(
 
     ``forbidden`` maps ids that must never be a target to a display name (empty: no such check).
     """
-    if not _structure(s, top_k, vocab_size, out):
+    if not _structure(s, top_k, vocab_size, out) or not _finite(s, top_k, out):
         return
-    sid = repr(s.sample_id)
-    pos, tgt, ids = s.positions, s.target_ids, s.topk_ids
+    lo, hi = cells.bounds(s.topk_logprobs)
+    tail_lo, tail_hi = cells.bounds(s.tail_logprobs)
+    _mass(s, lo, hi, tail_lo, tail_hi, out)
+    _target(s, lo, hi, tail_hi, out)
+    pos, tgt = s.positions, s.target_ids
+    hits = [i for i, t in enumerate(tgt.tolist()) if t in forbidden]
+    if hits:
+        i = hits[0]
+        out.add(
+            "special-target",
+            f"sample {s.sample_id!r}: {len(hits)} target(s) are special or placeholder tokens, "
+            f"first {forbidden[int(tgt[i])]} (id {int(tgt[i])}) at position {int(pos[i])}",
+        )
+
+
+def _finite(s: CachedSample, top_k: int, out: Findings) -> bool:
+    """No NaN or +inf logprob (False: the mass checks would only repeat it); a -inf top-1 or target
+    logprob is reported and the checks go on."""
+    sid, pos = repr(s.sample_id), s.positions
     lps, tail, tlp = s.topk_logprobs, s.tail_logprobs, s.target_logprobs
     for name, arr in (("top-k", lps), ("tail", tail), ("target", tlp)):
         bad = np.isnan(arr) | np.isposinf(arr)
         if bad.any():
             at = int(pos[_first(bad.reshape(len(pos), -1).any(axis=1))]) if pos.size else -1
             out.add("non-finite", f"sample {sid}: {name} logprob NaN or +inf at position {at}")
-            return  # the mass checks below would only repeat this
+            return False
     for name, arr in (("top-1", lps[:, 0] if top_k else np.zeros(0)), ("target", tlp)):
         if np.isneginf(arr).any():
             out.add(
                 "non-finite",
                 f"sample {sid}: {name} logprob -inf at position {int(pos[_first(np.isneginf(arr))])}",
             )
-    lo, hi = cells.bounds(lps)
-    tail_lo, tail_hi = cells.bounds(tail)
+    return True
+
+
+def _mass(
+    s: CachedSample, lo: np.ndarray, hi: np.ndarray, tail_lo: np.ndarray, tail_hi: np.ndarray, out: Findings
+) -> None:
+    """Top-k plus tail mass is 1 within the quantiser's cells; an empty tail needs a full top-k."""
+    sid, pos = repr(s.sample_id), s.positions
     top_lo, top_hi = lo.sum(axis=1), hi.sum(axis=1)
-    bad = np.isneginf(tail) & (top_hi < 1.0 - MASS_TOL)
+    bad = np.isneginf(s.tail_logprobs) & (top_hi < 1.0 - MASS_TOL)
     if bad.any():
         i = _first(bad)
         out.add(
@@ -167,28 +190,24 @@ def check_sample(
             f"sample {sid}: top-k + tail mass {mid:.6f} (off 1 by more than {MASS_TOL:g}) at "
             f"position {int(pos[i])} ({int(bad.sum())} of {len(pos)} positions)",
         )
+
+
+def _target(s: CachedSample, lo: np.ndarray, hi: np.ndarray, tail_hi: np.ndarray, out: Findings) -> None:
+    """The target's stored probability agrees with its top-k entry (or, outside the top-k, the tail)."""
+    sid, pos, tgt, ids = repr(s.sample_id), s.positions, s.target_ids, s.topk_ids
     match = ids == tgt[:, None]
     inside = match.any(axis=1)
     col = match.argmax(axis=1)
     rows = np.arange(len(pos))
-    p_t = np.exp(tlp.astype(np.float64))
+    p_t = np.exp(s.target_logprobs.astype(np.float64))
     bad = inside & ((p_t < lo[rows, col] - MASS_TOL) | (p_t > hi[rows, col] + MASS_TOL))
     bad |= ~inside & (p_t > tail_hi + MASS_TOL)
     if bad.any():
         i = _first(bad)
-        where = (
-            f"its top-k entry {float(np.exp(lps[i, col[i]])):.6f}" if inside[i] else f"tail {tail_hi[i]:.6f}"
-        )
+        entry = float(np.exp(s.topk_logprobs[i, col[i]]))
+        where = f"its top-k entry {entry:.6f}" if inside[i] else f"tail {tail_hi[i]:.6f}"
         out.add(
             "target",
             f"sample {sid}: target probability {p_t[i]:.6f} inconsistent with {where} at "
             f"position {int(pos[i])}",
-        )
-    hits = [i for i, t in enumerate(tgt.tolist()) if t in forbidden]
-    if hits:
-        i = hits[0]
-        out.add(
-            "special-target",
-            f"sample {sid}: {len(hits)} target(s) are special or placeholder tokens, "
-            f"first {forbidden[int(tgt[i])]} (id {int(tgt[i])}) at position {int(pos[i])}",
         )
