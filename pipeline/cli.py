@@ -31,6 +31,7 @@ from pipeline.commands import (
     init_student,
     inspect_cache,
     prepare,
+    real_size_assets,
     resolve,
     sweep,
     train,
@@ -40,6 +41,7 @@ from pipeline.errors import exit_code
 # In the order `distill --help` lists them: the demo pipeline's steps, then the tools around it.
 COMMANDS: dict[str, ModuleType] = {
     "demo-assets": demo_assets,
+    "real-size-assets": real_size_assets,
     "prepare": prepare,
     "resolve": resolve,
     "train": train,

@@ -83,6 +83,13 @@ def _student_step(args: argparse.Namespace) -> int:
     return _emit(bench_student_step(shape, rounds=args.rounds))
 
 
+def _real_size(args: argparse.Namespace) -> int:
+    from pipeline.bench.real_size import bench_real_size
+
+    load(args)  # the config must load before any subprocess starts
+    return _emit(bench_real_size(args.config, sets=args.set, steps=args.steps, out=args.out))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     bsub = p.add_subparsers(dest="bench", required=True)
     b = bsub.add_parser("cache-format", help="bytes/token, fidelity and decode speed of the cache format")
@@ -128,3 +135,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--vocab-block", type=int, default=8192, help="fused: vocabulary columns per block")
     b.add_argument("--rounds", type=int, default=3)
     b.set_defaults(func=_student_step)
+    b = bsub.add_parser(
+        "real-size", help="check, cache, train step, evaluate at real shapes: peak RSS, s/token"
+    )
+    add_config(b)
+    b.add_argument("--steps", type=int, default=1, help="training steps")
+    b.add_argument("--out", type=Path, default=Path("runs/bench/real_size"), help="scratch dir (replaced)")
+    b.set_defaults(func=_real_size)

@@ -10,6 +10,7 @@ embedding rows (e.g. 151936 vs 152064) are fine: they are not part of the tokeni
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import CompatibilityError, DataError
@@ -123,8 +124,22 @@ def check_pair(cfg: DistillConfig, n_rows: int = 4) -> str:
             break
     return (
         f"compatible: tokenizer identical ({len(s_tok)} tokens), image processors agree, "
-        f"{checked} rows encode identically for teacher and student"
+        f"{checked} rows encode identically for teacher and student" + _heads(teacher, student)
     )
+
+
+def _heads(teacher: Any, student: Any) -> str:
+    """``; logit widths: teacher 152064 (untied), student 151936 (tied)`` from both config.json files
+    (padded widths differ legitimately); empty when either side is not a local directory."""
+    parts = []
+    for side, where in (("teacher", teacher), ("student", student)):
+        path = Path(where) / "config.json"
+        if not path.is_file():
+            return ""
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        width = raw.get("text_config", {}).get("vocab_size", raw.get("vocab_size"))
+        parts.append(f"{side} {width} ({'tied' if raw.get('tie_word_embeddings') else 'untied'})")
+    return "; logit widths: " + ", ".join(parts)
 
 
 def check_config(cfg: DistillConfig) -> str:
