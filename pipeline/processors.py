@@ -1,6 +1,6 @@
 """One processor (tokenizer + image processor) per model directory and process.
 
-The pair check (:mod:`pipeline.teacher.compat`) and the row encoder (:mod:`pipeline.encoding`) both need
+The pair check (:mod:`pipeline.compat`) and the row encoder (:mod:`pipeline.encoding`) both need
 the student's processor, and the check needs the teacher's: each is read from disk once per process and
 shared. Callers check the directory (:mod:`pipeline.trust`) before asking; nothing here mutates a
 processor (ms-swift's template reads it, and sets its padding side to the same value every time).

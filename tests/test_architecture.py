@@ -207,6 +207,73 @@ def test_cache_package_imports_no_model_code():
         ), f"{f.name}: {sorted(own)}"
 
 
+# ---- the shape of the code ----------------------------------------------------------------------
+
+MAX_FUNCTION_LINES = 60
+CACHE = PKG / "cache"
+OUTSIDE_CACHE = [f for f in LIBRARY if not f.is_relative_to(CACHE)]
+
+
+def _calls(tree: ast.AST, name: str) -> list[int]:
+    return [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name
+    ]
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = []
+    for f in LIBRARY:
+        for n in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = min([d.lineno for d in n.decorator_list] + [n.lineno])
+                if (n.end_lineno or start) - start + 1 > MAX_FUNCTION_LINES:
+                    long.append(f"{f.relative_to(ROOT)}:{n.lineno} {n.name}")
+    assert not long, long
+
+
+def test_the_library_logs_and_only_commands_print():
+    """``print`` is the commands' (their results on stdout); the library speaks through logging."""
+    found = [
+        f"{f.relative_to(ROOT)}:{line}"
+        for f in LIBRARY
+        if not (f.is_relative_to(PKG / "commands") or f.name == "cli.py")
+        for line in _calls(ast.parse(f.read_text(), str(f)), "print")
+    ]
+    assert not found, found
+
+
+def test_training_evaluation_and_benches_import_nothing_of_the_teacher_package():
+    bad = [
+        f"{f.relative_to(ROOT)}: {name}"
+        for part in ("train", "evaluate", "bench")
+        for f in sorted((PKG / part).glob("*.py"))
+        for name in sorted(imported_names(f, typing_too=True))
+        if name == "pipeline.teacher" or name.startswith("pipeline.teacher.")
+    ]
+    assert not bad, bad
+
+
+def test_only_the_cache_package_knows_the_cache_layout():
+    """Outside ``pipeline/cache/`` nothing names a cache file or reads a manifest key: it asks
+    ``CacheDir`` / ``SplitDir`` / ``Manifest`` (``pipeline/cache/cachedir.py``)."""
+    layout_names = {"MANIFEST_NAME", "PARTS_DIR", "SHARD_RE", "read_json", "LOCK_NAME"}
+    manifest_keys = re.compile(r"manifest(\(\))?(\.get\(|\[)")
+    cache_join = re.compile(r"teacher_cache[^\n]*\)\s*/")
+    bad = []
+    for f in OUTSIDE_CACHE:
+        text = f.read_text()
+        tree = ast.parse(text, str(f))
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("pipeline.cache"):
+                bad += [f"{f.relative_to(ROOT)}: imports {a.name}" for a in n.names if a.name in layout_names]
+        for i, line in enumerate(text.splitlines(), 1):
+            if manifest_keys.search(line) or cache_join.search(line) or '"manifest.json"' in line:
+                bad.append(f"{f.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not bad, bad
+
+
 # ---- dvc.yaml stages -------------------------------------------------------------------------------
 
 

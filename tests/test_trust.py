@@ -88,11 +88,11 @@ def test_a_hub_model_is_looked_at_before_ms_swift_loads_it(
 
 def test_every_loader_refuses_before_loading(trapped: dict[str, Any], tmp_path: Path) -> None:
     """The real call paths of check, cache, train, evaluate, inspect and init-student, in process."""
+    from pipeline.compat import check_pair
     from pipeline.config import load_config
     from pipeline.encoding import RowEncoder
     from pipeline.inspection.sources import load_tokenizer, resolve_tokenizer
     from pipeline.models import load_teacher, load_trained
-    from pipeline.teacher.compat import check_pair
     from pipeline.teacher.student_init import StudentInitSpec, init_student
     from pipeline.train.swift_args import to_swift_args
 

@@ -27,13 +27,13 @@ def _cache_format(args: argparse.Namespace) -> int:
 
 
 def _cache_write(args: argparse.Namespace) -> int:
-    from pipeline.bench.cache_write import bench_cache_write, bench_cache_write_incremental
+    from pipeline.teacher.stage_bench import bench_cache_write, bench_cache_write_incremental
 
     return _emit((bench_cache_write_incremental if args.incremental else bench_cache_write)(load(args)))
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    from pipeline.bench.cache_write import bench_dry_run
+    from pipeline.teacher.stage_bench import bench_dry_run
 
     return _emit(bench_dry_run(load(args), rounds=args.rounds))
 

@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.teacher.compat import check_config
+    from pipeline.compat import check_config
 
     print(check_config(load(args)))
     return 0

@@ -251,10 +251,10 @@ def run_dry_run(
 
     ``repeats``: runs of each measured size, the fastest counting (``fastest``)."""
     from pipeline.cache.cachedir import CacheDir
+    from pipeline.compat import check_pair
     from pipeline.encoding import RowEncoder
     from pipeline.fingerprint import model_dir_hash, teacher_path
     from pipeline.models import load_teacher, teacher_device_map
-    from pipeline.teacher.compat import check_pair
     from pipeline.teacher.incremental import plan_split, preview
     from pipeline.versions import check_versions
 

@@ -365,9 +365,9 @@ def run_caching(
     """``distill cache``: compatibility check, then cache the train (and val) split: only the rows the
     cache does not hold with their current content. ``compact`` (``--compact``) then rewrites each
     split's cache without superseded rows and rows the dataset no longer has."""
+    from pipeline.compat import check_pair
     from pipeline.encoding import RowEncoder
     from pipeline.fingerprint import teacher_path
-    from pipeline.teacher.compat import check_pair
     from pipeline.versions import check_versions
 
     check_versions()

@@ -144,7 +144,7 @@ class DistillSft(SwiftSft):
         """The live teacher, checked against the student, when the variant needs one for this lmbda."""
         if not needs_live_teacher(self.cfg):
             return None
-        from pipeline.teacher.compat import check_pair
+        from pipeline.compat import check_pair
 
         check_pair(self.cfg)
         return load_teacher(self.cfg)

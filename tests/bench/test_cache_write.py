@@ -12,8 +12,8 @@ from tests.conftest import gkd_config, write_config
 def test_dry_run_bench_reports_predicted_over_real(
     demo_assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.bench.cache_write import bench_dry_run
     from pipeline.config import load_config
+    from pipeline.teacher.stage_bench import bench_dry_run
 
     raw = gkd_config(demo_assets, demo_assets["teacher"], tmp_path / "cache", tmp_path / "run")
     cfg = load_config(write_config(tmp_path / "c.yaml", raw))

@@ -21,7 +21,7 @@ def _cfg(tmp: Path, assets: dict[str, Path], teacher: Path) -> object:
 def test_identical_tokenizers_pass_with_different_logit_widths(
     demo_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    from pipeline.teacher.compat import check_pair
+    from pipeline.compat import check_pair
 
     t_cfg = json.loads((demo_assets["teacher"] / "config.json").read_text())
     s_cfg = json.loads((demo_assets["student"] / "config.json").read_text())
@@ -58,8 +58,8 @@ def _variant(src: Path, dst: Path, edit: str) -> Path:
 def test_mismatch_is_an_explicit_error(
     demo_assets: dict[str, Path], tmp_path: Path, edit: str, needle: str
 ) -> None:
+    from pipeline.compat import check_pair
     from pipeline.errors import CompatibilityError
-    from pipeline.teacher.compat import check_pair
 
     teacher = _variant(demo_assets["teacher"], tmp_path / "teacher", edit)
     with pytest.raises(CompatibilityError) as err:

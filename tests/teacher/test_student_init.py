@@ -87,8 +87,8 @@ def _tower(key: str) -> bool:
 def test_student_ships_the_teachers_tokenizer_and_check_accepts_the_pair(
     demo_assets: dict[str, Path], tmp_path: Path
 ) -> None:
+    from pipeline.compat import check_pair
     from pipeline.config import load_config
-    from pipeline.teacher.compat import check_pair
     from tests.conftest import base_config, write_config
 
     out = tmp_path / "s"
