@@ -42,6 +42,18 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class _CheckedTrust(logging.Filter):
+    """Drops ms-swift's "Loading ... with trust_remote_code=True" warnings: its loader passes that flag
+    for every directory, and this project checks each directory first (:mod:`pipeline.trust`), so no
+    shipped code runs unless the config allows it. ``--verbose`` keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "with trust_remote_code=True" not in record.getMessage()
+
+
+_TRUST_FILTER = _CheckedTrust()
+
+
 def _library_level(verbosity: int) -> int:
     return {QUIET: logging.ERROR, DEFAULT: logging.WARNING, VERBOSE: logging.INFO}[verbosity]
 
@@ -70,6 +82,17 @@ def configure(verbosity: int = DEFAULT) -> None:
     logging.captureWarnings(verbosity != QUIET)
     for lib in _LIBRARIES:  # those already imported (a test process, a worker) follow too
         logging.getLogger(lib).setLevel(library)
+    swift = logging.getLogger("swift")  # the object ms-swift configures when it is imported later
+    if verbosity == VERBOSE:
+        swift.removeFilter(_TRUST_FILTER)
+    else:
+        swift.addFilter(_TRUST_FILTER)
+
+
+def bars_hidden() -> bool:
+    """``--quiet`` (or ``TQDM_DISABLE``): for a bar whose ``disable`` is computed, which tqdm's own
+    environment default would not override."""
+    return os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
 
 
 def inherited() -> int:

@@ -30,6 +30,7 @@ from pipeline.cache.cachedir import CacheDir, SplitDir
 from pipeline.data import Row, count_reasons
 from pipeline.dist import barrier, is_main, rank_world, sum_over_ranks
 from pipeline.errors import ConfigError, DataError
+from pipeline.logs import bars_hidden
 from pipeline.models import load_teacher, teacher_device_map
 from pipeline.teacher.batches import iterate_batches, split_samples, to_device
 from pipeline.teacher.incremental import plan_split
@@ -228,7 +229,7 @@ class SplitJob:
         record_before_forward(writer, keyed, strict=self.strict)
         todo, to_write = split_written(keyed.todo, self.cfg.custom.written_responses)
         forward = self._forward(keyed.digests)
-        disable = not self.progress or not is_main()
+        disable = not self.progress or not is_main() or bars_hidden()
         bar = tqdm(total=len(keyed.todo), desc=f"cache {self.name}", unit="sample", disable=disable)
 
         # A skip carries its row's digest: a later generation keeps it while the row is unchanged,
