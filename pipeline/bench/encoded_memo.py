@@ -50,6 +50,8 @@ def bench_encoded_memo(
         "none_train_s": statistics.median(x["train_s"] for x in runs["none"]),
         "kept_over_none": statistics.median(ratios),
         "kept_over_none_rounds": ratios,
+        "kept_encodes": statistics.median(x["encodes"] for x in runs["kept"]),
+        "none_encodes": statistics.median(x["encodes"] for x in runs["none"]),
         "kept_peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in runs["kept"]),
         "none_peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in runs["none"]),
         "rounds": rounds,

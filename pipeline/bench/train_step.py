@@ -73,12 +73,29 @@ def _bench_overrides(steps: int, out: str) -> dict[str, Any]:
     }
 
 
+def _count_encodes() -> list[int]:
+    """Count the row encodings this process makes from now on (this bench's own subprocess: the
+    encoder's method is wrapped for its lifetime; rows encoded in dataloader workers count there)."""
+    from pipeline.encoding import RowEncoder
+
+    count = [0]
+    real = RowEncoder.encode
+
+    def counting(self: RowEncoder, *args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return real(self, *args, **kwargs)
+
+    RowEncoder.encode = counting  # type: ignore[method-assign]
+    return count
+
+
 def run_mode(config: Path, mode: str, steps: int, out: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Train ``steps`` steps in this process in one mode; return median step time and peak RSS."""
     from pipeline.config import load_config
 
     ov = {**overrides, **_bench_overrides(steps, out)}
     timer = _step_timer()
+    encodes = _count_encodes()
     if mode == "live":
         ov["custom.trainer_variant"] = "gkd_monitor"
         ov["custom.teacher_cache"] = None
@@ -97,6 +114,7 @@ def run_mode(config: Path, mode: str, steps: int, out: str, overrides: dict[str,
     warm = min(2, max(len(timer.times) - 1, 0))
     times = timer.times[warm:]
     return {
+        "encodes": encodes[0],
         "mode": mode,
         "steps": len(timer.times),
         "step_s": statistics.median(times) if times else float("nan"),
