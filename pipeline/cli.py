@@ -62,24 +62,29 @@ def _console_options() -> argparse.ArgumentParser:
     """``--verbose`` / ``--quiet``, accepted before or after the subcommand (:mod:`pipeline.logs`)."""
     common = argparse.ArgumentParser(add_help=False)
     level = common.add_mutually_exclusive_group()
-    level.add_argument(
-        "-v",
-        "--verbose",
-        action="store_const",
-        const=logs.VERBOSE,
-        dest="verbosity",
-        default=argparse.SUPPRESS,
-        help="also every library's INFO lines (ms-swift, transformers), with logger names",
-    )
-    level.add_argument(
-        "-q",
-        "--quiet",
-        action="store_const",
-        const=logs.QUIET,
-        dest="verbosity",
-        default=argparse.SUPPRESS,
-        help="errors only: no progress bars, notes or warnings (results still go to stdout)",
-    )
+    for short, long, const, what in (
+        (
+            "-v",
+            "--verbose",
+            logs.VERBOSE,
+            "also every library's INFO lines (ms-swift, transformers), with logger names",
+        ),
+        (
+            "-q",
+            "--quiet",
+            logs.QUIET,
+            "errors only: no progress bars, notes or warnings (results still go to stdout)",
+        ),
+    ):
+        level.add_argument(
+            short,
+            long,
+            action="store_const",
+            const=const,
+            dest="verbosity",
+            default=argparse.SUPPRESS,
+            help=what,
+        )
     return common
 
 

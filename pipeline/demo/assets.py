@@ -70,7 +70,7 @@ def build_demo_assets(
     sizes = {"train": n_train, "val": n_val, "test": n_test, "labelled": n_labelled, "pool": n_pool}
     _check_request(captions, sizes)
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
+    prepare_out_dir(out_dir, overwrite)
 
     tokenizer, teacher, student, teacher_dir, student_dir = _build_models(
         out_dir, seed, captions, teacher_spec, student_spec
@@ -143,12 +143,15 @@ def _build_splits(
     return splits
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    existing = [name for name in _OWNED if (out_dir / name).exists()]
+def prepare_out_dir(
+    out_dir: Path, overwrite: bool, owned: tuple[str, ...] = _OWNED, what: str = "demo assets"
+) -> None:
+    """Make ``out_dir``, replacing only the ``owned`` paths it already holds (refused without
+    ``overwrite``): a smaller rebuild must not leave stale images or shards."""
+    existing = [name for name in owned if (out_dir / name).exists()]
     if existing and not overwrite:
-        raise ConfigError(f"{out_dir} already holds demo assets ({', '.join(existing)}); pass overwrite")
+        raise ConfigError(f"{out_dir} already holds {what} ({', '.join(existing)}); pass --overwrite")
     for name in existing:
-        # Remove, not overwrite in place: a smaller rebuild must not leave stale images or shards.
         path = out_dir / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .assets import prepare_out_dir
 from .captions import caption_for
 from .dataset import CAPTION_PROMPT, _row
 from .real_configs import PUBLISHED, qwen_config, reduced
@@ -174,7 +174,7 @@ def build_real_assets(
     if image_px % 28 or image_px < 56:
         raise ConfigError(f"image_px must be a multiple of 28 (14 px patches, 2x2 merge), got {image_px}")
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
+    prepare_out_dir(out_dir, overwrite, _OWNED, "real-size assets")
     tokenizer = build_real_tokenizer()
     processor = build_real_processor(tokenizer)
     summary: dict[str, Any] = {"depth": depth, "seed": seed, "tokenizer_size": len(tokenizer)}
@@ -201,18 +201,3 @@ def build_real_assets(
     paths["summary"] = out_dir / "real_assets.json"
     paths["summary"].write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return paths
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    existing = [name for name in _OWNED if (out_dir / name).exists()]
-    if existing and not overwrite:
-        raise ConfigError(
-            f"{out_dir} already holds real-size assets ({', '.join(existing)}); pass --overwrite"
-        )
-    for name in existing:
-        path = out_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ the rank/world of a data-parallel run. The bench of the cache stage drives the s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,18 +16,6 @@ from pipeline.errors import DataError
 if TYPE_CHECKING:
     from pipeline.data import Row
     from pipeline.encoding import RowEncoder
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size); initialises a gloo/nccl process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 class _EncodeBatch:
