@@ -439,7 +439,8 @@ def apply_vision_env(data: DataConfig, environ: Any = None) -> None:
 
 def needs_live_teacher(cfg: DistillConfig) -> bool:
     """gkd_monitor always; gkd_cached only for on-policy batches (lmbda > 0): ``TrainerVariant``'s rule."""
-    return cfg.rlhf is not None and cfg.custom.variant.needs_live_teacher(cfg.rlhf.lmbda)
+    cached = cfg.custom.onpolicy_cache is not None  # on-policy batches read a student-written cache
+    return cfg.rlhf is not None and cfg.custom.variant.needs_live_teacher(cfg.rlhf.lmbda, cached)
 
 
 def looks_local(path: str) -> bool:

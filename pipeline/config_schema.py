@@ -623,6 +623,42 @@ class CustomConfig(_Section):
             "`skip` the row (counted as written_unfinished) or `keep` it as written (fingerprinted)."
         },
     )
+    written_by: str = field(
+        default="teacher",
+        metadata={
+            "help": "Who writes the responses of custom.written_responses: `teacher` (offline sequence-level"
+            " KD), or the path of a student checkpoint directory (an on-policy round: the student writes, "
+            "the teacher scores its tokens). The student samples with written_temperature, written_seed "
+            "and written_max_new_tokens (set them to rlhf.temperature and rlhf.max_completion_length for "
+            "on-policy rounds); it is loaded, writes, and is released before the teacher loads. Its weights"
+            " digest and written_round go into each written row's key: another writer or round re-writes "
+            "the rows (a new generation), an unchanged one reuses them."
+        },
+    )
+    written_round: str = field(
+        default="",
+        metadata={
+            "help": "Label of a student-written round (e.g. `r1`): part of each written row's key and of "
+            "its sampling seed, so a new round with the same checkpoint draws fresh samples. Recorded "
+            "with the generation. Ignored when written_by is `teacher`."
+        },
+    )
+    onpolicy_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "gkd_cached with lmbda > 0: on-policy batches come from this cache split directory "
+            "(e.g. `cache_r1/train`, written by `distill cache` with written_by a student checkpoint) "
+            "instead of live sampling: the teacher is not loaded in training, CE is not applied to these "
+            "student-written rows. Needs custom.onpolicy_dataset. None: live on-policy sampling."
+        },
+    )
+    onpolicy_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "The JSONL whose rows custom.onpolicy_cache was written for (the prompts and images "
+            "the student wrote responses to); only its student-written rows are drawn."
+        },
+    )
 
     @property
     def variant(self) -> TrainerVariant:
@@ -644,6 +680,23 @@ class CustomConfig(_Section):
         self._finite_at_least("encoded_cache_mb", 0, "0 turns it off")
         if self.teacher_cache is not None and not self.teacher_cache.strip():
             self._fail("teacher_cache", "must not be empty; remove the key (or write null) instead")
+        for name in ("onpolicy_cache", "onpolicy_dataset"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                self._fail(name, "must not be empty; remove the key (or write null) instead")
+        if (self.onpolicy_cache is None) != (self.onpolicy_dataset is None):
+            self._fail(
+                "onpolicy_cache" if self.onpolicy_cache is None else "onpolicy_dataset",
+                "custom.onpolicy_cache and custom.onpolicy_dataset go together: set both or neither",
+            )
+        if not self.written_by.strip():
+            self._fail("written_by", "`teacher` or the path of a student checkpoint directory")
+        if self.written_by != "teacher" and self.written_responses == "off":
+            self._fail(
+                "written_by",
+                f"{self.written_by!r} writes nothing while custom.written_responses is `off`: set it to "
+                "`prompt_only` or `all`",
+            )
 
 
 @dataclass(kw_only=True)
@@ -669,6 +722,12 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         variant, rlhf = self.custom.variant, self.rlhf
+        if self.custom.onpolicy_cache is not None and not variant.reads_cache:
+            raise ConfigFieldError(
+                ("custom.onpolicy_cache", "custom.trainer_variant"),
+                f"{variant} does not read a teacher cache: on-policy batches through the cache need "
+                "custom.trainer_variant: gkd_cached",
+            )
         if not variant.distils:
             if rlhf is not None:
                 raise ConfigFieldError(
@@ -694,11 +753,18 @@ class DistillConfig:
                     ("custom.teacher_cache", "custom.trainer_variant"),
                     f"{variant} reads the teacher from a cache: set custom.teacher_cache to its directory",
                 )
-            if rlhf.lmbda > 0 and rlhf.teacher_model is None:
+            if self.custom.onpolicy_cache is not None and rlhf.lmbda <= 0:
+                raise ConfigFieldError(
+                    ("custom.onpolicy_cache", "rlhf.lmbda"),
+                    "custom.onpolicy_cache serves on-policy batches, and rlhf.lmbda is 0: set rlhf.lmbda "
+                    "> 0 (the fraction of steps drawn from it), or remove custom.onpolicy_cache",
+                )
+            if rlhf.lmbda > 0 and rlhf.teacher_model is None and self.custom.onpolicy_cache is None:
                 raise ConfigFieldError(
                     ("rlhf.teacher_model", "rlhf.lmbda"),
                     f"rlhf.lmbda = {rlhf.lmbda} sends on-policy batches to the live teacher: set "
-                    "rlhf.teacher_model, or set rlhf.lmbda to 0 for fully offline training",
+                    "rlhf.teacher_model, set custom.onpolicy_cache to a student-written cache, or set "
+                    "rlhf.lmbda to 0 for fully offline training",
                 )
 
     @property

@@ -127,6 +127,42 @@ def build_fingerprint(cfg: DistillConfig, encoder: RowEncoder) -> dict[str, Any]
     }
 
 
+def student_writer(cfg: DistillConfig) -> str | None:
+    """The student checkpoint directory that writes ``cfg``'s responses (``custom.written_by``), or
+    ``None`` when the teacher writes them (or nothing is written). A missing directory is a
+    ``ConfigError`` naming the key."""
+    from pipeline.config import model_location
+
+    c = cfg.custom
+    if c.written_by == "teacher" or c.written_responses == "off":
+        return None
+    where = model_location(c.written_by, "custom.written_by", cfg.config_path)
+    if not Path(where).is_dir():
+        raise ConfigError(
+            f"{cfg.config_path or 'config'}: custom.written_by: {c.written_by!r} is a hub id; a student "
+            "writer is a local checkpoint directory"
+        )
+    return where
+
+
+def writer_record(cfg: DistillConfig) -> dict[str, Any] | None:
+    """What identifies a student writer: its checkpoint's config and weights digests
+    (:func:`model_dir_hash`) and ``custom.written_round``; ``None`` when the teacher writes. No
+    path: the same checkpoint anywhere is the same writer."""
+    where = student_writer(cfg)
+    if where is None:
+        return None
+    return {"writer": "student", **model_dir_hash(where), "round": cfg.custom.written_round}
+
+
+def writer_key(record: dict[str, Any] | None) -> str | None:
+    """sha256 of a :func:`writer_record` (``None`` for the teacher): mixed into each written row's
+    digest, so another writer or round re-writes the row and the same one reuses it."""
+    if record is None:
+        return None
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
 def dataset_record(files: list[str], rows_in: int) -> dict[str, Any]:
     """What one generation of a cache was built from: each split file's name and sha256, and the
     rows in. A record, never compared (images are covered row by row, by each row's digest and

@@ -27,9 +27,10 @@ class TrainerVariant:
     reads_cache: bool
     live_every_batch: bool
 
-    def needs_live_teacher(self, lmbda: float) -> bool:
-        """Whether training loads the live teacher: every batch, or the on-policy ones (``lmbda > 0``)."""
-        return self.live_every_batch or (self.distils and lmbda > 0)
+    def needs_live_teacher(self, lmbda: float, onpolicy_cached: bool = False) -> bool:
+        """Whether training loads the live teacher: every batch, or the on-policy ones (``lmbda > 0``)
+        unless those come from a student-written cache (``onpolicy_cached``: ``custom.onpolicy_cache``)."""
+        return self.live_every_batch or (self.distils and lmbda > 0 and not onpolicy_cached)
 
     def __str__(self) -> str:
         return self.name

@@ -256,6 +256,7 @@ def run_dry_run(
     from pipeline.fingerprint import model_dir_hash, teacher_path
     from pipeline.models import load_teacher, teacher_device_map
     from pipeline.teacher.incremental import plan_split, preview
+    from pipeline.teacher.rounds import written_key
     from pipeline.versions import check_versions
 
     check_versions()
@@ -275,7 +276,7 @@ def run_dry_run(
     if encoder.template.use_model:
         encoder.template.model = teacher
     for s in splits:  # what the stage will reuse and compute, before any forward
-        keyed = preview(plans[s], CacheDir.of(cfg).split(s).root, encoder)
+        keyed = preview(plans[s], CacheDir.of(cfg).split(s).root, encoder, written_key(cfg))
         log.info("[dry-run %s] %s", s, keyed.line(plans[s].rows_in))
     counts = {
         s: count_split(

@@ -12,6 +12,7 @@ earlier generation keeps its skip while its digest is unchanged, and is retried 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,14 +67,34 @@ class KeyedRows:
         )
 
 
-def key_rows(plan: SplitPlan, state: LiveState, encode_hash: Callable[[Row], str | None]) -> KeyedRows:
+def writer_digest(digest: str, key: str) -> str:
+    """A student-written row's key: its row digest mixed with the writer's key
+    (:func:`pipeline.fingerprint.writer_key`: checkpoint digests and round)."""
+    return hashlib.sha256(f"{digest}:written-by:{key}".encode()).hexdigest()
+
+
+def key_rows(
+    plan: SplitPlan,
+    state: LiveState,
+    encode_hash: Callable[[Row], str | None],
+    written: tuple[str, str | None] | None = None,
+) -> KeyedRows:
     """Key ``plan``'s rows against ``state`` (:func:`pipeline.cache.live.scan`); reads no shard data.
 
     ``encode_hash(row)``: the row's encoding hash now (``None`` when it fails to encode), asked only
-    for rows stored without a digest.
+    for rows stored without a digest. ``written``: ``(custom.written_responses, writer key)`` when a
+    student writes: the rows it writes are keyed by :func:`writer_digest`, so another writer or round
+    makes them changed rows and the same one reuses them (the teacher's key is ``None``: plain digests).
     """
+    from pipeline.teacher.written import wants_written
+
     known = plan.digests
     out = KeyedRows(digests={r.sample_id: known.get(r.sample_id) or row_digest(r) for r in plan.usable})
+    mode, key = written or ("off", None)
+    if key is not None:
+        for r in plan.usable:
+            if wants_written(r, mode):
+                out.digests[r.sample_id] = writer_digest(out.digests[r.sample_id], key)
     for row in plan.usable:
         _key_usable(row, out.digests[row.sample_id], state, encode_hash, out)
     for bad in plan.unusable:
@@ -170,12 +191,15 @@ def generation_line(manifest: Manifest) -> str:
     return line
 
 
-def preview(plan: SplitPlan, root: Path, encoder: RowEncoder) -> KeyedRows:
-    """:func:`key_rows` against the cache at ``root`` as it is now, writing nothing (``--dry-run``)."""
+def preview(
+    plan: SplitPlan, root: Path, encoder: RowEncoder, written: tuple[str, str | None] | None = None
+) -> KeyedRows:
+    """:func:`key_rows` against the cache at ``root`` as it is now, writing nothing (``--dry-run``,
+    and the rows a student writer writes before the teacher loads)."""
     from pipeline.cache.live import LiveState, scan
 
     state = scan(root) if root.is_dir() else LiveState(0, {}, [], {}, [], {})
-    return key_rows(plan, state, encoding_hash_of(encoder))
+    return key_rows(plan, state, encoding_hash_of(encoder), written)
 
 
 def held_unchanged(root: Path, rows: list[Row | BadRow]) -> tuple[set[str], dict[str, str]]:

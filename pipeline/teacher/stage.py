@@ -11,6 +11,9 @@ directory: :func:`writer_lock`. The stage resumes after a kill: complete shards 
 samples not yet cached are processed. Under ``torchrun`` each rank caches ``rows[rank::world]`` into
 its own shards and rank 0 merges one manifest.
 
+With ``custom.written_by`` a student checkpoint, the student writes every split's responses and is
+released before the teacher loads (:mod:`pipeline.teacher.rounds`).
+
 Each split is one :class:`SplitJob`: its plan, its directory (:class:`~pipeline.cache.cachedir.SplitDir`),
 the teacher and the encoder, walked ``run`` (forward and write) then ``report``.
 """
@@ -135,6 +138,7 @@ class SplitJob:
     strict: bool = False
     progress: bool = True
     shard_bytes: int | None = None
+    completions: dict[str, Any] | None = None  # by sample_id: what a student wrote before the teacher loaded
 
     @property
     def name(self) -> str:
@@ -224,10 +228,13 @@ class SplitJob:
 
         from pipeline.fingerprint import dataset_record
         from pipeline.teacher.incremental import encoding_hash_of, key_rows, record_before_forward
+        from pipeline.teacher.rounds import writer_generation_record, written_key
 
-        keyed = key_rows(self.plan, writer.state, encoding_hash_of(self.encoder))
+        written = written_key(self.cfg)  # a student writer's rows are keyed by it too
+        keyed = key_rows(self.plan, writer.state, encoding_hash_of(self.encoder), written)
         record_before_forward(writer, keyed, strict=self.strict)
         todo, to_write = split_written(keyed.todo, self.cfg.custom.written_responses)
+        completions = self._student_completions(to_write) if written is not None else None
         forward = self._forward(keyed.digests)
         disable = not self.progress or not is_main() or bars_hidden()
         bar = tqdm(total=len(keyed.todo), desc=f"cache {self.name}", unit="sample", disable=disable)
@@ -245,12 +252,27 @@ class SplitJob:
             self._cache_labelled(todo, writer.add, skip, forward, bar)
             cache_written_rows(
                 self.cfg, self.teacher, self.encoder, to_write, writer.add, skip, forward,
-                strict=self.strict, progress=advance,
+                strict=self.strict, progress=advance, completions=completions,
             )  # fmt: skip
         finally:
             bar.close()  # ends the bar's line, so an error (a full disk, a SIGTERM) prints on its own
         record = dataset_record(self.plan.files, self.plan.rows_in)
+        if (writer_record := writer_generation_record(self.cfg)) is not None:
+            record["written_by"] = writer_record
         writer.finalize(rows_in=self.plan.rows_in, reused=keyed.reused, dataset=record)
+
+    def _student_completions(self, to_write: list[Row]) -> dict[str, Any]:
+        """The student's responses for ``to_write``: those written before the teacher loaded
+        (:func:`pipeline.teacher.rounds.write_round`), any other row written now (a caller that
+        passed none, or a row the earlier keying did not foresee)."""
+        from pipeline.teacher.rounds import student_completions
+
+        have = dict(self.completions or {})
+        missing = [r for r in to_write if r.sample_id not in have]
+        if missing:
+            now = student_completions(self.cfg, self.encoder, {self.name: missing}, self.progress)
+            have |= now[self.name]
+        return have
 
     def _forward(self, digests: dict[str, str]) -> Forward:
         """THE teacher forward of the cache stage, for dataset rows and teacher-written rows alike:
@@ -322,10 +344,11 @@ class SplitJob:
         )  # fmt: skip
         if "teacher_written" in counts:
             w = counts["teacher_written"]
+            who = "teacher" if self.cfg.custom.written_by == "teacher" else "student"
             log.info(
-                "[cache %s] teacher-written %d (re-encoding changed the ids of %d; hit max_new_tokens: "
+                "[cache %s] %s-written %d (re-encoding changed the ids of %d; hit max_new_tokens: "
                 "kept %d, skipped %d)",
-                self.name, w["written"], w["retokenized"], w["unfinished_kept"], w["unfinished_skipped"],
+                self.name, who, w["written"], w["retokenized"], w["unfinished_kept"], w["unfinished_skipped"],
             )  # fmt: skip
 
 
@@ -369,6 +392,7 @@ def run_caching(
     from pipeline.compat import check_pair
     from pipeline.encoding import RowEncoder
     from pipeline.fingerprint import teacher_path
+    from pipeline.teacher.rounds import write_round
     from pipeline.versions import check_versions
 
     check_versions()
@@ -391,12 +415,15 @@ def run_caching(
         for s in splits:
             locks.enter_context(writer_lock(cache.split(s).root))
         check_pair(cfg)
-        teacher = load_teacher(cfg, teacher_device_map())
         encoder = RowEncoder.from_config(cfg)
+        # A student writer (custom.written_by) writes every split's responses and is released first.
+        written = write_round(cfg, encoder, plans, cache, progress) or {}
+        teacher = load_teacher(cfg, teacher_device_map())
         if encoder.template.use_model:
             encoder.template.model = teacher  # the template computes rope position ids with the model
         for s in splits:
             job = SplitJob(cfg, plans[s], cache.split(s), teacher, encoder, strict, progress)
+            job.completions = written.get(s)
             results[s] = job.run(hold_lock=False)
             job.report(results[s])
             if compact and not results[s].get("unfinished"):

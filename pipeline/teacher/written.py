@@ -12,6 +12,10 @@ on. Per batch of rows:
    ``RowEncoder`` (so the cached encoding hash is the one training recomputes);
 3. the teacher forward that every cache row gets runs on those re-encoded ids.
 
+With ``custom.written_by`` a student checkpoint (an on-policy round, :mod:`pipeline.teacher.rounds`),
+the student writes step 1 before the teacher loads and the teacher only scores (``completions``); the
+cache rows are flagged ``teacher_written`` all the same (the flag means "written in the cache stage").
+
 Decoding and re-encoding can change ids (a tokenizer may merge differently than the model
 generated): such rows are counted (``retokenized``); the cache always holds the re-encoded ids.
 A response that hits ``written_max_new_tokens`` without its end-of-turn is skipped
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     from pipeline.cache.format import CachedSample
     from pipeline.config import DistillConfig
     from pipeline.encoding import EncodedRow, RowEncoder
+    from pipeline.generation import Completion
 
 UNFINISHED = SKIP_WRITTEN_UNFINISHED
 EMPTY_WRITTEN = "written_empty"  # every code is listed in pipeline.data.SKIP_REASONS
@@ -59,11 +64,17 @@ def wants_written(row: Row, mode: str) -> bool:
 
 
 def sampling_settings(cfg: DistillConfig, batch_size: int) -> SamplingSettings:
+    """The writer's sampling: ``written_*``; a student round's label (``written_round``) is mixed into
+    the seed, so a new round of the same checkpoint draws fresh samples."""
     c = cfg.custom
+    seed = c.written_seed
+    if c.written_by != "teacher" and c.written_round:
+        digest = hashlib.sha256(f"{seed}:round:{c.written_round}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "little")
     return SamplingSettings(
         max_new_tokens=c.written_max_new_tokens,
         temperature=c.written_temperature,
-        seed=c.written_seed,
+        seed=seed,
         batch_size=batch_size,
     )
 
@@ -98,29 +109,44 @@ def _chunk_seed(seed: int, rows: Sequence[Row]) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def generate_chunk(
+    writer: Any, encoder: RowEncoder, rows: Sequence[Row], settings: SamplingSettings
+) -> list[Completion]:
+    """``writer``'s completions of one chunk of rows, seeded by the chunk (:func:`_chunk_seed`)."""
+    if settings.temperature > 0 and rows and settings.seed is not None:
+        settings = replace(settings, seed=_chunk_seed(settings.seed, rows))
+    return generate(writer, encoder, rows, settings)
+
+
+def chunks(rows: Sequence[Row], size: int) -> list[Sequence[Row]]:
+    """``rows`` in the chunks the cache stage writes them in (``custom.cache_batch_size``)."""
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
+
+
 def write_responses(
-    teacher: Any,
+    writer: Any,
     encoder: RowEncoder,
     rows: Sequence[Row],
     settings: SamplingSettings,
     keep_unfinished: bool,
+    completions: Sequence[Completion] | None = None,
+    who: str = "teacher",
 ) -> tuple[list[WrittenRow], list[tuple[str, str, str]]]:
-    """Generate, decode and re-encode ``rows``: ``(written rows, skipped as (sample_id, reason, detail))``."""
-    if settings.temperature > 0 and rows and settings.seed is not None:
-        settings = replace(settings, seed=_chunk_seed(settings.seed, rows))
+    """Generate (or take ``completions``, one per row, written earlier by a student), decode and
+    re-encode ``rows``: ``(written rows, skipped as (sample_id, reason, detail))``."""
+    if completions is None:
+        completions = generate_chunk(writer, encoder, rows, settings)
     stop_ids = stop_token_ids(encoder)
     written: list[WrittenRow] = []
     skipped: list[tuple[str, str, str]] = []
-    for row, c in zip(rows, generate(teacher, encoder, rows, settings), strict=True):
+    for row, c in zip(rows, completions, strict=True):
         where = f"{row.source}: sample {row.sample_id!r}"
         if not c.stopped and not keep_unfinished:
-            detail = (
-                f"{where}: teacher response hit max_new_tokens {settings.max_new_tokens} without stopping"
-            )
+            detail = f"{where}: {who} response hit max_new_tokens {settings.max_new_tokens} without stopping"
             skipped.append((row.sample_id, UNFINISHED, detail))
             continue
         if not c.text:
-            skipped.append((row.sample_id, EMPTY_WRITTEN, f"{where}: teacher wrote an empty response"))
+            skipped.append((row.sample_id, EMPTY_WRITTEN, f"{where}: {who} wrote an empty response"))
             continue
         new_row = with_response(row, c.text)
         try:
@@ -164,23 +190,26 @@ def cache_written_rows(
     *,
     strict: bool = False,
     progress: Callable[[int], None] | None = None,
+    completions: dict[str, Completion] | None = None,
 ) -> dict[str, int]:
     """Write, re-encode and cache ``rows`` in chunks of ``custom.cache_batch_size``.
 
     ``forward(collated batch, [(sample_id, encoding_hash, n_tokens)])`` is the cache stage's teacher
     forward returning one ``CachedSample`` per row; ``add(sample, tags)`` / ``skip`` are the writer's
     (tags: :func:`written_tags`, summed into the manifest's ``counts.tags``); ``strict`` makes
-    a skip an error. Returns counts:
+    a skip an error. ``completions`` (by sample_id): responses a student wrote before the teacher
+    loaded (:mod:`pipeline.teacher.rounds`); the teacher then only scores. Returns counts:
     ``written``, ``retokenized``, ``unfinished_kept``, and per skip reason, for this call only (a
     resumed run's earlier rows are in the manifest's ``counts.tags`` and ``skipped_by_reason``).
     """
     bs = cfg.custom.cache_batch_size
     settings = sampling_settings(cfg, bs)
     keep = cfg.custom.written_unfinished == "keep"
+    who = "teacher" if completions is None else "student"
     counts: dict[str, int] = {"written": 0, "retokenized": 0, "unfinished_kept": 0}
-    for start in range(0, len(rows), bs):
-        chunk = rows[start : start + bs]
-        written, skipped = write_responses(teacher, encoder, chunk, settings, keep)
+    for chunk in chunks(rows, bs):
+        done = None if completions is None else [completions[r.sample_id] for r in chunk]
+        written, skipped = write_responses(teacher, encoder, chunk, settings, keep, done, who)
         for sid, reason, detail in skipped:
             if strict:
                 raise DataError(detail)

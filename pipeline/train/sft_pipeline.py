@@ -96,6 +96,7 @@ class DistillSft(SwiftSft):
             distill=self._settings(),
             teacher_model=teacher,
             encoder=self.encoder,
+            onpolicy_batches=self._onpolicy_batches(args),
         )
         trainer.add_callback(TelemetryCallback(cfg))
         self.preemption = PreemptionCallback()
@@ -132,13 +133,33 @@ class DistillSft(SwiftSft):
             check_rows_against_cache(val_split[0], eval_cache, self.encoder)
         write_report([train_split, *val_split], self.args.output_dir)
         val_rows = val_split[0].rows if val_split else []
-        on_policy = cfg.rlhf is not None and cfg.rlhf.lmbda > 0  # sampling needs the raw rows
+        # live sampling needs the raw rows; on-policy batches through the cache bring their own
+        on_policy = cfg.rlhf is not None and cfg.rlhf.lmbda > 0 and cfg.custom.onpolicy_cache is None
         memo = MemoBudget(int(cfg.custom.encoded_cache_mb * 2**20))  # one budget for both datasets
         train_ds = EncodedDataset(
             train_split.rows, self.encoder, train_cache, keep_rows=on_policy, memo_budget=memo
         )
         val_ds = EncodedDataset(val_rows, self.encoder, eval_cache, memo_budget=memo) if val_rows else None
         return train_ds, val_ds
+
+    def _onpolicy_batches(self, args: Any) -> Any:
+        """The student-written on-policy batches of ``custom.onpolicy_cache`` (None: live on-policy, or
+        none), collated like the dataset's batches, every row checked against its cache row first."""
+        cfg = self.cfg
+        if cfg.custom.onpolicy_cache is None:
+            return None
+        from pipeline.dist import rank_world
+        from pipeline.train.data import DistillCollator
+        from pipeline.train.onpolicy_cache import OnPolicyBatches, onpolicy_dataset, open_onpolicy_cache
+
+        reader = open_onpolicy_cache(cfg, self.encoder)
+        self._check_cache_vocab(reader)
+        ds = onpolicy_dataset(cfg, self.encoder, reader)
+        for i in range(len(ds)):  # encoding-hash mismatches before step 1, not mid-run
+            ds[i]
+        collator = DistillCollator(self.template.data_collator)
+        batch_size = args.training_args.per_device_train_batch_size
+        return OnPolicyBatches(ds, collator, batch_size, cfg.train.seed, rank_world()[0])
 
     def _live_teacher(self) -> Any:
         """The live teacher, checked against the student, when the variant needs one for this lmbda."""

@@ -9,7 +9,9 @@ Variants (``custom.trainer_variant``, see ``resolve_trainer_cls``):
 - ``sft``: cross-entropy only (``CETrainer``).
 - ``gkd_cached``: dataset batches read the teacher's top-k from the cache; with probability ``lmbda``
   a step is on-policy: the student samples its own completion and the LIVE teacher scores it (the
-  teacher is loaded only when ``lmbda > 0``).
+  teacher is loaded only when ``lmbda > 0``), or, with ``custom.onpolicy_cache``, the step reads a
+  batch of rows a student checkpoint wrote and the teacher scored in the cache stage (no teacher in
+  the training process; ``pipeline.train.onpolicy_cache``).
 - ``gkd_monitor``: the live teacher scores every batch (full distribution), with our loss/telemetry.
 
 Loss per step: ``GJSD_beta(teacher || student)`` summed over supervised tokens, plus ``sft_alpha`` x CE
@@ -59,6 +61,8 @@ _EVAL_RENAMES = {
     "eval_sft_loss": "eval/sft_loss",
     "eval_token_accuracy": "eval/token_accuracy",
 }
+# Collated keys that are not model inputs (ms-swift's, and our sample ids).
+_NOT_MODEL_INPUTS = ("compute_loss_func", "loss_scale", "text_position_ids", "channel", IDS_KEY)
 _DROP = {"token_acc", "eval_token_acc"}  # ms-swift's own accuracy; ours is token_accuracy
 
 
@@ -88,12 +92,16 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         distill: DistillSettings,
         teacher_model: Any = None,
         encoder: Any = None,
+        onpolicy_batches: Any = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.distill = distill
         self.teacher_model = teacher_model
         self.encoder = encoder
+        # custom.onpolicy_cache: on-policy steps read student-written rows and their cached teacher
+        # (pipeline.train.onpolicy_cache.OnPolicyBatches) instead of sampling and a live teacher.
+        self.onpolicy_batches = onpolicy_batches
         self.on_policy_draws: list[tuple[int, bool]] = []  # (global_step, on_policy) per training micro-batch
         self.disk_full: Exception | None = None  # a checkpoint write that met a full disk
         # transformers' sinks would prefix our canonical names again (train/train/loss); TelemetryCallback
@@ -195,18 +203,17 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         metrics are recorded here (``eval/sft_loss``, ``eval/token_accuracy``, ``eval/kl_loss``).
         """
         mode = "train" if model.training else "eval"
-        for key in ("compute_loss_func", "loss_scale", "text_position_ids", "channel", IDS_KEY):
+        for key in _NOT_MODEL_INPUTS:
             inputs.pop(key, None)
         teacher = inputs.pop(TEACHER_KEY, None)
         rows = inputs.pop(ROWS_KEY, None)
         on_policy = mode == "train" and self.variant.distils and self._draw_on_policy()
         if on_policy:
-            inputs = self._on_policy_inputs(model, rows)
-            teacher = None
+            inputs, teacher = self._on_policy_inputs(model, rows)
             num_items_in_batch = None  # the sampled completions have their own token count
         labels = inputs["labels"]
         topk = t_logits = None
-        if on_policy or (mode == "train" and self.variant.live_every_batch):
+        if (on_policy and teacher is None) or (mode == "train" and self.variant.live_every_batch):
             t_logits = self._live_teacher_logits(inputs, labels)
         elif teacher is not None and self.variant.distils:
             b, j = supervised_index(labels)
@@ -267,12 +274,20 @@ class _DistillTrainerBase(Seq2SeqTrainer):
         self.on_policy_draws.append((step, draw))
         return draw
 
-    def _on_policy_inputs(self, model: Any, rows: list[Any] | None) -> dict[str, Any]:
+    def _on_policy_inputs(self, model: Any, rows: list[Any] | None) -> tuple[dict[str, Any], Any]:
+        """An on-policy step's ``(inputs, cached teacher targets or None)``: the next student-written
+        batch of ``custom.onpolicy_cache`` with its targets, or the student's own samples now (the
+        live teacher then scores them)."""
+        if self.onpolicy_batches is not None:
+            batch = self.onpolicy_batches.next(self.args.device)
+            for key in (*_NOT_MODEL_INPUTS, ROWS_KEY):
+                batch.pop(key, None)
+            return batch, batch.pop(TEACHER_KEY)
         from pipeline.train.onpolicy import sample_completions
 
         if rows is None:
             raise ConfigError("on-policy training needs the raw rows in the batch (dataset keep_rows)")
-        return sample_completions(self, model, rows)
+        return sample_completions(self, model, rows), None
 
 
 class CETrainer(_DistillTrainerBase):
