@@ -41,6 +41,22 @@ def _console_settings_stay_in_their_test(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.delenv(name)
 
 
+@pytest.fixture
+def forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows the cache stage's teacher forward ran on, per call (counts what a run recomputes)."""
+    import pipeline.teacher.forward as fw
+
+    calls: list[int] = []
+    real = fw.teacher_topk
+
+    def counting(model: Any, batch: dict[str, Any], *a: Any, **k: Any) -> Any:
+        calls.append(int(batch["input_ids"].shape[0]))
+        return real(model, batch, *a, **k)
+
+    monkeypatch.setattr(fw, "teacher_topk", counting)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def demo_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny teacher/student and a small demo dataset (built once per session)."""

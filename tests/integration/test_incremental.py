@@ -82,22 +82,6 @@ def _assert_equal_caches(a: Path, b: Path) -> None:
         assert_same_sample(ra.get(sid), rb.get(sid))
 
 
-@pytest.fixture
-def forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Rows the teacher forward ran on, per call."""
-    import pipeline.teacher.forward as fw
-
-    calls: list[int] = []
-    real = fw.teacher_topk
-
-    def counting(model: Any, batch: dict[str, Any], *a: Any, **k: Any) -> Any:
-        calls.append(int(batch["input_ids"].shape[0]))
-        return real(model, batch, *a, **k)
-
-    monkeypatch.setattr(fw, "teacher_topk", counting)
-    return calls
-
-
 def test_added_rows_alone_are_forwarded_and_the_cache_equals_a_fresh_one(
     demo_assets: dict[str, Path],
     tiny_teacher: Path,

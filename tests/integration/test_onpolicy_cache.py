@@ -61,22 +61,6 @@ def _round_config(
 
 
 @pytest.fixture
-def forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Rows the teacher forward of the cache stage ran on, per call."""
-    import pipeline.teacher.forward as fw
-
-    calls: list[int] = []
-    real = fw.teacher_topk
-
-    def counting(model: Any, batch: dict[str, Any], *a: Any, **k: Any) -> Any:
-        calls.append(int(batch["input_ids"].shape[0]))
-        return real(model, batch, *a, **k)
-
-    monkeypatch.setattr(fw, "teacher_topk", counting)
-    return calls
-
-
-@pytest.fixture
 def loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Any]]]:
     """Every model load of the cache stage in order, as ``("student" | "teacher", model)``, and
     every generation call's model as ``("generate", model)``."""
