@@ -54,12 +54,16 @@ class CompatibilityError(DistillError, ValueError):
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """True for a write that failed for lack of space or quota. pyarrow's and safetensors' file errors
-    carry no errno, only the strerror text, so the message is checked too."""
-    if not isinstance(exc, OSError):
-        return False
+    """True for a write that failed for lack of space or quota. pyarrow's, torch's and safetensors'
+    writers raise errors of their own types with only the strerror text, so the text is checked on
+    every type, not the errno alone."""
     full = (errno.ENOSPC, errno.EDQUOT)
-    return exc.errno in full or any(os.strerror(code) in str(exc) for code in full)
+    return getattr(exc, "errno", None) in full or any(os.strerror(code) in str(exc) for code in full)
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's message cut to its first line: what a one-line message quotes of a library's error."""
+    return (str(exc).splitlines() or [""])[0]
 
 
 def exit_code(main: Callable[[], object]) -> int:
@@ -76,9 +80,9 @@ def exit_code(main: Callable[[], object]) -> int:
         # one line; every write of this project is atomic, so the rerun starts from a whole state.
         if not is_disk_full(exc):
             raise
-        line = (str(exc).splitlines() or [""])[0]
         sys.stderr.write(
-            f"error: DiskFullError: no space left on device ({line}); free space and run the same command again\n"
+            f"error: DiskFullError: no space left on device ({first_line(exc)}); free space and run the same "
+            "command again\n"
         )
         return 2
     return result if isinstance(result, int) else 0

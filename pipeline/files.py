@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.errors import DiskFullError, is_disk_full
+from pipeline.errors import DiskFullError, first_line, is_disk_full
 
 __all__ = ["atomic_path", "atomic_write", "disk_full_as_one_line", "is_disk_full", "temporary_name"]
 
@@ -25,10 +25,6 @@ def temporary_name(target: Path) -> Path:
     """The temporary name a write to ``target`` uses: hidden, beside it (same filesystem, so the final
     rename is atomic), and unique to this process."""
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [""])[0]
 
 
 @contextmanager
@@ -41,7 +37,7 @@ def disk_full_as_one_line(what: str | Path, kept: str = "nothing was replaced") 
         if isinstance(exc, DiskFullError) or not is_disk_full(exc):
             raise
         raise DiskFullError(
-            f"{what}: no space left on device ({_first_line(exc)}); {kept}; free space and run the same "
+            f"{what}: no space left on device ({first_line(exc)}); {kept}; free space and run the same "
             "command again"
         ) from exc
 

@@ -20,7 +20,7 @@ import os
 import sys
 import warnings
 
-__all__ = ["DEFAULT", "QUIET", "VERBOSE", "configure"]
+__all__ = ["DEFAULT", "QUIET", "VERBOSE", "bars_hidden", "configure", "inherited"]
 
 QUIET, DEFAULT, VERBOSE = -1, 0, 1
 

@@ -61,13 +61,6 @@ def split_path(cfg: DistillConfig, split: str | Path) -> Path:
     return path
 
 
-def cache_split_dir(cfg: DistillConfig, split: str) -> Path:
-    """``split``'s directory in ``cfg``'s teacher cache (``ConfigError`` without one)."""
-    from pipeline.cache.cachedir import CacheDir
-
-    return CacheDir.of(cfg).split(split).root
-
-
 def open_split_cache(
     cfg: DistillConfig,
     split: str,

@@ -174,6 +174,14 @@ class SplitDir:
     def skips_path(self, rank: int) -> Path:
         return self.parts / f"rank-{rank:02d}.skips.jsonl"
 
+    def skip_logs(self) -> list[Path]:
+        """Every rank's skip log, in rank order."""
+        return sorted(self.parts.glob("rank-*.skips.jsonl"))
+
+    def superseded_logs(self) -> list[Path]:
+        """Every rank's superseded log, in rank order."""
+        return sorted(self.parts.glob("rank-*.superseded.jsonl"))
+
     def superseded_path(self, rank: int) -> Path:
         return self.parts / f"rank-{rank:02d}.superseded.jsonl"
 

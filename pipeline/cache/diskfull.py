@@ -12,10 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.cache.cachedir import SplitDir
-from pipeline.cache.format import PARTS_DIR
 from pipeline.cache.manifest import read_skips
 from pipeline.cache.shards import read_shard_index
-from pipeline.errors import DiskFullError, is_disk_full
+from pipeline.errors import DiskFullError, first_line, is_disk_full
 
 __all__ = ["disk_full_as_error", "written_so_far"]
 
@@ -31,9 +30,8 @@ def disk_full_as_error(root: str | Path) -> Iterator[None]:
     except OSError as exc:
         if isinstance(exc, DiskFullError) or not is_disk_full(exc):
             raise
-        first_line = (str(exc).splitlines() or [""])[0]  # the error stays one line
         raise DiskFullError(
-            f"{root}: no space left on device ({first_line}); {written_so_far(Path(root))}; free space and "
+            f"{root}: no space left on device ({first_line(exc)}); {written_so_far(Path(root))}; free space and "
             "run the same command again: it resumes from there"
         ) from exc
 
@@ -41,10 +39,11 @@ def disk_full_as_error(root: str | Path) -> Iterator[None]:
 def written_so_far(root: Path) -> str:
     """``written so far: N rows in S complete shards (X MiB), K skips recorded``: what a stopped cache
     run leaves at ``root`` for the next run of the same command to resume from."""
-    shards = SplitDir(root).shard_paths()
+    where = SplitDir(root)
+    shards = where.shard_paths()
     rows = sum(len(read_shard_index(p)[1]) for p in shards)
     size = sum(p.stat().st_size for p in shards)
-    skips = sum(len(read_skips(p)) for p in sorted((root / PARTS_DIR).glob("rank-*.skips.jsonl")))
+    skips = sum(len(read_skips(p)) for p in where.skip_logs())
     return (
         f"written so far: {rows} rows in {len(shards)} complete shards ({size / 2**20:.1f} MiB), "
         f"{skips} skips recorded"

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.cache.cachedir import SplitDir, read_json
-from pipeline.cache.format import MANIFEST_NAME, PARTS_DIR
+from pipeline.cache.format import MANIFEST_NAME
 from pipeline.cache.manifest import read_skips
 from pipeline.errors import CacheFormatError
 
@@ -57,7 +57,7 @@ def read_superseded_log(path: Path) -> list[dict[str, Any]]:
 def read_superseded(root: Path) -> list[dict[str, Any]]:
     """Every rank's superseded records, ``(sample_id, shard)`` unique, sorted."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted((root / PARTS_DIR).glob("rank-*.superseded.jsonl")):
+    for path in SplitDir(root).superseded_logs():
         for rec in read_superseded_log(path):
             out.setdefault((rec["sample_id"], str(rec["shard"])), rec)
     return [out[k] for k in sorted(out)]
@@ -142,7 +142,7 @@ def scan(root: Path, generation: int | None = None) -> LiveState:
             first = state.rows[row.sample_id].shard
             raise CacheFormatError(f"{root}: sample {row.sample_id!r} cached twice ({first} and {row.shard})")
         state.rows[row.sample_id] = row
-    for path in sorted((root / PARTS_DIR).glob("rank-*.skips.jsonl")):
+    for path in SplitDir(root).skip_logs():
         for rec in read_skips(path):
             prev = state.skips.get(rec["sample_id"])
             if prev is None or int(rec["generation"]) >= int(prev["generation"]):

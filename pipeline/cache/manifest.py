@@ -34,11 +34,14 @@ from pipeline.cache.format import (
     check_format_version,
 )
 from pipeline.errors import CacheMismatchError
+from pipeline.files import temporary_name
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write JSON to ``path`` via a temporary file and a rename, so readers never see half a file. (Not
+    ``pipeline.files.atomic_write``: a full disk here must reach the cache's own handler as the
+    ``OSError`` it is, which says what the cache holds.)"""
+    tmp = temporary_name(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1, sort_keys=True)

@@ -11,7 +11,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.evidence.phases import PHASES
+PHASES = (
+    "plan",
+    "select",
+    "headline",
+    "long",
+    "knobs",
+    "onpolicy",
+    "live",
+    "mixed",
+    "curves",
+    "report",
+    "all",
+)
+"""``all`` is every phase that runs something: select, headline, long, knobs, onpolicy, live, mixed,
+curves."""
 
 HELP = "the evidence sweep: fair learning rates, paired seeds, on-policy and curves (docs/guide.md)"
 

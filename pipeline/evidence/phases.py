@@ -42,25 +42,9 @@ from pipeline.evidence.sweep import (
 )
 from pipeline.files import atomic_write
 
-__all__ = ["PHASES", "Narrowing", "run_phases", "sweep_spec"]
+__all__ = ["Narrowing", "demo_task", "plan_lines", "run_phases", "sweep_spec"]
 
 log = logging.getLogger(__name__)
-
-PHASES = (
-    "plan",
-    "select",
-    "headline",
-    "long",
-    "knobs",
-    "onpolicy",
-    "live",
-    "mixed",
-    "curves",
-    "report",
-    "all",
-)
-"""``all`` is every phase that runs something: select, headline, long, knobs, onpolicy, live, mixed,
-curves."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ConfigError, DiskFullError, is_disk_full
+from pipeline.errors import ConfigError, DiskFullError, first_line, is_disk_full
 
 if TYPE_CHECKING:
     from pipeline.config import DistillConfig
@@ -161,13 +161,12 @@ def _last_hint(output_dir: str | Path) -> str:
 
 
 def is_disk_full_anywhere(exc: BaseException) -> bool:
-    """A full disk in ``exc`` or what caused it. torch's and safetensors' writers raise their own
-    types with only the strerror text, so the text is checked on every type."""
+    """A full disk in ``exc`` or what caused it (a library wraps the writer's error in its own)."""
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if is_disk_full(e) or os.strerror(28) in str(e):
+        if is_disk_full(e):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -179,9 +178,8 @@ def disk_full_error(output_dir: str, partial: Path, exc: BaseException) -> DiskF
     shutil.rmtree(partial, ignore_errors=True)
     found = last_complete(output_dir)
     kept = f"the last whole checkpoint is {found}" if found else "no whole checkpoint was written yet"
-    first = (str(exc).splitlines() or [""])[0]
     return DiskFullError(
-        f"{output_dir}: no space left on device while writing {partial.name} ({first}); the partial "
+        f"{output_dir}: no space left on device while writing {partial.name} ({first_line(exc)}); the partial "
         f"{partial.name} was removed, {kept}; free space and run the same command with "
         f"train.extra.{RESUME_KEY}: {LAST} to continue from it"
     )

@@ -127,7 +127,8 @@ def bind_to_cache(split: SplitRows, cache: Any, *, allow_partial: bool = False) 
     cached = [sid for sid in cache.sample_ids if sid in known]
     cached_set = set(cached)
     skipped = cache.skipped()
-    digests = skip_digests(cache)
+    # CacheReader.skipped() leaves the digest out; the manifest's view has it
+    digests = Manifest(getattr(cache, "manifest", None) or {}).skip_digests()
     by_id = {r.sample_id: r for r in split.rows}
     unused = len(cache.sample_ids) - len(cached)
     unusable_now = [r for r in split.excluded if r.sample_id in cached_set]
@@ -170,12 +171,6 @@ def bind_to_cache(split: SplitRows, cache: Any, *, allow_partial: bool = False) 
     return SplitRows(
         split.name, split.files, [by_id[sid] for sid in cached], excluded, str(cache.root), unused
     )
-
-
-def skip_digests(cache: Any) -> dict[str, str]:
-    """sample_id -> the row digest each of ``cache``'s skip records was made for ("" when none);
-    ``CacheReader.skipped()`` leaves the digest out, the manifest's view has it."""
-    return Manifest(getattr(cache, "manifest", None) or {}).skip_digests()
 
 
 def stale_skip(row: Row | BadRow, rec: dict[str, str], recorded_digest: str, root: Any) -> str | None:
