@@ -17,7 +17,7 @@ from swift.pipelines import SwiftSft
 from pipeline.cache.policy import CachePolicy
 from pipeline.config import needs_live_teacher
 from pipeline.encoding import RowEncoder
-from pipeline.errors import CacheMismatchError, ConfigError, DiskFullError
+from pipeline.errors import CacheMismatchError, ConfigError, DiskFullError, first_line
 from pipeline.models import load_teacher
 from pipeline.splits import open_split_cache
 from pipeline.train.checkpoints import is_disk_full_anywhere, stopped_line
@@ -210,7 +210,7 @@ class DistillSft(SwiftSft):
                 raise
             raise DiskFullError(
                 f"{final}: no space left on device while writing the final weights "
-                f"({(str(exc).splitlines() or [''])[0]}); the checkpoints in {out} are kept; free space "
+                f"({first_line(exc)}); the checkpoints in {out} are kept; free space "
                 "and run the same command with train.extra.resume_from_checkpoint: last"
             ) from exc
         return result
